@@ -1,0 +1,199 @@
+"""The `collector` command: run, migrate, check, simulate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from collector import __version__, logs
+from collector.config import Config, load_from_process
+from collector.exceptions import CollectorError, ConfigError
+
+log = structlog.get_logger(__name__)
+
+
+def _load(args: argparse.Namespace) -> Config:
+    config = load_from_process(args.config)
+    if getattr(args, "no_migrate", False):
+        from dataclasses import replace  # noqa: PLC0415
+
+        config = replace(config, database=replace(config.database, migrate_on_start=False))
+    return config
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM/SIGINT."""
+    config = _load(args)
+    logs.configure(config.log.level, config.log.format)
+    from collector.supervisor import install_signal_handlers, run  # noqa: PLC0415
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
+        return await run(config, stop=stop)
+
+    return asyncio.run(main())
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Apply pending migrations and exit."""
+    config = _load(args)
+    logs.configure(config.log.level, config.log.format)
+    from collector.sink.migrate import migrate  # noqa: PLC0415
+    from collector.supervisor import connect, database_dsn  # noqa: PLC0415
+
+    async def main() -> int:
+        async with database_dsn(config) as dsn:
+            conn = await connect(dsn, config)
+            try:
+                applied = await migrate(conn)
+            finally:
+                await conn.close()
+        log.info("migrate.done", applied=applied)
+        return 0
+
+    return asyncio.run(main())
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Ask the running daemon's /readyz (or /healthz with --live); exit 0 when it answers 200."""
+    if args.url:
+        url = args.url
+    else:
+        config = _load(args)
+        host = "127.0.0.1" if config.http.host in ("0.0.0.0", "::", "") else config.http.host  # noqa: S104
+        url = f"http://{host}:{config.http.port}/{'healthz' if args.live else 'readyz'}"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:  # noqa: S310
+            body = response.read().decode(errors="replace")
+            print(body)
+            return 0 if response.status == 200 else 1
+    except urllib.error.HTTPError as exc:
+        print(exc.read().decode(errors="replace"))
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"collector check: {url} is not answering: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Serve the Binance emulator on loopback until interrupted."""
+    logs.configure("info", "auto")
+    from collector.emulator import EmulatorOptions  # noqa: PLC0415
+    from collector.emulator.core import run_simulator  # noqa: PLC0415
+
+    options = EmulatorOptions(seed=args.seed, rate_per_s=args.rate)
+    ports = {
+        "fstream": args.port_base, "dstream": args.port_base + 1, "fapi": args.port_base + 2,
+        "dapi": args.port_base + 3, "papi": args.port_base + 4, "sapi": args.port_base + 5,
+    }  # fmt: skip
+    if args.port_base == 0:
+        ports = dict.fromkeys(ports, 0)
+    else:
+        b = "127.0.0.1"
+        print(
+            f"COLLECTOR_BINANCE_FSTREAM_URL=ws://{b}:{ports['fstream']} "
+            f"COLLECTOR_BINANCE_DSTREAM_URL=ws://{b}:{ports['dstream']} "
+            f"COLLECTOR_BINANCE_FAPI_URL=http://{b}:{ports['fapi']} "
+            f"COLLECTOR_BINANCE_DAPI_URL=http://{b}:{ports['dapi']} "
+            f"COLLECTOR_BINANCE_PAPI_URL=http://{b}:{ports['papi']} "
+            f"COLLECTOR_BINANCE_SAPI_URL=http://{b}:{ports['sapi']}",
+            flush=True,
+        )
+    from collector.supervisor import install_signal_handlers  # noqa: PLC0415
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
+        await run_simulator(options, host="127.0.0.1", ports=ports, stop=stop)
+        return 0
+
+    return asyncio.run(main())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and --help)."""
+    parser = argparse.ArgumentParser(
+        prog="collector",
+        description="Records every Binance liquidation it can see into Postgres.",
+    )
+    parser.add_argument("--version", action="version", version=f"collector {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--config", type=Path, default=None,
+            help="TOML config file (default: $COLLECTOR_CONFIG); environment variables "
+            "COLLECTOR_<SECTION>_<KEY> override it",
+        )  # fmt: skip
+
+    p = sub.add_parser(
+        "run",
+        help="run the collector daemon",
+        description="Stream Binance liquidations (and poll configured accounts) into Postgres "
+        "until SIGTERM/SIGINT, then drain and exit. With no database configured, an embedded "
+        "PostgreSQL is started in [database] embedded_dir.",
+    )
+    with_config(p)
+    p.add_argument("--no-migrate", action="store_true", help="do not apply pending migrations")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "migrate",
+        help="apply pending database migrations",
+        description="Apply migrations/*.sql in order, each in its own transaction, recorded in "
+        "schema_migrations, then exit.",
+    )
+    with_config(p)
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser(
+        "check",
+        help="health probe for Docker/Kubernetes (exit 0 healthy, 1 not)",
+        description="Ask the running daemon's /readyz (or /healthz with --live) and exit 0 if "
+        "it answers 200, 1 otherwise.",
+    )
+    with_config(p)
+    p.add_argument("--live", action="store_true", help="check liveness (/healthz) only")
+    p.add_argument("--url", default=None, help="full URL to probe instead of the configured one")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser(
+        "simulate",
+        help="run the in-repo Binance emulator on loopback",
+        description="Serve a Binance emulator (websocket streams and REST) on 127.0.0.1 for "
+        "offline demos, tests and benchmarks. Prints the environment settings that point a "
+        "collector at it.",
+    )
+    p.add_argument("--rate", type=float, default=20.0, help="liquidation events per second")
+    p.add_argument("--seed", type=int, default=0, help="random seed for generated events")
+    p.add_argument(
+        "--port-base", type=int, default=9400,
+        help="first of six consecutive ports (fstream, dstream, fapi, dapi, papi, sapi); "
+        "0 picks free ports",
+    )  # fmt: skip
+    p.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `collector` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"collector: {exc}", file=sys.stderr)
+        return 2
+    except CollectorError as exc:
+        print(f"collector: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,228 @@
+"""Every Prometheus metric the collector exports, on an injected registry.
+
+Names follow prometheus.io conventions: `collector_` prefix, base units, `_total` on counters.
+Label values come from small bounded sets (hosts, markets, endpoints, configured accounts).
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from collector import __version__
+
+_LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+_BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+class Metrics:
+    """The collector's metrics; one instance per process (tests make their own)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        Info("collector_build", "Collector version.", registry=r).info({"version": __version__})
+        # Websocket market streams.
+        self.events_received = Counter(
+            "collector_events_received_total",
+            "Liquidation events received from websocket streams.",
+            ["host", "market", "stream_kind"],
+            registry=r,
+        )
+        self.ws_connections = Gauge(
+            "collector_ws_connections", "Open websocket connections.", ["host"], registry=r
+        )
+        self.ws_connects = Counter(
+            "collector_ws_connects_total", "Websocket connections opened.", ["host"], registry=r
+        )
+        self.ws_reconnects = Counter(
+            "collector_ws_reconnects_total",
+            "Websocket connections lost and re-established, by the reason they were lost.",
+            ["host", "reason"],
+            registry=r,
+        )
+        self.ws_rotations = Counter(
+            "collector_ws_rotations_total",
+            "Make-before-break rotations ahead of Binance's 24 h cut.",
+            ["host"],
+            registry=r,
+        )
+        self.ws_control_replies = Counter(
+            "collector_ws_control_replies_total",
+            "Control replies (SUBSCRIBE, LIST_SUBSCRIPTIONS) by outcome.",
+            ["host", "outcome"],
+            registry=r,
+        )
+        self.last_event_timestamp = Gauge(
+            "collector_last_event_timestamp_seconds",
+            "Unix time of the newest liquidation event received, by host.",
+            ["host"],
+            registry=r,
+        )
+        self.last_event_age = Gauge(
+            "collector_last_event_age_seconds",
+            "Seconds since the newest liquidation event was received (any host).",
+            registry=r,
+        )
+        self._last_event_monotonic: float | None = None
+        self._started_monotonic = time.monotonic()
+        self.last_event_age.set_function(self.event_age_s)
+        self.dead_letters = Counter(
+            "collector_dead_letters_total",
+            "Inputs stored in dead_letters instead of (or besides) their table, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.payload_anomalies = Counter(
+            "collector_payload_anomalies_total",
+            "Rows kept despite an anomaly (unknown symbol, unknown field).",
+            ["kind"],
+            registry=r,
+        )
+        # Writer.
+        self.queue_depth = Gauge(
+            "collector_queue_depth", "Items waiting for the writer.", registry=r
+        )
+        self.queue_capacity = Gauge(
+            "collector_queue_capacity", "Capacity of the writer queue.", registry=r
+        )
+        self.rows_inserted = Counter(
+            "collector_rows_inserted_total", "Rows committed, by table.", ["table"], registry=r
+        )
+        self.duplicates = Counter(
+            "collector_duplicates_total",
+            "Duplicate events not inserted, by the layer that caught them.",
+            ["layer"],
+            registry=r,
+        )
+        self.batch_rows = Histogram(
+            "collector_batch_rows", "Items per writer batch.", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.write_seconds = Histogram(
+            "collector_write_seconds",
+            "Time to write and commit one batch.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.socket_to_commit_seconds = Histogram(
+            "collector_socket_to_commit_seconds",
+            "From a frame read off the socket to its row committed.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.write_errors = Counter(
+            "collector_write_errors_total",
+            "Failed batch writes: transient (retried with the batch kept) or data (row isolated).",
+            ["kind"],
+            registry=r,
+        )
+        self.db_up = Gauge(
+            "collector_database_up", "1 when the last database write succeeded.", registry=r
+        )
+        self.component_restarts = Counter(
+            "collector_component_restarts_total",
+            "Components restarted by the supervisor after an unexpected failure.",
+            ["component"],
+            registry=r,
+        )
+        self.exchange_info_refreshes = Counter(
+            "collector_exchange_info_refreshes_total",
+            "exchangeInfo refreshes by market and outcome.",
+            ["market", "outcome"],
+            registry=r,
+        )
+        # Signed REST pollers (account force orders).
+        self.rest_requests = Counter(
+            "collector_rest_requests_total",
+            "REST requests by endpoint path and outcome.",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.rest_weight_used = Gauge(
+            "collector_rest_weight_used",
+            "Request weight used in the current minute, by limit pool.",
+            ["pool"],
+            registry=r,
+        )
+        self.rest_weight_limit = Gauge(
+            "collector_rest_weight_limit",
+            "Request weight this process may use per minute, by limit pool.",
+            ["pool"],
+            registry=r,
+        )
+        self.rest_rate_limited = Counter(
+            "collector_rest_rate_limited_total",
+            "HTTP 429 and 418 responses, by limit pool and status.",
+            ["pool", "status"],
+            registry=r,
+        )
+        self.rest_clock_offset = Gauge(
+            "collector_rest_clock_offset_seconds",
+            "Server time minus local time, by API family.",
+            ["family"],
+            registry=r,
+        )
+        self.account_rows = Counter(
+            "collector_account_rows_total",
+            "Account force-order rows by result (new, updated, unchanged).",
+            ["account", "endpoint", "result"],
+            registry=r,
+        )
+        self.account_healthy = Gauge(
+            "collector_account_healthy",
+            "1 while an account's credentials work, 0 after an auth or permission error.",
+            ["account"],
+            registry=r,
+        )
+        self.account_backfill_complete = Gauge(
+            "collector_account_backfill_complete",
+            "1 once the initial backfill of an account endpoint reached its horizon.",
+            ["account", "endpoint"],
+            registry=r,
+        )
+        self.account_backfill_horizon = Gauge(
+            "collector_account_backfill_horizon_timestamp_seconds",
+            "Oldest time the backfill of an account endpoint has covered.",
+            ["account", "endpoint"],
+            registry=r,
+        )
+        self.account_poll_lag = Gauge(
+            "collector_account_poll_lag_seconds",
+            "Seconds between now and the end of the last complete poll window.",
+            ["account", "endpoint"],
+            registry=r,
+        )
+        self.account_enrichment = Counter(
+            "collector_account_enrichment_total",
+            "Margin force orders enriched with the full order, by outcome.",
+            ["account", "outcome"],
+            registry=r,
+        )
+
+    def event_age_s(self) -> float:
+        """Seconds since the newest event (or since start, before the first)."""
+        since = self._last_event_monotonic or self._started_monotonic
+        return time.monotonic() - since
+
+    def event_received(self, host: str, market: str, stream_kind: str, at_unix: float) -> None:
+        """Count one event and move the last-event clocks."""
+        self.events_received.labels(host, market, stream_kind).inc()
+        self.last_event_timestamp.labels(host).set(at_unix)
+        self._last_event_monotonic = time.monotonic()

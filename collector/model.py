@@ -1,0 +1,104 @@
+"""Pure data: the records that flow from sources to the writer. No I/O here."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+
+
+class Market(StrEnum):
+    """USD-M (UM) or COIN-M (CM) futures."""
+
+    UM = "UM"
+    CM = "CM"
+
+
+class LiquidatedSide(StrEnum):
+    """The position that was liquidated: a SELL force order closes a LONG."""
+
+    LONG = "LONG"
+    SHORT = "SHORT"
+
+
+@dataclass(frozen=True, slots=True)
+class MarketLiquidation:
+    """One `forceOrder` event from a market stream, every wire field kept exactly.
+
+    `content_key` is the deterministic identity (the event has no id); the database enforces
+    its uniqueness, so the same event seen on two connections is stored once.
+    """
+
+    content_key: uuid.UUID
+    event_time: datetime  # E
+    trade_time: datetime  # o.T
+    symbol: str  # o.s
+    pair: str | None  # ps (top level or inside o)
+    symbol_type: int | None  # st: 1 UM, 2 CM (after the 2026 merge)
+    market: Market
+    side: str  # o.S: the force order's side
+    liquidated_side: LiquidatedSide
+    order_type: str | None  # o.o
+    time_in_force: str | None  # o.f
+    status: str  # o.X
+    orig_qty: Decimal  # o.q (UM: base asset; CM: contracts)
+    price: Decimal  # o.p
+    avg_price: Decimal  # o.ap
+    last_filled_qty: Decimal | None  # o.l
+    filled_qty: Decimal  # o.z
+    notional_usd: Decimal | None  # UM: z x ap; CM: z x contractSize (None until known)
+    received_at: datetime
+    source_host: str  # "fstream" | "dstream"
+    source_route: str  # "market" or "" where the host has no routes
+    source_stream: str  # e.g. "!forceOrder@arr"
+    raw: bytes  # the event object as JSON
+    received_monotonic: float = field(default=0.0, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Input that could not be used as-is, kept verbatim for a person to look at.
+
+    `kept` is true when the data itself was stored anyway (e.g. an unknown symbol) and this row
+    only flags the anomaly.
+    """
+
+    received_at: datetime
+    source: str
+    reason: str
+    detail: str
+    raw: bytes
+    kept: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A snapshot of one websocket session for the coverage ledger (upserted by session_id)."""
+
+    session_id: uuid.UUID
+    connection: str
+    host: str
+    route: str
+    url: str
+    streams: tuple[str, ...]
+    opened_at: datetime
+    last_alive_at: datetime
+    subscribed_at: datetime | None = None
+    first_event_at: datetime | None = None
+    last_event_at: datetime | None = None
+    closed_at: datetime | None = None
+    close_reason: str | None = None
+    events_received: int = 0
+
+
+@dataclass(slots=True)
+class Barrier:
+    """A queue marker: `done` resolves once everything queued before it is committed."""
+
+    done: asyncio.Future[None]
+
+
+WriteItem = MarketLiquidation | DeadLetter | SessionRecord | Barrier

@@ -1,0 +1,1 @@
+"""Postgres side: migrations and the batching writer."""

@@ -1,0 +1,427 @@
+"""The one writer: a bounded queue in, batches committed to Postgres out.
+
+Sources `await writer.put(item)`; a full queue blocks them (backpressure, bounded memory). The
+writer flushes on `batch_max_rows` or `batch_max_age_s`, whichever comes first, writing market
+rows through COPY into a temporary staging table and `INSERT ... ON CONFLICT DO NOTHING`, so a
+duplicate never costs the rows beside it. A lost connection keeps the batch and retries it with
+backoff; a row Postgres rejects (SQLSTATE class 22/23) is isolated and dead-lettered, and the rest
+of its batch commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import structlog
+
+from collector.config import WriterConfig
+from collector.metrics import Metrics
+from collector.model import Barrier, DeadLetter, MarketLiquidation, SessionRecord, WriteItem
+from collector.retry import Backoff
+
+log = structlog.get_logger(__name__)
+
+Connect = Callable[[], Awaitable[asyncpg.Connection]]
+
+ML_COLUMNS = (
+    "trade_time",
+    "content_key",
+    "event_time",
+    "symbol",
+    "pair",
+    "symbol_type",
+    "market",
+    "side",
+    "liquidated_side",
+    "order_type",
+    "time_in_force",
+    "status",
+    "orig_qty",
+    "price",
+    "avg_price",
+    "last_filled_qty",
+    "filled_qty",
+    "notional_usd",
+    "received_at",
+    "source_host",
+    "source_route",
+    "source_stream",
+    "raw",
+)
+DL_COLUMNS = ("received_at", "source", "reason", "detail", "raw", "kept")
+# Column lists are module constants, never input.
+_INSERT_ML = (
+    f"INSERT INTO market_liquidations ({', '.join(ML_COLUMNS)}) "
+    f"SELECT {', '.join(ML_COLUMNS)} FROM ml_staging ON CONFLICT DO NOTHING"
+)
+_INSERT_ML_ONE = (
+    f"INSERT INTO market_liquidations ({', '.join(ML_COLUMNS)}) "
+    f"VALUES ({', '.join(f'${i + 1}' for i in range(len(ML_COLUMNS)))}) ON CONFLICT DO NOTHING"
+)
+_UPSERT_SESSION = """
+INSERT INTO ws_sessions (session_id, connection, host, route, url, streams, opened_at,
+    subscribed_at, first_event_at, last_event_at, last_alive_at, closed_at, close_reason,
+    events_received)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+ON CONFLICT (session_id) DO UPDATE SET
+    subscribed_at   = coalesce(ws_sessions.subscribed_at, EXCLUDED.subscribed_at),
+    first_event_at  = coalesce(ws_sessions.first_event_at, EXCLUDED.first_event_at),
+    last_event_at   = greatest(ws_sessions.last_event_at, EXCLUDED.last_event_at),
+    last_alive_at   = greatest(ws_sessions.last_alive_at, EXCLUDED.last_alive_at),
+    closed_at       = coalesce(ws_sessions.closed_at, EXCLUDED.closed_at),
+    close_reason    = coalesce(ws_sessions.close_reason, EXCLUDED.close_reason),
+    events_received = greatest(ws_sessions.events_received, EXCLUDED.events_received)
+"""
+_PARTITION_CHECK_S = 6 * 3600.0
+# SQLSTATE classes that mean "this row is bad", not "the database is unwell".
+_DATA_CLASSES = ("22", "23")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures that retrying the same batch later can cure.
+
+    Connection loss, a server restarting or shutting down (57P0x), resource pressure (53),
+    serialization failures (40) and timeouts are transient. Rejected data (22, 23) and
+    programming errors (42: a missing table, bad SQL) are not.
+    """
+    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        return sqlstate[:2] in ("08", "40", "53", "57", "58", "XX") or sqlstate == ""
+    return False
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """True when Postgres rejected the data itself (SQLSTATE class 22 or 23)."""
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    return isinstance(exc, asyncpg.PostgresError) and sqlstate[:2] in _DATA_CLASSES
+
+
+class RecentKeys:
+    """A bounded window of recently seen content keys: saves round trips for obvious repeats.
+
+    The guarantee is the database's unique key; this only filters what it can cheaply.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._keys: OrderedDict[Any, None] = OrderedDict()
+
+    def seen(self, key: Any) -> bool:
+        """Return True if `key` is in the window; otherwise remember it and return False."""
+        if key in self._keys:
+            return True
+        self._keys[key] = None
+        if len(self._keys) > self._size:
+            self._keys.popitem(last=False)
+        return False
+
+
+def _ml_record(row: MarketLiquidation) -> tuple[Any, ...]:
+    return (
+        row.trade_time,
+        row.content_key,
+        row.event_time,
+        row.symbol,
+        row.pair,
+        row.symbol_type,
+        row.market.value,
+        row.side,
+        row.liquidated_side.value,
+        row.order_type,
+        row.time_in_force,
+        row.status,
+        row.orig_qty,
+        row.price,
+        row.avg_price,
+        row.last_filled_qty,
+        row.filled_qty,
+        row.notional_usd,
+        row.received_at,
+        row.source_host,
+        row.source_route,
+        row.source_stream,
+        row.raw,
+    )
+
+
+def _session_args(s: SessionRecord) -> tuple[Any, ...]:
+    return (
+        s.session_id,
+        s.connection,
+        s.host,
+        s.route,
+        s.url,
+        list(s.streams),
+        s.opened_at,
+        s.subscribed_at,
+        s.first_event_at,
+        s.last_event_at,
+        s.last_alive_at,
+        s.closed_at,
+        s.close_reason,
+        s.events_received,
+    )
+
+
+@dataclass(slots=True)
+class Batch:
+    """One flush worth of items, split by kind."""
+
+    liquidations: list[MarketLiquidation] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    sessions: dict[Any, SessionRecord] = field(default_factory=dict)
+    barriers: list[Barrier] = field(default_factory=list)
+    size: int = 0
+
+    def add(self, item: WriteItem) -> None:
+        self.size += 1
+        if isinstance(item, MarketLiquidation):
+            self.liquidations.append(item)
+        elif isinstance(item, DeadLetter):
+            self.dead_letters.append(item)
+        elif isinstance(item, SessionRecord):
+            # Snapshots of one session merge monotonically; the newest carries the most.
+            self.sessions[item.session_id] = item
+        else:
+            self.barriers.append(item)
+
+
+async def _jsonb_connection_setup(conn: asyncpg.Connection) -> None:
+    """Pass jsonb through as bytes (the raw payload) without decoding and re-encoding."""
+    await conn.set_type_codec(
+        "jsonb",
+        schema="pg_catalog",
+        encoder=lambda b: b"\x01" + (b if isinstance(b, bytes) else b.encode()),
+        decoder=lambda b: b[1:],
+        format="binary",
+    )
+
+
+class Writer:
+    """Owns the queue and one database connection; see the module docstring."""
+
+    def __init__(self, connect: Connect, config: WriterConfig, metrics: Metrics) -> None:
+        self._connect = connect
+        self._config = config
+        self._metrics = metrics
+        self.queue: asyncio.Queue[WriteItem] = asyncio.Queue(config.queue_max)
+        self._recent = RecentKeys(config.dedup_window)
+        self._conn: asyncpg.Connection | None = None
+        self._partitions_checked_at = -_PARTITION_CHECK_S
+        self.is_healthy = False
+        metrics.queue_capacity.set(config.queue_max)
+        metrics.queue_depth.set_function(self.queue.qsize)
+
+    async def put(self, item: WriteItem) -> None:
+        """Queue one item; waits while the queue is full (backpressure)."""
+        await self.queue.put(item)
+
+    async def flush(self) -> None:
+        """Return once everything queued before this call is committed (or dead-lettered)."""
+        barrier = Barrier(asyncio.get_running_loop().create_future())
+        await self.queue.put(barrier)
+        await barrier.done
+
+    async def run(self) -> None:
+        """Write batches until cancelled. Cancel only after `flush()` returned to lose nothing."""
+        try:
+            while True:
+                batch = await self._next_batch()
+                await self._write_with_retry(batch)
+        finally:
+            if self._conn is not None:
+                self._conn.terminate()
+                self._conn = None
+
+    async def _next_batch(self) -> Batch:
+        batch = Batch()
+        batch.add(await self.queue.get())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._config.batch_max_age_s
+        max_rows = self._config.batch_max_rows
+        while batch.size < max_rows and not batch.barriers:
+            try:
+                batch.add(self.queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    batch.add(await self.queue.get())
+            except TimeoutError:
+                break
+        return batch
+
+    async def _write_with_retry(self, batch: Batch) -> None:
+        fresh: list[MarketLiquidation] = []
+        for row in batch.liquidations:
+            if self._recent.seen(row.content_key):
+                self._metrics.duplicates.labels("memory").inc()
+            else:
+                fresh.append(row)
+        batch.liquidations = fresh
+        backoff = Backoff(self._config.retry_initial_s, self._config.retry_max_s)
+        while True:
+            try:
+                await self._write(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self._drop_connection()
+                self.is_healthy = False
+                self._metrics.db_up.set(0)
+                self._metrics.write_errors.labels("transient").inc()
+                delay = backoff.next_delay()
+                log.warning(
+                    "writer.retry_scheduled",
+                    delay_s=round(delay, 3),
+                    rows=batch.size,
+                    error=type(exc).__name__,
+                    detail=str(exc)[:200],
+                )
+                await asyncio.sleep(delay)
+                continue
+            break
+        self.is_healthy = True
+        self._metrics.db_up.set(1)
+        for barrier in batch.barriers:
+            if not barrier.done.done():
+                barrier.done.set_result(None)
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            conn = await self._connect()
+            try:
+                await _jsonb_connection_setup(conn)
+                await conn.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS ml_staging "
+                    "(LIKE market_liquidations INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+                )
+            except BaseException:
+                conn.terminate()
+                raise
+            self._conn = conn
+        now = time.monotonic()
+        if now - self._partitions_checked_at > _PARTITION_CHECK_S:
+            await ensure_partitions(self._conn)
+            self._partitions_checked_at = now
+        return self._conn
+
+    async def _write(self, batch: Batch) -> None:
+        conn = await self._connection()
+        started = time.monotonic()
+        inserted = 0
+        rejected: list[DeadLetter] = []
+        async with conn.transaction():
+            if batch.liquidations:
+                try:
+                    async with conn.transaction():  # a savepoint: a bad row costs only a retry
+                        inserted = await self._insert_liquidations(conn, batch.liquidations)
+                except asyncpg.PostgresError as exc:
+                    if not is_data_error(exc):
+                        raise
+                    self._metrics.write_errors.labels("data").inc()
+                    inserted, rejected = await self._insert_one_by_one(conn, batch.liquidations)
+            dead = batch.dead_letters + rejected
+            if dead:
+                await conn.copy_records_to_table(
+                    "dead_letters",
+                    records=[
+                        (d.received_at, d.source, d.reason, d.detail, d.raw, d.kept) for d in dead
+                    ],
+                    columns=DL_COLUMNS,
+                )
+            if batch.sessions:
+                await conn.executemany(
+                    _UPSERT_SESSION, [_session_args(s) for s in batch.sessions.values()]
+                )
+        committed = time.monotonic()
+        m = self._metrics
+        m.write_seconds.observe(committed - started)
+        m.batch_rows.observe(batch.size)
+        if inserted:
+            m.rows_inserted.labels("market_liquidations").inc(inserted)
+        duplicates = len(batch.liquidations) - inserted - len(rejected)
+        if duplicates:
+            m.duplicates.labels("database").inc(duplicates)
+        if dead:
+            m.rows_inserted.labels("dead_letters").inc(len(dead))
+        for d in rejected:
+            m.dead_letters.labels(d.reason).inc()
+        observe = m.socket_to_commit_seconds.observe
+        for row in batch.liquidations:
+            if row.received_monotonic:
+                observe(committed - row.received_monotonic)
+
+    async def _insert_liquidations(
+        self, conn: asyncpg.Connection, rows: Sequence[MarketLiquidation]
+    ) -> int:
+        await conn.copy_records_to_table(
+            "ml_staging", records=[_ml_record(r) for r in rows], columns=ML_COLUMNS
+        )
+        status = await conn.execute(_INSERT_ML)
+        return int(status.rsplit(" ", 1)[1])
+
+    async def _insert_one_by_one(
+        self, conn: asyncpg.Connection, rows: Sequence[MarketLiquidation]
+    ) -> tuple[int, list[DeadLetter]]:
+        """Insert rows singly so the ones Postgres rejects are isolated and dead-lettered."""
+        inserted = 0
+        rejected: list[DeadLetter] = []
+        for row in rows:
+            try:
+                async with conn.transaction():
+                    status = await conn.execute(_INSERT_ML_ONE, *_ml_record(row))
+                inserted += int(status.rsplit(" ", 1)[1])
+            except asyncpg.PostgresError as exc:
+                if not is_data_error(exc):
+                    raise
+                log.warning(
+                    "writer.row_rejected",
+                    symbol=row.symbol,
+                    key=str(row.content_key),
+                    sqlstate=exc.sqlstate,
+                    error=str(exc)[:200],
+                )
+                rejected.append(
+                    DeadLetter(
+                        received_at=row.received_at,
+                        source=f"{row.source_host}/{row.source_stream}",
+                        reason="db_rejected",
+                        detail=f"{exc.sqlstate}: {exc}"[:1000],
+                        raw=row.raw,
+                    )
+                )
+        return inserted, rejected
+
+
+async def ensure_partitions(conn: asyncpg.Connection, now: datetime | None = None) -> int:
+    """Create the monthly partitions from last month to two months ahead; return how many."""
+    start = (now or datetime.now(UTC)).replace(day=1)
+    created: int = await conn.fetchval(
+        "SELECT collector_ensure_monthly_partitions('market_liquidations', "
+        "$1::timestamptz - interval '1 month', 4)",
+        start,
+    )
+    if created:
+        log.info("writer.partitions_created", count=created)
+    return created

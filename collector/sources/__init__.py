@@ -1,0 +1,1 @@
+"""Sources: Binance websockets (market liquidations) and REST (exchange info, account orders)."""

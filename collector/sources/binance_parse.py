@@ -1,0 +1,261 @@
+"""Pure parsing of Binance websocket frames into records: no I/O, no logging, no metrics.
+
+Wire format: ../shared/binance-protocol.md §1.2-§1.5 (combined envelope, forceOrder payload,
+control replies). Bad input raises `MalformedPayload`; callers dead-letter it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+
+from collector.exceptions import MalformedPayload
+from collector.model import LiquidatedSide, Market, MarketLiquidation
+
+# Fields of the documented forceOrder event (USD-M and COIN-M), top level and inside "o".
+KNOWN_TOP_FIELDS = frozenset({"e", "E", "o", "st", "ps"})
+KNOWN_ORDER_FIELDS = frozenset({"s", "ps", "S", "o", "f", "q", "p", "ap", "X", "l", "z", "T"})
+# COIN-M delivery and perpetual symbols: BTCUSD_PERP, BTCUSD_251226. USD-M quarterlies look like
+# BTCUSDT_251226, so the quote must be exactly USD before the underscore.
+_COIN_M_SYMBOL = re.compile(r"^[A-Z0-9]+USD_(PERP|\d{6})$")
+_MAX_MS = 253402300799999  # 9999-12-31T23:59:59.999Z, the largest time Postgres and Python share
+
+
+@dataclass(frozen=True, slots=True)
+class ControlReply:
+    """A reply to SUBSCRIBE/LIST_SUBSCRIPTIONS/...: `{"result":..,"id":n}` or an error."""
+
+    id: int | None
+    result: Any
+    error: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class DataFrame:
+    """A data message: the event object and the stream it came on (None on raw connections)."""
+
+    stream: str | None
+    event: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a frame came from, stamped on every row."""
+
+    host: str
+    route: str
+    stream: str
+
+
+def decode_frame(text: str | bytes) -> ControlReply | DataFrame:
+    """Decode one websocket text frame.
+
+    A frame is a control reply iff it has "id" and ("result" or "error"/"code") (§1.5); a combined
+    stream frame is `{"stream": .., "data": {..}}`; anything else that is an object is a raw event.
+    Raises `MalformedPayload` for invalid JSON or a non-object.
+    """
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedPayload(f"invalid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise MalformedPayload(f"expected a JSON object, got {type(obj).__name__}")
+    if "id" in obj and ("result" in obj or "error" in obj or "code" in obj):
+        error = obj.get("error")
+        if error is None and "code" in obj:
+            error = {"code": obj.get("code"), "msg": obj.get("msg")}
+        ident = obj["id"]
+        return ControlReply(ident if isinstance(ident, int) else None, obj.get("result"), error)
+    if "stream" in obj and "data" in obj:
+        stream, data = obj["stream"], obj["data"]
+        if not isinstance(stream, str):
+            raise MalformedPayload("stream name is not a string", field="stream")
+        if not isinstance(data, dict):
+            raise MalformedPayload("combined frame data is not an object", field="data")
+        return DataFrame(stream, data)
+    if "error" in obj:
+        return ControlReply(None, None, obj["error"] if isinstance(obj["error"], dict) else None)
+    return DataFrame(None, obj)
+
+
+def _opt_decimal(order: Mapping[str, Any], key: str) -> Decimal | None:
+    value = order.get(key)
+    if value is None:
+        return None
+    # The wire carries decimal strings; tolerate a JSON integer but never a float (inexact).
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise MalformedPayload(f"expected a decimal string, got {value!r}", field=f"o.{key}")
+    try:
+        result = Decimal(value)
+    except InvalidOperation:
+        raise MalformedPayload(f"not a decimal: {value!r}", field=f"o.{key}") from None
+    if not result.is_finite():
+        raise MalformedPayload(f"not a finite decimal: {value!r}", field=f"o.{key}")
+    return result
+
+
+def _decimal(order: Mapping[str, Any], key: str) -> Decimal:
+    result = _opt_decimal(order, key)
+    if result is None:
+        raise MalformedPayload("missing required field", field=f"o.{key}")
+    return result
+
+
+def _millis(obj: Mapping[str, Any], key: str, name: str) -> datetime:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedPayload(f"expected integer milliseconds, got {value!r}", field=name)
+    if not 0 <= value <= _MAX_MS:
+        raise MalformedPayload(f"time out of range: {value}", field=name)
+    return datetime.fromtimestamp(value / 1000, tz=UTC).replace(microsecond=(value % 1000) * 1000)
+
+
+def _opt_text(obj: Mapping[str, Any], key: str, name: str) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise MalformedPayload(f"expected a non-empty string, got {value!r}", field=name)
+    return value
+
+
+def _text(obj: Mapping[str, Any], key: str, name: str) -> str:
+    value = _opt_text(obj, key, name)
+    if value is None:
+        raise MalformedPayload("missing required field", field=name)
+    return value
+
+
+def classify_market(symbol: str, symbol_type: int | None) -> Market:
+    """UM or CM: by `st` when present (1 UM, 2 CM), else by the symbol's shape."""
+    if symbol_type == 1:
+        return Market.UM
+    if symbol_type == 2:
+        return Market.CM
+    return Market.CM if _COIN_M_SYMBOL.match(symbol) else Market.UM
+
+
+def content_key(
+    symbol: str,
+    trade_time_ms: int,
+    side: str,
+    qty: Decimal,
+    price: Decimal,
+    avg_price: Decimal,
+    filled: Decimal,
+    status: str,
+) -> uuid.UUID:
+    """The deterministic identity of a liquidation event (it has no id on the wire).
+
+    Built from the order's own fields (not `E`, which differs per host and connection), with
+    decimals normalised so "9910" and "9910.0" are the same value.
+    See ../shared/binance-protocol.md §7.4.
+    """
+    parts = (
+        symbol,
+        str(trade_time_ms),
+        side,
+        str(qty.normalize()),
+        str(price.normalize()),
+        str(avg_price.normalize()),
+        str(filled.normalize()),
+        status,
+    )
+    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
+    return uuid.UUID(bytes=digest[:16])
+
+
+def unknown_fields(event: Mapping[str, Any]) -> list[str]:
+    """Names of fields the documented payload does not have (kept, but worth a look)."""
+    extra = [k for k in event if k not in KNOWN_TOP_FIELDS]
+    order = event.get("o")
+    if isinstance(order, dict):
+        extra += [f"o.{k}" for k in order if k not in KNOWN_ORDER_FIELDS]
+    return extra
+
+
+def parse_force_order(
+    event: Mapping[str, Any],
+    *,
+    source: Source,
+    received_at: datetime,
+    received_monotonic: float = 0.0,
+    contract_sizes: Mapping[str, Decimal] | None = None,
+) -> MarketLiquidation:
+    """Turn one forceOrder event (the inner object, not the envelope) into a record.
+
+    `contract_sizes` maps COIN-M symbols to USD per contract; without an entry the CM notional
+    stays None (filled in later). Raises `MalformedPayload` naming the first bad field.
+    """
+    kind = event.get("e")
+    if kind != "forceOrder":
+        raise MalformedPayload(f"unknown event type {kind!r}", field="e")
+    order = event.get("o")
+    if not isinstance(order, dict):
+        raise MalformedPayload("missing order object", field="o")
+    event_time = _millis(event, "E", "E")
+    trade_time = _millis(order, "T", "o.T")
+    trade_time_ms: int = order["T"]
+    symbol = _text(order, "s", "o.s")
+    side = _text(order, "S", "o.S")
+    status = _text(order, "X", "o.X")
+    if side == "SELL":
+        liquidated = LiquidatedSide.LONG
+    elif side == "BUY":
+        liquidated = LiquidatedSide.SHORT
+    else:
+        raise MalformedPayload(f"unknown side {side!r}", field="o.S")
+    st = event.get("st")
+    if st is not None and (isinstance(st, bool) or st not in (1, 2)):
+        raise MalformedPayload(f"unknown symbol type {st!r}", field="st")
+    pair = event.get("ps")
+    if pair is None:
+        pair = order.get("ps")
+    if pair is not None and not isinstance(pair, str):
+        raise MalformedPayload(f"expected a string, got {pair!r}", field="ps")
+    qty = _decimal(order, "q")
+    price = _decimal(order, "p")
+    avg_price = _decimal(order, "ap")
+    filled = _decimal(order, "z")
+    last = _opt_decimal(order, "l")
+    market = classify_market(symbol, st)
+    notional: Decimal | None
+    if market is Market.UM:
+        notional = filled * avg_price
+    else:
+        size = (contract_sizes or {}).get(symbol)
+        notional = filled * size if size is not None else None
+    return MarketLiquidation(
+        content_key=content_key(symbol, trade_time_ms, side, qty, price, avg_price, filled, status),
+        event_time=event_time,
+        trade_time=trade_time,
+        symbol=symbol,
+        pair=pair,
+        symbol_type=st,
+        market=market,
+        side=side,
+        liquidated_side=liquidated,
+        order_type=_opt_text(order, "o", "o.o"),
+        time_in_force=_opt_text(order, "f", "o.f"),
+        status=status,
+        orig_qty=qty,
+        price=price,
+        avg_price=avg_price,
+        last_filled_qty=last,
+        filled_qty=filled,
+        notional_usd=notional,
+        received_at=received_at,
+        source_host=source.host,
+        source_route=source.route,
+        source_stream=source.stream,
+        raw=orjson.dumps(event),
+        received_monotonic=received_monotonic,
+    )

@@ -1,0 +1,554 @@
+"""Binance forceOrder websocket streams into the writer, with a ledger of when we listened.
+
+`plan_shards` spreads the configured streams over connections within Binance's per-connection
+limits. A `Shard` owns one logical connection: it connects (with capped, jittered backoff that
+resets after a healthy connection), rotates make-before-break ahead of the 24 h cut, and records
+every session in the coverage ledger. A `Connection` is one websocket session: it reads frames,
+answers pings (aiohttp `autoping` echoes the payload, ../shared/binance-protocol.md §1.4), routes
+control replies apart from data (§1.5) and dead-letters what it cannot parse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+import uuid
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import orjson
+import structlog
+
+from collector.config import BinanceConfig
+from collector.exceptions import MalformedPayload
+from collector.metrics import Metrics
+from collector.model import DeadLetter, SessionRecord
+from collector.retry import Backoff, sleep_or_stop
+from collector.sink.writer import Writer
+from collector.sources.binance_parse import (
+    ControlReply,
+    DataFrame,
+    Source,
+    decode_frame,
+    parse_force_order,
+    unknown_fields,
+)
+from collector.sources.catalog import SymbolCatalog
+
+log = structlog.get_logger(__name__)
+
+ALL_MARKET = "!forceOrder@arr"
+# Keep URLs short; further streams are added with paced SUBSCRIBE messages.
+_MAX_URL_STREAMS = 50
+_SUBSCRIBE_CHUNK = 100
+_MAX_ANOMALY_KEYS = 10_000
+_ROTATION_RETRY_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ShardSpec:
+    """One logical connection: a host, a route and the streams it carries."""
+
+    name: str
+    host: str  # "fstream" | "dstream"
+    route: str  # "market" on fstream (routed since 2026), "" on dstream
+    base_url: str
+    streams: tuple[str, ...]
+
+    @property
+    def url(self) -> str:
+        """The combined-stream URL: `<base>/<route>/stream?streams=a/b` (§1.1, §1.2)."""
+        prefix = f"{self.base_url.rstrip('/')}/{self.route}" if self.route else self.base_url
+        return f"{prefix.rstrip('/')}/stream?streams={'/'.join(self.streams[:_MAX_URL_STREAMS])}"
+
+
+def symbol_stream(symbol: str) -> str:
+    """`<lowercase symbol>@forceOrder` (stream names use lowercase symbols, §1.2)."""
+    return f"{symbol.lower()}@forceOrder"
+
+
+def plan_shards(config: BinanceConfig) -> list[ShardSpec]:
+    """Spread the configured streams over connections within the per-connection limits."""
+    specs: list[ShardSpec] = []
+
+    def add(host: str, route: str, base: str, streams: list[str], limit: int) -> None:
+        unique = list(dict.fromkeys(streams))
+        for i in range(0, len(unique), limit):
+            chunk = tuple(unique[i : i + limit])
+            name = f"{host}/{route or 'root'}#{len(specs)}"
+            specs.append(ShardSpec(name, host, route, base, chunk))
+
+    um = ([ALL_MARKET] if config.all_market else []) + [
+        symbol_stream(s) for s in config.usdm_symbols
+    ]
+    cm = ([ALL_MARKET] if config.coin_m_all_market else []) + [
+        symbol_stream(s) for s in config.coinm_symbols
+    ]
+    if um:
+        add("fstream", "market", config.fstream_url, um, config.max_streams_per_connection_usdm)
+    if cm:
+        add("dstream", "", config.dstream_url, cm, config.max_streams_per_connection_coinm)
+    return specs
+
+
+def stream_kind(stream: str) -> str:
+    """Bounded metric label: `all_market` or `symbol`."""
+    return "all_market" if stream.startswith("!") else "symbol"
+
+
+class Pacer:
+    """Spaces control messages at most `rate_per_s` apart (Binance allows 10 incoming/s)."""
+
+    def __init__(self, rate_per_s: float) -> None:
+        self._interval = 1.0 / rate_per_s
+        self._next = 0.0
+
+    async def wait(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        delay = self._next - now
+        self._next = max(now, self._next) + self._interval
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class ConnectionClosed(Exception):
+    """A connection ended; `reason` is a bounded label for metrics and the ledger."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class Connection:
+    """One websocket session; see the module docstring."""
+
+    _ids = itertools.count(1)
+
+    def __init__(
+        self,
+        spec: ShardSpec,
+        http: aiohttp.ClientSession,
+        writer: Writer,
+        metrics: Metrics,
+        catalog: SymbolCatalog,
+        config: BinanceConfig,
+        anomalies: set[tuple[str, str]],
+    ) -> None:
+        self.spec = spec
+        self._http = http
+        self._writer = writer
+        self._metrics = metrics
+        self._catalog = catalog
+        self._config = config
+        self._anomalies = anomalies
+        self._pacer = Pacer(config.control_messages_per_s)
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._pending: dict[int, asyncio.Future[ControlReply]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._record: SessionRecord | None = None
+        self._request_ids = itertools.count(1)
+        self.delivered = asyncio.Event()  # first data frame seen
+        self.subscribed = asyncio.Event()  # LIST_SUBSCRIPTIONS confirmed every stream
+        self.closed = asyncio.Event()
+        self.close_reason = ""
+        self.opened_monotonic = 0.0
+        self.events_received = 0
+        self._first_event_at: datetime | None = None
+        self._last_event_at: datetime | None = None
+        self._source_by_stream: dict[str | None, Source] = {}
+        self.log = log.bind(connection=spec.name, conn_id=next(self._ids))
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, record the session, start reading, then confirm the subscription.
+
+        Raises `ConnectionClosed` if the upgrade or the subscription fails; the caller backs off.
+        """
+        try:
+            self._ws = await self._http.ws_connect(
+                self.spec.url,
+                autoping=True,  # answers each server ping with its payload (§1.4)
+                heartbeat=None,  # our own pings would count toward the 10 msg/s limit
+                max_msg_size=16 * 1024 * 1024,
+                timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            raise ConnectionClosed(f"http_{exc.status}") from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise ConnectionClosed("connect_failed") from exc
+        now = datetime.now(UTC)
+        self.opened_monotonic = time.monotonic()
+        self._record = SessionRecord(
+            session_id=uuid.uuid4(),
+            connection=self.spec.name,
+            host=self.spec.host,
+            route=self.spec.route,
+            url=self.spec.url,
+            streams=self.spec.streams,
+            opened_at=now,
+            last_alive_at=now,
+        )
+        await self._writer.put(self._record)
+        self._metrics.ws_connects.labels(self.spec.host).inc()
+        self._metrics.ws_connections.labels(self.spec.host).inc()
+        self._task = asyncio.create_task(self._read(), name=f"ws-read {self.spec.name}")
+        self._heartbeat = asyncio.create_task(self._beat(), name=f"ws-beat {self.spec.name}")
+        self.log.info("ws.opened", url=self.spec.url, streams=len(self.spec.streams))
+        try:
+            async with asyncio.timeout(self._config.open_timeout_s):
+                await self._subscribe()
+        except (TimeoutError, ConnectionClosed) as exc:
+            reason = exc.reason if isinstance(exc, ConnectionClosed) else "subscribe_timeout"
+            await self.close(reason)
+            raise ConnectionClosed(reason) from exc
+
+    async def _subscribe(self) -> None:
+        """SUBSCRIBE what did not fit in the URL, then LIST_SUBSCRIPTIONS to confirm (§1.5)."""
+        rest = list(self.spec.streams[_MAX_URL_STREAMS:])
+        for i in range(0, len(rest), _SUBSCRIBE_CHUNK):
+            reply = await self._request("SUBSCRIBE", rest[i : i + _SUBSCRIBE_CHUNK])
+            if reply.error is not None:
+                self._metrics.ws_control_replies.labels(self.spec.host, "error").inc()
+                self.log.error("ws.subscribe_rejected", error=reply.error)
+                raise ConnectionClosed("subscribe_rejected")
+        reply = await self._request("LIST_SUBSCRIPTIONS", None)
+        listed = reply.result if isinstance(reply.result, list) else []
+        missing = set(self.spec.streams) - set(listed)
+        if reply.error is not None or missing:
+            self._metrics.ws_control_replies.labels(self.spec.host, "error").inc()
+            self.log.error("ws.subscription_incomplete", error=reply.error, missing=sorted(missing))
+            raise ConnectionClosed("subscribe_rejected")
+        self._metrics.ws_control_replies.labels(self.spec.host, "ok").inc()
+        self.subscribed.set()
+        await self._snapshot(subscribed_at=datetime.now(UTC))
+
+    async def _request(self, method: str, params: list[str] | None) -> ControlReply:
+        ws = self._ws
+        if ws is None or self.closed.is_set():
+            raise ConnectionClosed(self.close_reason or "closed")
+        ident = next(self._request_ids)  # futures require an unsigned integer id (§1.5)
+        future: asyncio.Future[ControlReply] = asyncio.get_running_loop().create_future()
+        self._pending[ident] = future
+        message: dict[str, Any] = {"method": method, "id": ident}
+        if params is not None:
+            message["params"] = params
+        await self._pacer.wait()
+        try:
+            await ws.send_str(orjson.dumps(message).decode())
+            closed: asyncio.Future[Any] = asyncio.ensure_future(self.closed.wait())
+            waiting: set[asyncio.Future[Any]] = {future, closed}
+            try:
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closed.cancel()
+            if not future.done():
+                raise ConnectionClosed(self.close_reason or "closed")
+            return future.result()
+        finally:
+            self._pending.pop(ident, None)
+
+    async def close(self, reason: str) -> None:
+        """Close the socket and finish the session's ledger row. Idempotent."""
+        if not self.close_reason:
+            self.close_reason = reason
+        if self._ws is not None and not self._ws.closed:
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+        # Let the reader finish what it read (it may be waiting for queue space) rather than
+        # cancel it mid-put; cancel only if it does not end.
+        reader = self._task
+        if reader is not None and reader is not asyncio.current_task():
+            _, pending = await asyncio.wait({reader}, timeout=self._config.open_timeout_s)
+            for task in pending:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        await self._finish()
+
+    async def _finish(self) -> None:
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        for future in self._pending.values():
+            if not future.done():
+                future.cancel()
+        if self._record is None:
+            return
+        self._metrics.ws_connections.labels(self.spec.host).dec()
+        now = datetime.now(UTC)
+        await self._snapshot(closed_at=now, close_reason=self.close_reason)
+        self.log.info(
+            "ws.closed",
+            reason=self.close_reason,
+            events=self.events_received,
+            lived_s=round(time.monotonic() - self.opened_monotonic, 3),
+        )
+
+    async def _snapshot(self, **changes: Any) -> None:
+        assert self._record is not None
+        now = datetime.now(UTC)
+        self._record = replace(
+            self._record,
+            last_alive_at=now,
+            first_event_at=self._first_event_at,
+            last_event_at=self._last_event_at,
+            events_received=self.events_received,
+            **changes,
+        )
+        await self._writer.put(self._record)
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.heartbeat_s)
+            await self._snapshot()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        ws = self._ws
+        assert ws is not None
+        reason = "server_closed"
+        try:
+            while True:
+                try:
+                    msg = await ws.receive(timeout=self._config.idle_timeout_s)
+                except TimeoutError:
+                    reason = "idle_timeout"
+                    break
+                if msg.type is aiohttp.WSMsgType.TEXT:
+                    await self._on_text(msg.data)
+                elif msg.type is aiohttp.WSMsgType.BINARY:
+                    await self._dead_letter("unexpected_binary", "binary frame", msg.data)
+                elif msg.type is aiohttp.WSMsgType.ERROR:
+                    reason = "error"
+                    self.log.warning("ws.error", error=repr(ws.exception()))
+                    break
+                else:  # CLOSE, CLOSING, CLOSED
+                    break
+        except (aiohttp.ClientError, OSError) as exc:
+            reason = "error"
+            self.log.warning("ws.error", error=repr(exc))
+        if not self.close_reason:
+            self.close_reason = reason
+        with contextlib.suppress(Exception):
+            await ws.close()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        await self._finish()
+
+    async def _on_text(self, text: str) -> None:
+        received_at = datetime.now(UTC)
+        received_mono = time.monotonic()
+        try:
+            frame = decode_frame(text)
+        except MalformedPayload as exc:
+            await self._dead_letter("malformed_json", str(exc), text.encode())
+            return
+        if isinstance(frame, ControlReply):
+            self._on_control(frame, text)
+            return
+        await self._on_data(frame, text, received_at, received_mono)
+
+    def _on_control(self, reply: ControlReply, text: str) -> None:
+        future = self._pending.get(reply.id) if reply.id is not None else None
+        if future is not None and not future.done():
+            future.set_result(reply)
+            return
+        self._metrics.ws_control_replies.labels(self.spec.host, "unexpected").inc()
+        self.log.warning("ws.unexpected_control", frame=text[:500])
+
+    def _source(self, stream: str | None) -> Source:
+        source = self._source_by_stream.get(stream)
+        if source is None:
+            name = stream if stream is not None else self.spec.streams[0]
+            source = Source(self.spec.host, self.spec.route, name)
+            self._source_by_stream[stream] = source
+        return source
+
+    async def _on_data(
+        self, frame: DataFrame, text: str, received_at: datetime, received_mono: float
+    ) -> None:
+        source = self._source(frame.stream)
+        try:
+            row = parse_force_order(
+                frame.event,
+                source=source,
+                received_at=received_at,
+                received_monotonic=received_mono,
+                contract_sizes=self._catalog.contract_sizes,
+            )
+        except MalformedPayload as exc:
+            reason = "unknown_event" if exc.field == "e" else "malformed_event"
+            await self._dead_letter(reason, str(exc), text.encode())
+            return
+        self.events_received += 1
+        if self._first_event_at is None:
+            self._first_event_at = received_at
+            self.delivered.set()
+        self._last_event_at = received_at
+        self._metrics.event_received(
+            self.spec.host, row.market.value, stream_kind(source.stream), received_at.timestamp()
+        )
+        await self._writer.put(row)
+        extra = unknown_fields(frame.event)
+        if extra:
+            await self._anomaly("unknown_field", ",".join(sorted(extra)), text)
+        if self._catalog.is_known(row.market, row.symbol) is False:
+            await self._anomaly("unknown_symbol", f"{row.market.value}:{row.symbol}", text)
+
+    async def _anomaly(self, kind: str, what: str, text: str) -> None:
+        """Count a kept row's anomaly; dead-letter (kept=True) the first example of each."""
+        self._metrics.payload_anomalies.labels(kind).inc()
+        key = (kind, what)
+        if key in self._anomalies or len(self._anomalies) >= _MAX_ANOMALY_KEYS:
+            return
+        self._anomalies.add(key)
+        self.log.warning("ws.payload_anomaly", kind=kind, what=what)
+        await self._writer.put(
+            DeadLetter(datetime.now(UTC), self._where(), kind, what, text.encode(), kept=True)
+        )
+
+    async def _dead_letter(self, reason: str, detail: str, raw: bytes) -> None:
+        self._metrics.dead_letters.labels(reason).inc()
+        self.log.warning("ws.dead_letter", reason=reason, detail=detail[:300])
+        await self._writer.put(DeadLetter(datetime.now(UTC), self._where(), reason, detail, raw))
+
+    def _where(self) -> str:
+        return f"{self.spec.host}/{self.spec.route}" if self.spec.route else self.spec.host
+
+
+class Shard:
+    """Keeps one logical connection up: reconnects with backoff, rotates before the 24 h cut."""
+
+    def __init__(
+        self,
+        spec: ShardSpec,
+        http: aiohttp.ClientSession,
+        writer: Writer,
+        metrics: Metrics,
+        catalog: SymbolCatalog,
+        config: BinanceConfig,
+    ) -> None:
+        self.spec = spec
+        self._http = http
+        self._writer = writer
+        self._metrics = metrics
+        self._catalog = catalog
+        self._config = config
+        self._anomalies: set[tuple[str, str]] = set()
+        self.current: Connection | None = None
+        self.log = log.bind(connection=spec.name)
+
+    def _new_connection(self) -> Connection:
+        return Connection(
+            self.spec,
+            self._http,
+            self._writer,
+            self._metrics,
+            self._catalog,
+            self._config,
+            self._anomalies,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set; then close the live session and return."""
+        backoff = Backoff(self._config.reconnect_initial_s, self._config.reconnect_max_s)
+        try:
+            while not stop.is_set():
+                conn = self._new_connection()
+                try:
+                    await conn.open()
+                except ConnectionClosed as exc:
+                    self._metrics.ws_reconnects.labels(self.spec.host, exc.reason).inc()
+                    delay = backoff.next_delay()
+                    self.log.warning("ws.connect_failed", reason=exc.reason, retry_in_s=delay)
+                    await sleep_or_stop(delay, stop)
+                    continue
+                self.current = conn
+                reason = await self._hold(conn, stop)
+                if reason is None:  # stopping
+                    return
+                lived = time.monotonic() - conn.opened_monotonic
+                if lived >= self._config.healthy_after_s:
+                    backoff.reset()
+                self._metrics.ws_reconnects.labels(self.spec.host, reason).inc()
+                delay = backoff.next_delay()
+                self.log.warning("ws.reconnect_scheduled", reason=reason, delay_s=round(delay, 3))
+                await sleep_or_stop(delay, stop)
+        finally:
+            if self.current is not None:
+                await self.current.close("shutdown")
+
+    async def _hold(self, conn: Connection, stop: asyncio.Event) -> str | None:
+        """Keep `conn` (and its successors after rotation) until it closes or we stop.
+
+        Returns the close reason, or None when `stop` was set.
+        """
+        rotate_at = conn.opened_monotonic + self._config.rotate_after_s
+        while True:
+            rotate_in = rotate_at - time.monotonic()
+            stopping: asyncio.Future[bool] = asyncio.ensure_future(stop.wait())
+            closing: asyncio.Future[bool] = asyncio.ensure_future(conn.closed.wait())
+            try:
+                await asyncio.wait(
+                    {stopping, closing},
+                    timeout=max(rotate_in, 0),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                stopping.cancel()
+                closing.cancel()
+            if stop.is_set():
+                return None
+            if conn.closed.is_set():
+                return conn.close_reason
+            successor = await self._rotate(conn)
+            if successor is None:  # the old connection keeps the stream covered; retry soon
+                rotate_at = time.monotonic() + _ROTATION_RETRY_S
+            else:
+                conn = successor
+                rotate_at = conn.opened_monotonic + self._config.rotate_after_s
+
+    async def _rotate(self, old: Connection) -> Connection | None:
+        """Make before break: open a new session, wait until it delivers or is subscribed,
+        then close the old one. On failure keep the old one and try again later."""
+        new = self._new_connection()
+        try:
+            await new.open()  # returns once LIST_SUBSCRIPTIONS confirmed every stream
+        except ConnectionClosed as exc:
+            self.log.warning("ws.rotation_failed", reason=exc.reason)
+            return None
+        self.current = new
+        await old.close("rotated")
+        self._metrics.ws_rotations.labels(self.spec.host).inc()
+        self.log.info("ws.rotated")
+        return new
+
+
+async def run_ws_sources(
+    config: BinanceConfig,
+    writer: Writer,
+    metrics: Metrics,
+    catalog: SymbolCatalog,
+    stop: asyncio.Event,
+    shards_out: list[Shard] | None = None,
+) -> None:
+    """Run every shard until `stop`; each closes its session in the ledger on the way out."""
+    async with aiohttp.ClientSession() as http:
+        shards = [Shard(s, http, writer, metrics, catalog, config) for s in plan_shards(config)]
+        if shards_out is not None:
+            shards_out.extend(shards)
+        async with asyncio.TaskGroup() as group:
+            for shard in shards:
+                group.create_task(shard.run(stop), name=f"shard {shard.spec.name}")

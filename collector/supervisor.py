@@ -1,0 +1,248 @@
+"""The daemon's lifecycle, top to bottom: database -> migrations -> HTTP -> writer -> sources;
+then, on SIGTERM/SIGINT, the ordered drain: stop sources (their sessions close in the ledger),
+flush the writer within the grace period, close HTTP and the database.
+
+Every task has an owner. A component that fails unexpectedly is restarted with backoff; a fatal
+error (bad config, failed migration, a writer bug) stops the process with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+import asyncpg
+import structlog
+
+from collector.config import Config, redact_dsn
+from collector.embedded_pg import embedded_postgres
+from collector.exceptions import ConfigError, MigrationError
+from collector.health import Health, serve_http
+from collector.metrics import Metrics
+from collector.retry import Backoff, sleep_or_stop
+from collector.sink.migrate import migrate
+from collector.sink.writer import Writer
+from collector.sources.binance_ws import Shard, run_ws_sources
+from collector.sources.catalog import SymbolCatalog
+from collector.sources.exchange_info import run_exchange_info
+
+log = structlog.get_logger(__name__)
+
+Component = Callable[[asyncio.Event], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class Runtime:
+    """What a running daemon exposes to tests and to components added later."""
+
+    config: Config
+    dsn: str
+    pool: asyncpg.Pool
+    metrics: Metrics
+    health: Health
+    writer: Writer
+    catalog: SymbolCatalog
+    http_port: int
+    shards: list[Shard] = field(default_factory=list)
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT request a graceful stop; a second one exits at once."""
+    loop = asyncio.get_running_loop()
+
+    def handle(signum: int) -> None:
+        if stop.is_set():
+            log.warning("supervisor.forced_exit", signal=signal.Signals(signum).name)
+            raise SystemExit(1)
+        log.info("supervisor.stop_requested", signal=signal.Signals(signum).name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, handle, sig)
+
+
+@contextlib.asynccontextmanager
+async def database_dsn(config: Config) -> AsyncIterator[str]:
+    """The configured DSN, or an embedded server's when none is configured."""
+    if config.database.dsn is not None:
+        yield config.database.dsn.reveal()
+        return
+    async with embedded_postgres(config.database.embedded_dir) as dsn:
+        yield dsn
+
+
+async def connect(dsn: str, config: Config) -> asyncpg.Connection:
+    """One connection; errors never carry the DSN's password."""
+    return await asyncpg.connect(dsn, timeout=config.database.connect_timeout_s)
+
+
+async def wait_for_database(dsn: str, config: Config, stop: asyncio.Event) -> bool:
+    """Retry connecting with backoff until it works (True) or `stop` is set (False)."""
+    backoff = Backoff(1.0, 30.0)
+    while not stop.is_set():
+        try:
+            conn = await connect(dsn, config)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if isinstance(
+                exc, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidPasswordError
+            ):
+                raise ConfigError(
+                    [f"[database] dsn: the server refused the login: {exc}"]
+                ) from None
+            delay = backoff.next_delay()
+            log.warning("supervisor.database_unavailable", dsn=redact_dsn(dsn),
+                        error=type(exc).__name__, retry_in_s=round(delay, 2))  # fmt: skip
+            await sleep_or_stop(delay, stop)
+            continue
+        await conn.close()
+        return True
+    return False
+
+
+async def supervise(name: str, component: Component, stop: asyncio.Event, metrics: Metrics) -> None:
+    """Run `component(stop)` until `stop`; restart it with backoff if it fails unexpectedly."""
+    backoff = Backoff(1.0, 60.0)
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            await component(stop)
+        except (ConfigError, MigrationError):
+            raise
+        except Exception:
+            metrics.component_restarts.labels(name).inc()
+            if time.monotonic() - started > 300:
+                backoff.reset()
+            delay = backoff.next_delay()
+            log.exception("supervisor.component_failed", component=name, restart_in_s=delay)
+            await sleep_or_stop(delay, stop)
+            continue
+        if not stop.is_set():  # a component returned on its own: restart it after a pause
+            await sleep_or_stop(backoff.next_delay(), stop)
+
+
+def _add_readiness(runtime: Runtime) -> None:
+    health = runtime.health
+
+    async def database() -> None:
+        if not runtime.writer.is_healthy and runtime.writer.queue.qsize() > 0:
+            raise RuntimeError("the writer cannot commit")
+        async with runtime.pool.acquire(timeout=1.5) as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def streams() -> None:
+        down = [s.spec.name for s in runtime.shards
+                if s.current is None or s.current.closed.is_set()]  # fmt: skip
+        if not runtime.shards:
+            raise RuntimeError("no stream connection started yet")
+        if down:
+            raise RuntimeError(f"not connected: {', '.join(down)}")
+
+    async def event_age() -> None:
+        limit = runtime.config.http.max_event_age_s
+        age = runtime.metrics.event_age_s()
+        if limit and age > limit:
+            raise RuntimeError(f"no event for {age:.0f} s (limit {limit:.0f} s)")
+
+    health.add("database", database)
+    health.add("streams", streams)
+    health.add("event_age", event_age)
+
+
+async def run(
+    config: Config,
+    *,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[Runtime], None] | None = None,
+    extra_components: Callable[[Runtime], dict[str, Component]] | None = None,
+) -> int:
+    """Run the daemon until `stop` (or a signal); return the process exit code."""
+    stop = stop or asyncio.Event()
+    fatal: list[BaseException] = []
+    async with AsyncExitStack() as stack:
+        dsn = await stack.enter_async_context(database_dsn(config))
+        if not await wait_for_database(dsn, config, stop):
+            return 0
+        if config.database.migrate_on_start:
+            conn = await connect(dsn, config)
+            try:
+                await migrate(conn)
+            finally:
+                await conn.close()
+        pool = await asyncpg.create_pool(
+            dsn, min_size=config.database.pool_min_size, max_size=config.database.pool_max_size,
+            timeout=config.database.connect_timeout_s,
+        )  # fmt: skip
+        stack.push_async_callback(pool.close)
+        metrics = Metrics()
+        health = Health()
+        runner = await stack.enter_async_context(
+            serve_http(config.http.host, config.http.port, health, metrics)
+        )
+        port = int(runner.addresses[0][1])
+        writer = Writer(lambda: connect(dsn, config), config.writer, metrics)
+        runtime = Runtime(config, dsn, pool, metrics, health, writer, SymbolCatalog(), port)
+        _add_readiness(runtime)
+        writer_task = asyncio.create_task(writer.run(), name="writer")
+
+        def writer_done(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                fatal.append(task.exception())  # type: ignore[arg-type]
+                log.error("supervisor.writer_failed", error=repr(task.exception()))
+                stop.set()
+
+        writer_task.add_done_callback(writer_done)
+        components: dict[str, Component] = {
+            "ws": lambda s: run_ws_sources(
+                config.binance, writer, metrics, runtime.catalog, s, runtime.shards
+            ),
+            "exchange_info": lambda s: run_exchange_info(
+                config.binance, pool, runtime.catalog, metrics, s
+            ),
+        }
+        if extra_components is not None:
+            components.update(extra_components(runtime))
+        log.info("supervisor.started", http_port=port, components=sorted(components),
+                 database=redact_dsn(dsn))  # fmt: skip
+        if on_ready is not None:
+            on_ready(runtime)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for name, component in components.items():
+                    group.create_task(supervise(name, component, stop, metrics), name=name)
+        except* (ConfigError, MigrationError) as eg:
+            fatal.extend(eg.exceptions)
+            stop.set()
+        # Drain: sources are stopped and their sessions' closing rows are queued.
+        health.is_draining = True
+        exit_code = await _drain(writer, writer_task, config.shutdown_grace_s)
+        if fatal:
+            for exc in fatal:
+                log.error("supervisor.fatal", error=str(exc))
+            return 1
+        return exit_code
+    return 0  # pragma: no cover  (mypy: the stack above always returns)
+
+
+async def _drain(writer: Writer, writer_task: asyncio.Task[None], grace_s: float) -> int:
+    """Flush what is queued within `grace_s`; return 0 when everything was committed."""
+    started = time.monotonic()
+    flushed = asyncio.ensure_future(writer.flush())
+    try:
+        done, _ = await asyncio.wait(
+            {flushed, writer_task}, timeout=grace_s, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        writer_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await writer_task
+        flushed.cancel()
+    if flushed in done and not flushed.cancelled() and flushed.exception() is None:
+        log.info("supervisor.drained", seconds=round(time.monotonic() - started, 3))
+        return 0
+    log.error("supervisor.drain_incomplete", queued=writer.queue.qsize(), grace_s=grace_s)
+    return 1
