@@ -11,6 +11,7 @@ of its batch commits.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -172,6 +173,24 @@ def _session_args(s: SessionRecord) -> tuple[Any, ...]:
     )
 
 
+def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def merge(earlier: SessionRecord, later: SessionRecord) -> SessionRecord:
+    """Two snapshots of one session as one, by the same rules as the ledger's upsert."""
+    return dataclasses.replace(
+        later,
+        subscribed_at=earlier.subscribed_at or later.subscribed_at,
+        first_event_at=earlier.first_event_at or later.first_event_at,
+        last_event_at=_latest(earlier.last_event_at, later.last_event_at),
+        last_alive_at=max(earlier.last_alive_at, later.last_alive_at),
+        closed_at=earlier.closed_at or later.closed_at,
+        close_reason=earlier.close_reason or later.close_reason,
+        events_received=max(earlier.events_received, later.events_received),
+    )
+
+
 @dataclass(slots=True)
 class Batch:
     """One flush worth of items, split by kind."""
@@ -189,8 +208,8 @@ class Batch:
         elif isinstance(item, DeadLetter):
             self.dead_letters.append(item)
         elif isinstance(item, SessionRecord):
-            # Snapshots of one session merge monotonically; the newest carries the most.
-            self.sessions[item.session_id] = item
+            earlier = self.sessions.get(item.session_id)
+            self.sessions[item.session_id] = item if earlier is None else merge(earlier, item)
         else:
             self.barriers.append(item)
 

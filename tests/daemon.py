@@ -1,0 +1,86 @@
+"""Run the real daemon in-process against the emulator and a real database (test helper)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+
+from collector.config import BinanceConfig, Config, DatabaseConfig, HttpConfig, Secret, WriterConfig
+from collector.emulator import Emulator
+from collector.supervisor import Runtime, run
+
+T = TypeVar("T")
+
+
+def make_config(emulator: Emulator, dsn: str, **binance: Any) -> Config:
+    """A config pointing at `emulator` and `dsn`, with short delays for tests."""
+    b = BinanceConfig(
+        fstream_url=emulator.fstream_url, dstream_url=emulator.dstream_url,
+        fapi_url=emulator.fapi_url, dapi_url=emulator.dapi_url, papi_url=emulator.papi_url,
+        sapi_url=emulator.sapi_url, reconnect_initial_s=0.05, reconnect_max_s=0.2,
+        healthy_after_s=1.0, heartbeat_s=0.2, control_messages_per_s=9.0, open_timeout_s=3.0,
+    )  # fmt: skip
+    return Config(
+        database=DatabaseConfig(dsn=Secret(dsn), migrate_on_start=False),
+        binance=dataclasses.replace(b, **binance),
+        writer=WriterConfig(batch_max_age_s=0.01, retry_initial_s=0.05, retry_max_s=0.2),
+        http=HttpConfig(port=0),
+        shutdown_grace_s=10.0,
+    )
+
+
+@dataclasses.dataclass
+class Daemon:
+    """A running daemon: its runtime, its stop event and its task (exit code)."""
+
+    runtime: Runtime
+    stop: asyncio.Event
+    task: asyncio.Task[int]
+
+    async def shutdown(self) -> int:
+        self.stop.set()
+        return await asyncio.wait_for(self.task, 20)
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config) -> AsyncIterator[Daemon]:
+    """Start the daemon; stop it (and check it drained) on exit."""
+    stop = asyncio.Event()
+    ready: asyncio.Future[Runtime] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run(config, stop=stop, on_ready=ready.set_result))
+    done, _ = await asyncio.wait({ready, task}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        raise AssertionError(f"daemon exited early: {task.result()}")
+    daemon = Daemon(ready.result(), stop, task)
+    try:
+        yield daemon
+    finally:
+        if not task.done():
+            await daemon.shutdown()
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], until: Callable[[T], bool], timeout: float = 10.0
+) -> T:
+    """Re-run `probe` until `until(result)` holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if until(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s; last value: {value!r}")
+        await asyncio.sleep(0.02)
+
+
+def count_rows(conn: asyncpg.Connection, table: str = "market_liquidations") -> Callable[[], Awaitable[int]]:
+    async def probe() -> int:
+        return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))  # noqa: S608
+
+    return probe

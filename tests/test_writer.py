@@ -1,0 +1,192 @@
+"""The writer against a real Postgres: exact rows, duplicates, bad rows, retries, barriers."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import timedelta
+from decimal import Decimal
+
+import asyncpg
+import pytest
+
+from collector.config import WriterConfig
+from collector.metrics import Metrics
+from collector.model import DeadLetter
+from collector.sink.writer import Writer, ensure_partitions, is_transient
+from tests.factories import NOW, liquidation, session
+
+FAST = WriterConfig(queue_max=1000, batch_max_rows=100, batch_max_age_s=0.01,
+                    retry_initial_s=0.01, retry_max_s=0.05)  # fmt: skip
+
+
+def sample(metrics: Metrics, name: str, labels: dict[str, str] | None = None) -> float:
+    value = metrics.registry.get_sample_value(name, labels or {})
+    return 0.0 if value is None else value
+
+
+async def start(writer: Writer) -> asyncio.Task[None]:
+    return asyncio.create_task(writer.run())
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_rows_land_exactly_once_with_duplicates_counted(pg_dsn: str, pg: asyncpg.Connection) -> None:
+    """Two copies of each event become one row each; the copies are counted as duplicates."""
+    metrics = Metrics()
+    writer = Writer(lambda: asyncpg.connect(pg_dsn), FAST, metrics)
+    task = await start(writer)
+    rows = [liquidation(i) for i in range(5)]
+    for row in rows + rows:
+        await writer.put(row)
+    await writer.flush()
+    # The same events again in a later batch, past the in-memory window, hit the database key.
+    writer._recent = type(writer._recent)(10)  # a fresh window, as after a restart
+    for row in rows:
+        await writer.put(row)
+    await writer.flush()
+    await stop(task)
+    got = await pg.fetch(
+        "SELECT symbol, price, avg_price, filled_qty, notional_usd, market, liquidated_side, "
+        "trade_time FROM market_liquidations ORDER BY trade_time"
+    )
+    assert [tuple(r) for r in got] == [
+        ("BTCUSDT", Decimal(9910), Decimal(9910), Decimal("0.014"), Decimal("138.740"), "UM",
+         "LONG", r.trade_time)
+        for r in rows
+    ]  # fmt: skip
+    assert sample(metrics, "collector_rows_inserted_total", {"table": "market_liquidations"}) == 5
+    assert sample(metrics, "collector_duplicates_total", {"layer": "memory"}) == 5
+    assert sample(metrics, "collector_duplicates_total", {"layer": "database"}) == 5
+
+
+async def test_raw_payload_round_trips_as_jsonb(pg_dsn: str, pg: asyncpg.Connection) -> None:
+    """The raw event is stored as jsonb equal to what was received."""
+    writer = Writer(lambda: asyncpg.connect(pg_dsn), FAST, Metrics())
+    task = await start(writer)
+    row = liquidation(1)
+    await writer.put(row)
+    await writer.flush()
+    await stop(task)
+    raw = await pg.fetchval("SELECT raw::text FROM market_liquidations")
+    assert raw == (
+        '{"E": 1795000000004, "e": "forceOrder", "o": {"S": "SELL", "T": 1795000000001, '
+        '"X": "FILLED", "f": "IOC", "l": "0.014", "o": "LIMIT", "p": "9910", "q": "0.014", '
+        '"s": "BTCUSDT", "z": "0.014", "ap": "9910"}, "ps": "BTCUSDT", "st": 1}'
+    )
+
+
+async def test_a_row_postgres_rejects_is_dead_lettered_and_the_rest_commit(
+    pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """A row the database refuses costs only itself: it lands in dead_letters, others commit."""
+    metrics = Metrics()
+    writer = Writer(lambda: asyncpg.connect(pg_dsn), FAST, metrics)
+    task = await start(writer)
+    good = [liquidation(i) for i in range(3)]
+    # NUL bytes are valid JSON escapes but jsonb rejects \u0000: SQLSTATE 22P05.
+    bad = dataclasses.replace(liquidation(99), raw=b'{"e":"forceOrder","x":"\\u0000"}')
+    for row in [good[0], bad, good[1], good[2]]:
+        await writer.put(row)
+    await writer.flush()
+    await stop(task)
+    assert await pg.fetchval("SELECT count(*) FROM market_liquidations") == 3
+    dead = await pg.fetch("SELECT source, reason, raw, kept FROM dead_letters")
+    assert [(d["source"], d["reason"], bytes(d["raw"]), d["kept"]) for d in dead] == [
+        ("fstream/!forceOrder@arr", "db_rejected", bad.raw, False)
+    ]
+    assert sample(metrics, "collector_write_errors_total", {"kind": "data"}) == 1
+    assert sample(metrics, "collector_dead_letters_total", {"reason": "db_rejected"}) == 1
+
+
+async def test_transient_failure_keeps_the_batch_and_retries(pg_dsn: str, pg: asyncpg.Connection) -> None:
+    """Connection failures are retried with the batch kept; nothing is lost."""
+    metrics = Metrics()
+    attempts = 0
+
+    async def flaky_connect() -> asyncpg.Connection:
+        nonlocal attempts
+        attempts += 1
+        if attempts <= 3:
+            raise ConnectionRefusedError("database restarting")
+        return await asyncpg.connect(pg_dsn)
+
+    writer = Writer(flaky_connect, FAST, metrics)
+    task = await start(writer)
+    for i in range(10):
+        await writer.put(liquidation(i))
+    await writer.flush()
+    await stop(task)
+    assert attempts == 4
+    assert await pg.fetchval("SELECT count(*) FROM market_liquidations") == 10
+    assert sample(metrics, "collector_write_errors_total", {"kind": "transient"}) == 3
+    assert sample(metrics, "collector_database_up") == 1
+
+
+async def test_dead_letters_and_sessions_are_written(pg_dsn: str, pg: asyncpg.Connection) -> None:
+    """Dead letters keep raw bytes; session snapshots merge into one ledger row."""
+    writer = Writer(lambda: asyncpg.connect(pg_dsn), FAST, Metrics())
+    task = await start(writer)
+    s = session()
+    await writer.put(s)
+    await writer.put(DeadLetter(NOW, "fstream/market", "malformed_json", "bad", b"\x00{oops"))
+    await writer.flush()
+    later = NOW + timedelta(seconds=30)
+    await writer.put(dataclasses.replace(s, last_alive_at=later, events_received=7,
+                                         first_event_at=NOW, last_event_at=later))  # fmt: skip
+    await writer.put(dataclasses.replace(s, closed_at=later, close_reason="shutdown",
+                                         last_alive_at=later, events_received=7))  # fmt: skip
+    await writer.flush()
+    await stop(task)
+    row = await pg.fetchrow("SELECT * FROM ws_sessions")
+    assert (row["events_received"], row["closed_at"], row["close_reason"]) == (7, later, "shutdown")
+    assert (row["first_event_at"], row["last_event_at"]) == (NOW, later)
+    assert row["streams"] == ["!forceOrder@arr"]
+    dead = await pg.fetchrow("SELECT reason, detail, raw FROM dead_letters")
+    assert tuple(dead) == ("malformed_json", "bad", b"\x00{oops")
+
+
+async def test_full_queue_blocks_producers(pg_dsn: str) -> None:
+    """With the writer stopped, a full queue makes `put` wait instead of growing memory."""
+    config = dataclasses.replace(FAST, queue_max=3)
+    writer = Writer(lambda: asyncpg.connect(pg_dsn), config, Metrics())
+    for i in range(3):
+        await writer.put(liquidation(i))
+    blocked = asyncio.create_task(writer.put(liquidation(4)))
+    await asyncio.sleep(0)
+    assert not blocked.done()
+    assert writer.queue.qsize() == 3
+    task = await start(writer)
+    await asyncio.wait_for(blocked, 5)
+    await writer.flush()
+    await stop(task)
+
+
+async def test_partitions_absorb_rows_from_the_default(pg: asyncpg.Connection) -> None:
+    """Rows that landed in the default partition move into their month when it is created."""
+    await pg.execute(
+        "INSERT INTO market_liquidations (trade_time, content_key, event_time, symbol, market, "
+        "side, liquidated_side, status, orig_qty, price, avg_price, filled_qty, received_at, "
+        "source_host, source_route, source_stream, raw) VALUES ('2031-03-04', gen_random_uuid(), "
+        "'2031-03-04', 'X', 'UM', 'SELL', 'LONG', 'FILLED', 1, 1, 1, 1, now(), 'f', 'm', 's', '{}')"
+    )
+    assert await pg.fetchval("SELECT tableoid::regclass::text FROM market_liquidations") == (
+        "market_liquidations_default"
+    )
+    assert await ensure_partitions(pg, NOW.replace(year=2031, month=3)) == 4
+    assert await pg.fetchval("SELECT tableoid::regclass::text FROM market_liquidations") == (
+        "market_liquidations_p203103"
+    )
+
+
+def test_error_classification() -> None:
+    """Connection loss and restarts are transient; rejected data and bad SQL are not."""
+    assert is_transient(ConnectionResetError())
+    assert is_transient(asyncpg.exceptions.AdminShutdownError("x"))
+    assert is_transient(asyncpg.exceptions.CannotConnectNowError("x"))
+    assert not is_transient(asyncpg.exceptions.UntranslatableCharacterError("x"))
+    assert not is_transient(asyncpg.exceptions.UndefinedTableError("x"))

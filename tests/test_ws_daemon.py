@@ -1,0 +1,223 @@
+"""The daemon end to end: emulator websockets -> collector -> real Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import aiohttp
+import asyncpg
+import orjson
+
+from collector.emulator import Emulator, EmulatorOptions
+from tests.daemon import count_rows, eventually, running, make_config
+from tests.factories import um_event
+
+
+def sample(daemon_metrics: object, name: str, labels: dict[str, str] | None = None) -> float:
+    value = daemon_metrics.registry.get_sample_value(name, labels or {})  # type: ignore[attr-defined]
+    return 0.0 if value is None else float(value)
+
+
+def cm_event(trade_time_ms: int) -> dict[str, object]:
+    """A post-merge COIN-M event: `st` 2 at the top, `ps` inside `o` (§1.3)."""
+    return {
+        "e": "forceOrder", "E": trade_time_ms + 5, "st": 2,
+        "o": {"s": "BTCUSD_PERP", "ps": "BTCUSD", "S": "BUY", "o": "LIMIT", "f": "IOC",
+              "q": "3", "p": "97000.1", "ap": "96999.9", "X": "FILLED", "l": "3", "z": "3",
+              "T": trade_time_ms},
+    }  # fmt: skip
+
+
+async def test_events_are_stored_exactly_with_notional(pg_dsn: str, pg: asyncpg.Connection) -> None:
+    """A UM and a CM event arrive as rows with every field exact and USD notional derived."""
+    async with Emulator(EmulatorOptions()) as emu, running(make_config(emu, pg_dsn)) as daemon:
+        await emu.wait_for_connections(1, host="fstream")
+        # exchangeInfo (contract sizes) loads concurrently; wait for it so CM notional is set.
+        await eventually(lambda: pg.fetchval("SELECT count(*) FROM symbols WHERE market='CM'"),
+                         lambda n: n > 0)  # fmt: skip
+        await eventually(lambda: asyncio.sleep(0, daemon.runtime.catalog.contract_sizes),
+                         lambda sizes: "BTCUSD_PERP" in sizes)  # fmt: skip
+        await emu.wait_until(lambda: all(c.streams for c in emu.connections))
+        assert await emu.publish(um_event("ETHUSDT", 1_795_000_000_123, qty="1.5",
+                                          price="3000.10", avg_price="3001.25")) == 1  # fmt: skip
+        assert await emu.publish(cm_event(1_795_000_000_456)) == 1
+        await eventually(count_rows(pg), lambda n: n == 2)
+        rows = await pg.fetch(
+            "SELECT symbol, pair, symbol_type, market, side, liquidated_side, order_type, "
+            "time_in_force, status, orig_qty, price, avg_price, last_filled_qty, filled_qty, "
+            "notional_usd, extract(epoch from trade_time) * 1000 AS t, "
+            "extract(epoch from event_time) * 1000 AS e, source_host, source_route, "
+            "source_stream FROM market_liquidations ORDER BY trade_time"
+        )
+    assert [tuple(r) for r in rows] == [
+        ("ETHUSDT", "ETHUSDT", 1, "UM", "SELL", "LONG", "LIMIT", "IOC", "FILLED",
+         Decimal("1.5"), Decimal("3000.10"), Decimal("3001.25"), Decimal("1.5"), Decimal("1.5"),
+         Decimal("4501.875"), Decimal(1_795_000_000_123), Decimal(1_795_000_000_126),
+         "fstream", "market", "!forceOrder@arr"),
+        ("BTCUSD_PERP", "BTCUSD", 2, "CM", "BUY", "SHORT", "LIMIT", "IOC", "FILLED",
+         Decimal(3), Decimal("97000.1"), Decimal("96999.9"), Decimal(3), Decimal(3),
+         Decimal(300), Decimal(1_795_000_000_456), Decimal(1_795_000_000_461),
+         "fstream", "market", "!forceOrder@arr"),
+    ]  # fmt: skip
+
+
+async def test_overlapping_streams_store_one_row(pg_dsn: str, pg: asyncpg.Connection) -> None:
+    """The same event on fstream all-market, a per-symbol stream and dstream is one row."""
+    async with Emulator(EmulatorOptions()) as emu:
+        config = make_config(emu, pg_dsn, coin_m_all_market=True, usdm_symbols=("BTCUSDT",))
+        async with running(config) as daemon:
+            await emu.wait_for_connections(2)
+            await emu.wait_until(lambda: sum(len(c.streams) for c in emu.connections) == 3)
+            for i in range(5):
+                # Two sockets; the fstream one carries both streams, so three frames per event.
+                assert await emu.publish(um_event("BTCUSDT", 1_795_000_000_000 + i)) == 2
+            await eventually(count_rows(pg), lambda n: n == 5)
+            await daemon.runtime.writer.flush()
+            metrics = daemon.runtime.metrics
+            assert sample(metrics, "collector_duplicates_total", {"layer": "memory"}) == 10
+            assert sample(metrics, "collector_rows_inserted_total",
+                          {"table": "market_liquidations"}) == 5  # fmt: skip
+            streams = await pg.fetch(
+                "SELECT DISTINCT source_host, source_stream FROM market_liquidations"
+            )
+            assert len(streams) == 1
+
+
+async def test_malformed_frames_are_dead_lettered_and_the_stream_goes_on(
+    pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """Bad JSON, unknown events and bad fields land in dead_letters; good events still land."""
+    async with Emulator(EmulatorOptions()) as emu, running(make_config(emu, pg_dsn)) as daemon:
+        await emu.wait_for_connections(1)
+        await emu.wait_until(lambda: all(c.streams for c in emu.connections))
+        await emu.send_raw("{not json")
+        await emu.send_raw('{"stream":"!forceOrder@arr","data":{"e":"markPriceUpdate","E":1}}')
+        bad = um_event("BTCUSDT", 1_795_000_000_001, price="12,5")
+        await emu.publish(bad)
+        await emu.publish(um_event("BTCUSDT", 1_795_000_000_002))
+        await eventually(count_rows(pg, "dead_letters"), lambda n: n == 3)
+        await eventually(count_rows(pg), lambda n: n == 1)
+        dead = await pg.fetch("SELECT source, reason, raw FROM dead_letters ORDER BY id")
+        assert [(d["source"], d["reason"]) for d in dead] == [
+            ("fstream/market", "malformed_json"),
+            ("fstream/market", "unknown_event"),
+            ("fstream/market", "malformed_event"),
+        ]
+        assert bytes(dead[0]["raw"]) == b"{not json"
+        assert orjson.loads(dead[2]["raw"])["data"] == bad
+        metrics = daemon.runtime.metrics
+        assert sample(metrics, "collector_dead_letters_total", {"reason": "malformed_json"}) == 1
+        assert sample(metrics, "collector_ws_connects_total", {"host": "fstream"}) == 1
+
+
+async def test_server_drop_reconnects_and_the_ledger_records_the_gap(
+    pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """A dropped connection is re-established; events on both sides land; the gap is recorded."""
+    async with Emulator(EmulatorOptions()) as emu, running(make_config(emu, pg_dsn)) as daemon:
+        await emu.wait_for_connections(1)
+        await emu.wait_until(lambda: all(c.streams for c in emu.connections))
+        await emu.publish(um_event("BTCUSDT", 1_795_000_000_001))
+        await eventually(count_rows(pg), lambda n: n == 1)
+        assert await emu.drop_connections() == 1
+        await eventually(lambda: asyncio.sleep(0, sample(
+            daemon.runtime.metrics, "collector_ws_connects_total", {"host": "fstream"})),
+            lambda n: n == 2)  # fmt: skip
+        await emu.wait_until(lambda: len(emu.connections) == 1 and all(
+            c.streams for c in emu.connections))  # fmt: skip
+        await emu.publish(um_event("BTCUSDT", 1_795_000_000_002))
+        await eventually(count_rows(pg), lambda n: n == 2)
+        sessions = await eventually(
+            lambda: pg.fetch("SELECT close_reason, opened_at, closed_at, events_received "
+                             "FROM ws_sessions ORDER BY opened_at"),
+            lambda rows: len(rows) == 2 and rows[0]["closed_at"] is not None
+            and rows[1]["events_received"] == 1,
+        )  # fmt: skip
+        assert [s["close_reason"] for s in sessions] == ["server_closed", None]
+        assert sessions[0]["events_received"] == 1
+        gaps = await pg.fetch(
+            "SELECT gap_start, gap_end FROM coverage_gaps(ARRAY['!forceOrder@arr'], $1, $2)",
+            sessions[0]["opened_at"], sessions[1]["opened_at"],
+        )  # fmt: skip
+        assert [tuple(g) for g in gaps] == [(sessions[0]["closed_at"], sessions[1]["opened_at"])]
+    closed = await pg.fetch("SELECT close_reason FROM ws_sessions ORDER BY opened_at")
+    assert [c["close_reason"] for c in closed] == ["server_closed", "shutdown"]
+
+
+async def test_failed_upgrades_back_off_and_recover(pg_dsn: str, pg: asyncpg.Connection) -> None:
+    """Three 503s on upgrade are counted as reconnects by reason, then the stream connects."""
+    async with Emulator(EmulatorOptions()) as emu:
+        emu.fail_upgrades(3, status=503)
+        async with running(make_config(emu, pg_dsn)) as daemon:
+            await emu.wait_for_connections(1, timeout=10)
+            metrics = daemon.runtime.metrics
+            assert sample(metrics, "collector_ws_reconnects_total",
+                          {"host": "fstream", "reason": "http_503"}) == 3  # fmt: skip
+            assert emu.stats.upgrades_failed == 3
+
+
+async def test_pings_are_answered_with_their_payload(pg_dsn: str) -> None:
+    """Server pings get a pong with the same payload, so the pong deadline never cuts us."""
+    # Pongs count toward Binance's 10 incoming messages/s, so ping at 5/s, not faster.
+    options = EmulatorOptions(ping_interval_s=0.2, pong_timeout_s=0.5)
+    async with Emulator(options) as emu, running(make_config(emu, pg_dsn)):
+        [conn] = await emu.wait_for_connections(1)
+        await emu.wait_until(lambda: conn.pongs_received >= 6, timeout=10)
+        assert conn.last_pong_matched is True
+        assert emu.stats.disconnects["pong_timeout"] == 0
+        assert len(emu.connections) == 1
+
+
+async def test_rotation_is_make_before_break_without_gap_or_duplicates(
+    pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """Rotating ahead of the 24 h cut overlaps sessions: no coverage gap, no duplicate rows."""
+    async with Emulator(EmulatorOptions()) as emu:
+        config = make_config(emu, pg_dsn, rotate_after_s=0.4)
+        async with running(config) as daemon:
+            await emu.wait_for_connections(1)
+            published = 0
+            while sample(daemon.runtime.metrics, "collector_ws_rotations_total",
+                         {"host": "fstream"}) < 3:  # fmt: skip
+                await emu.publish(um_event("BTCUSDT", 1_795_000_000_000 + published))
+                published += 1
+                await asyncio.sleep(0.005)  # pacing the publisher, not waiting for a result
+            await eventually(count_rows(pg), lambda n: n == published)
+        sessions = await pg.fetch(
+            "SELECT opened_at, closed_at, close_reason, events_received FROM ws_sessions "
+            "ORDER BY opened_at"
+        )
+        assert [s["close_reason"] for s in sessions][:3] == ["rotated"] * 3
+        gaps = await pg.fetch(
+            "SELECT * FROM coverage_gaps(ARRAY['!forceOrder@arr'], $1, $2)",
+            sessions[0]["opened_at"], sessions[-1]["closed_at"],
+        )  # fmt: skip
+        assert gaps == []
+        assert sum(s["events_received"] for s in sessions) >= published
+
+
+async def test_metrics_and_health_answer(pg_dsn: str) -> None:
+    """/metrics, /healthz and /readyz answer on the daemon's port; readiness tracks streams."""
+    async with Emulator(EmulatorOptions()) as emu, running(make_config(emu, pg_dsn)) as daemon:
+        await emu.wait_for_connections(1)
+        base = f"http://127.0.0.1:{daemon.runtime.http_port}"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/healthz") as r:
+                assert (r.status, await r.json()) == (200, {"status": "ok"})
+
+            async def ready() -> tuple[int, object]:
+                async with http.get(f"{base}/readyz") as r:
+                    return r.status, await r.json()
+
+            status, body = await eventually(ready, lambda sb: sb[0] == 200)
+            assert body == {"ok": ["database", "event_age", "streams"], "failing": {}}
+            emu.fail_upgrades(1000)
+            await emu.drop_connections()
+            status, body = await eventually(ready, lambda sb: sb[0] == 503)
+            assert body["failing"] == {"streams": "not connected: fstream/market#0"}  # type: ignore[index]
+            emu.fail_upgrades(0)
+            async with http.get(f"{base}/metrics") as r:
+                text = await r.text()
+        assert "collector_ws_connections{host=\"fstream\"}" in text
+        assert "collector_queue_capacity 100000.0" in text
