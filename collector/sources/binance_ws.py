@@ -255,9 +255,20 @@ class Connection:
             self._pending.pop(ident, None)
 
     async def close(self, reason: str) -> None:
-        """Close the socket and finish the session's ledger row. Idempotent."""
+        """Close the socket and finish the session's ledger row. Idempotent.
+
+        A subscribed session first UNSUBSCRIBEs everything and waits for the reply: frames on
+        one socket are ordered, so every event sent before it has been read and queued when the
+        reply arrives. (aiohttp's close() would discard frames still in flight.)
+        """
         if not self.close_reason:
             self.close_reason = reason
+        if self.subscribed.is_set() and not self.closed.is_set():
+            try:
+                async with asyncio.timeout(self._config.open_timeout_s):
+                    await self._request("UNSUBSCRIBE", list(self.spec.streams))
+            except (TimeoutError, ConnectionClosed) as exc:
+                self.log.warning("ws.unsubscribe_failed", error=type(exc).__name__)
         if self._ws is not None and not self._ws.closed:
             with contextlib.suppress(Exception):
                 await self._ws.close()
@@ -282,7 +293,7 @@ class Connection:
         self.closed.set()
         for future in self._pending.values():
             if not future.done():
-                future.cancel()
+                future.set_exception(ConnectionClosed(self.close_reason or "closed"))
         if self._record is None:
             return
         self._metrics.ws_connections.labels(self.spec.host).dec()
