@@ -21,11 +21,19 @@ T = TypeVar("T")
 def make_config(emulator: Emulator, dsn: str, **binance: Any) -> Config:
     """A config pointing at `emulator` and `dsn`, with short delays for tests."""
     b = BinanceConfig(
-        fstream_url=emulator.fstream_url, dstream_url=emulator.dstream_url,
-        fapi_url=emulator.fapi_url, dapi_url=emulator.dapi_url, papi_url=emulator.papi_url,
-        sapi_url=emulator.sapi_url, reconnect_initial_s=0.05, reconnect_max_s=0.2,
-        healthy_after_s=1.0, heartbeat_s=0.2, control_messages_per_s=9.0, open_timeout_s=3.0,
-    )  # fmt: skip
+        fstream_url=emulator.fstream_url,
+        dstream_url=emulator.dstream_url,
+        fapi_url=emulator.fapi_url,
+        dapi_url=emulator.dapi_url,
+        papi_url=emulator.papi_url,
+        sapi_url=emulator.sapi_url,
+        reconnect_initial_s=0.05,
+        reconnect_max_s=0.2,
+        healthy_after_s=1.0,
+        heartbeat_s=0.2,
+        control_messages_per_s=9.0,
+        open_timeout_s=3.0,
+    )
     return Config(
         database=DatabaseConfig(dsn=Secret(dsn), migrate_on_start=False),
         binance=dataclasses.replace(b, **binance),
@@ -79,8 +87,10 @@ async def eventually(
         await asyncio.sleep(0.02)
 
 
-def count_rows(conn: asyncpg.Connection, table: str = "market_liquidations") -> Callable[[], Awaitable[int]]:
+def count_rows(
+    conn: asyncpg.Connection, table: str = "market_liquidations"
+) -> Callable[[], Awaitable[int]]:
     async def probe() -> int:
-        return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))  # noqa: S608
+        return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
 
     return probe

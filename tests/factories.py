@@ -28,10 +28,19 @@ def um_event(
         "e": "forceOrder",
         "E": trade_time_ms + 3,
         "o": {
-            "s": symbol, "S": side, "o": "LIMIT", "f": "IOC", "q": qty, "p": price,
-            "ap": avg_price, "X": "FILLED", "l": qty, "z": qty, "T": trade_time_ms,
+            "s": symbol,
+            "S": side,
+            "o": "LIMIT",
+            "f": "IOC",
+            "q": qty,
+            "p": price,
+            "ap": avg_price,
+            "X": "FILLED",
+            "l": qty,
+            "z": qty,
+            "T": trade_time_ms,
         },
-    }  # fmt: skip
+    }
     if st is not None:
         event["st"] = st
         event["ps"] = symbol
@@ -49,10 +58,15 @@ def liquidation(i: int = 0, **kwargs: Any) -> MarketLiquidation:
 def session(**kwargs: Any) -> SessionRecord:
     """A ledger record for an open session."""
     defaults: dict[str, Any] = {
-        "session_id": uuid.uuid4(), "connection": "fstream/market#0", "host": "fstream",
-        "route": "market", "url": "ws://x/market/stream?streams=!forceOrder@arr",
-        "streams": ("!forceOrder@arr",), "opened_at": NOW, "last_alive_at": NOW,
-    }  # fmt: skip
+        "session_id": uuid.uuid4(),
+        "connection": "fstream/market#0",
+        "host": "fstream",
+        "route": "market",
+        "url": "ws://x/market/stream?streams=!forceOrder@arr",
+        "streams": ("!forceOrder@arr",),
+        "opened_at": NOW,
+        "last_alive_at": NOW,
+    }
     defaults.update(kwargs)
     return SessionRecord(**defaults)
 

@@ -28,19 +28,38 @@ UM_EVENT = {
     "e": "forceOrder",
     "E": 1568014460893,
     "o": {
-        "s": "BTCUSDT", "S": "SELL", "o": "LIMIT", "f": "IOC", "q": "0.014", "p": "9910",
-        "ap": "9910", "X": "FILLED", "l": "0.014", "z": "0.014", "T": 1568014460893,
+        "s": "BTCUSDT",
+        "S": "SELL",
+        "o": "LIMIT",
+        "f": "IOC",
+        "q": "0.014",
+        "p": "9910",
+        "ap": "9910",
+        "X": "FILLED",
+        "l": "0.014",
+        "z": "0.014",
+        "T": 1568014460893,
     },
-}  # fmt: skip
+}
 # The official COIN-M example.
 CM_EVENT = {
     "e": "forceOrder",
     "E": 1591154240950,
     "o": {
-        "s": "BTCUSD_200925", "ps": "BTCUSD", "S": "SELL", "o": "LIMIT", "f": "IOC", "q": "1",
-        "p": "9425.5", "ap": "9496.5", "X": "FILLED", "l": "1", "z": "1", "T": 1591154240949,
+        "s": "BTCUSD_200925",
+        "ps": "BTCUSD",
+        "S": "SELL",
+        "o": "LIMIT",
+        "f": "IOC",
+        "q": "1",
+        "p": "9425.5",
+        "ap": "9496.5",
+        "X": "FILLED",
+        "l": "1",
+        "z": "1",
+        "T": 1591154240949,
     },
-}  # fmt: skip
+}
 
 
 def test_um_event_fields_are_exact() -> None:
@@ -101,9 +120,15 @@ def test_content_key_ignores_event_time_and_decimal_spelling() -> None:
     changed = {**UM_EVENT, "o": {**UM_EVENT["o"], "z": "0.013"}}
     assert parse_force_order(changed, source=SRC, received_at=NOW).content_key != a.content_key
     assert a.content_key == content_key(
-        "BTCUSDT", 1568014460893, "SELL", Decimal("0.014"), Decimal(9910), Decimal(9910),
-        Decimal("0.014"), "FILLED",
-    )  # fmt: skip
+        "BTCUSDT",
+        1568014460893,
+        "SELL",
+        Decimal("0.014"),
+        Decimal(9910),
+        Decimal(9910),
+        Decimal("0.014"),
+        "FILLED",
+    )
 
 
 @pytest.mark.parametrize(

@@ -34,9 +34,14 @@ async def test_sigterm_drains_every_received_event_and_exits_zero(
             "COLLECTOR_SHUTDOWN_GRACE_S": "10",
         }
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "collector", "run", env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+            sys.executable,
+            "-m",
+            "collector",
+            "run",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         try:
             [conn] = await emu.wait_for_connections(1, timeout=30)
             await emu.wait_until(lambda: bool(conn.streams), timeout=10)
@@ -103,8 +108,8 @@ async def test_postgres_restart_mid_stream_loses_nothing(tmp_path_factory: objec
                 assert keys == 150
             finally:
                 await check.close()
-            assert metrics.get_sample_value(
-                "collector_write_errors_total", {"kind": "transient"}
-            ) >= 1  # fmt: skip
+            assert (
+                metrics.get_sample_value("collector_write_errors_total", {"kind": "transient"}) >= 1
+            )
     finally:
         await asyncio.to_thread(server.cleanup)

@@ -16,8 +16,9 @@ from collector.model import DeadLetter
 from collector.sink.writer import Writer, ensure_partitions, is_transient
 from tests.factories import NOW, liquidation, session
 
-FAST = WriterConfig(queue_max=1000, batch_max_rows=100, batch_max_age_s=0.01,
-                    retry_initial_s=0.01, retry_max_s=0.05)  # fmt: skip
+FAST = WriterConfig(
+    queue_max=1000, batch_max_rows=100, batch_max_age_s=0.01, retry_initial_s=0.01, retry_max_s=0.05
+)
 
 
 def sample(metrics: Metrics, name: str, labels: dict[str, str] | None = None) -> float:
@@ -35,7 +36,9 @@ async def stop(task: asyncio.Task[None]) -> None:
         await task
 
 
-async def test_rows_land_exactly_once_with_duplicates_counted(pg_dsn: str, pg: asyncpg.Connection) -> None:
+async def test_rows_land_exactly_once_with_duplicates_counted(
+    pg_dsn: str, pg: asyncpg.Connection
+) -> None:
     """Two copies of each event become one row each; the copies are counted as duplicates."""
     metrics = Metrics()
     writer = Writer(lambda: asyncpg.connect(pg_dsn), FAST, metrics)
@@ -55,10 +58,18 @@ async def test_rows_land_exactly_once_with_duplicates_counted(pg_dsn: str, pg: a
         "trade_time FROM market_liquidations ORDER BY trade_time"
     )
     assert [tuple(r) for r in got] == [
-        ("BTCUSDT", Decimal(9910), Decimal(9910), Decimal("0.014"), Decimal("138.740"), "UM",
-         "LONG", r.trade_time)
+        (
+            "BTCUSDT",
+            Decimal(9910),
+            Decimal(9910),
+            Decimal("0.014"),
+            Decimal("138.740"),
+            "UM",
+            "LONG",
+            r.trade_time,
+        )
         for r in rows
-    ]  # fmt: skip
+    ]
     assert sample(metrics, "collector_rows_inserted_total", {"table": "market_liquidations"}) == 5
     assert sample(metrics, "collector_duplicates_total", {"layer": "memory"}) == 5
     assert sample(metrics, "collector_duplicates_total", {"layer": "database"}) == 5
@@ -103,7 +114,9 @@ async def test_a_row_postgres_rejects_is_dead_lettered_and_the_rest_commit(
     assert sample(metrics, "collector_dead_letters_total", {"reason": "db_rejected"}) == 1
 
 
-async def test_transient_failure_keeps_the_batch_and_retries(pg_dsn: str, pg: asyncpg.Connection) -> None:
+async def test_transient_failure_keeps_the_batch_and_retries(
+    pg_dsn: str, pg: asyncpg.Connection
+) -> None:
     """Connection failures are retried with the batch kept; nothing is lost."""
     metrics = Metrics()
     attempts = 0
@@ -136,10 +149,16 @@ async def test_dead_letters_and_sessions_are_written(pg_dsn: str, pg: asyncpg.Co
     await writer.put(DeadLetter(NOW, "fstream/market", "malformed_json", "bad", b"\x00{oops"))
     await writer.flush()
     later = NOW + timedelta(seconds=30)
-    await writer.put(dataclasses.replace(s, last_alive_at=later, events_received=7,
-                                         first_event_at=NOW, last_event_at=later))  # fmt: skip
-    await writer.put(dataclasses.replace(s, closed_at=later, close_reason="shutdown",
-                                         last_alive_at=later, events_received=7))  # fmt: skip
+    await writer.put(
+        dataclasses.replace(
+            s, last_alive_at=later, events_received=7, first_event_at=NOW, last_event_at=later
+        )
+    )
+    await writer.put(
+        dataclasses.replace(
+            s, closed_at=later, close_reason="shutdown", last_alive_at=later, events_received=7
+        )
+    )
     await writer.flush()
     await stop(task)
     row = await pg.fetchrow("SELECT * FROM ws_sessions")

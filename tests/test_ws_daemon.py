@@ -10,7 +10,7 @@ import asyncpg
 import orjson
 
 from collector.emulator import Emulator, EmulatorOptions
-from tests.daemon import count_rows, eventually, running, make_config
+from tests.daemon import count_rows, eventually, make_config, running
 from tests.factories import um_event
 
 
@@ -22,11 +22,24 @@ def sample(daemon_metrics: object, name: str, labels: dict[str, str] | None = No
 def cm_event(trade_time_ms: int) -> dict[str, object]:
     """A post-merge COIN-M event: `st` 2 at the top, `ps` inside `o` (§1.3)."""
     return {
-        "e": "forceOrder", "E": trade_time_ms + 5, "st": 2,
-        "o": {"s": "BTCUSD_PERP", "ps": "BTCUSD", "S": "BUY", "o": "LIMIT", "f": "IOC",
-              "q": "3", "p": "97000.1", "ap": "96999.9", "X": "FILLED", "l": "3", "z": "3",
-              "T": trade_time_ms},
-    }  # fmt: skip
+        "e": "forceOrder",
+        "E": trade_time_ms + 5,
+        "st": 2,
+        "o": {
+            "s": "BTCUSD_PERP",
+            "ps": "BTCUSD",
+            "S": "BUY",
+            "o": "LIMIT",
+            "f": "IOC",
+            "q": "3",
+            "p": "97000.1",
+            "ap": "96999.9",
+            "X": "FILLED",
+            "l": "3",
+            "z": "3",
+            "T": trade_time_ms,
+        },
+    }
 
 
 async def test_events_are_stored_exactly_with_notional(pg_dsn: str, pg: asyncpg.Connection) -> None:
@@ -34,13 +47,22 @@ async def test_events_are_stored_exactly_with_notional(pg_dsn: str, pg: asyncpg.
     async with Emulator(EmulatorOptions()) as emu, running(make_config(emu, pg_dsn)) as daemon:
         await emu.wait_for_connections(1, host="fstream")
         # exchangeInfo (contract sizes) loads concurrently; wait for it so CM notional is set.
-        await eventually(lambda: pg.fetchval("SELECT count(*) FROM symbols WHERE market='CM'"),
-                         lambda n: n > 0)  # fmt: skip
-        await eventually(lambda: asyncio.sleep(0, daemon.runtime.catalog.contract_sizes),
-                         lambda sizes: "BTCUSD_PERP" in sizes)  # fmt: skip
+        await eventually(
+            lambda: pg.fetchval("SELECT count(*) FROM symbols WHERE market='CM'"), lambda n: n > 0
+        )
+        await eventually(
+            lambda: asyncio.sleep(0, daemon.runtime.catalog.contract_sizes),
+            lambda sizes: "BTCUSD_PERP" in sizes,
+        )
         await emu.wait_until(lambda: all(c.streams for c in emu.connections))
-        assert await emu.publish(um_event("ETHUSDT", 1_795_000_000_123, qty="1.5",
-                                          price="3000.10", avg_price="3001.25")) == 1  # fmt: skip
+        assert (
+            await emu.publish(
+                um_event(
+                    "ETHUSDT", 1_795_000_000_123, qty="1.5", price="3000.10", avg_price="3001.25"
+                )
+            )
+            == 1
+        )
         assert await emu.publish(cm_event(1_795_000_000_456)) == 1
         await eventually(count_rows(pg), lambda n: n == 2)
         rows = await pg.fetch(
@@ -51,15 +73,51 @@ async def test_events_are_stored_exactly_with_notional(pg_dsn: str, pg: asyncpg.
             "source_stream FROM market_liquidations ORDER BY trade_time"
         )
     assert [tuple(r) for r in rows] == [
-        ("ETHUSDT", "ETHUSDT", 1, "UM", "SELL", "LONG", "LIMIT", "IOC", "FILLED",
-         Decimal("1.5"), Decimal("3000.10"), Decimal("3001.25"), Decimal("1.5"), Decimal("1.5"),
-         Decimal("4501.875"), Decimal(1_795_000_000_123), Decimal(1_795_000_000_126),
-         "fstream", "market", "!forceOrder@arr"),
-        ("BTCUSD_PERP", "BTCUSD", 2, "CM", "BUY", "SHORT", "LIMIT", "IOC", "FILLED",
-         Decimal(3), Decimal("97000.1"), Decimal("96999.9"), Decimal(3), Decimal(3),
-         Decimal(300), Decimal(1_795_000_000_456), Decimal(1_795_000_000_461),
-         "fstream", "market", "!forceOrder@arr"),
-    ]  # fmt: skip
+        (
+            "ETHUSDT",
+            "ETHUSDT",
+            1,
+            "UM",
+            "SELL",
+            "LONG",
+            "LIMIT",
+            "IOC",
+            "FILLED",
+            Decimal("1.5"),
+            Decimal("3000.10"),
+            Decimal("3001.25"),
+            Decimal("1.5"),
+            Decimal("1.5"),
+            Decimal("4501.875"),
+            Decimal(1_795_000_000_123),
+            Decimal(1_795_000_000_126),
+            "fstream",
+            "market",
+            "!forceOrder@arr",
+        ),
+        (
+            "BTCUSD_PERP",
+            "BTCUSD",
+            2,
+            "CM",
+            "BUY",
+            "SHORT",
+            "LIMIT",
+            "IOC",
+            "FILLED",
+            Decimal(3),
+            Decimal("97000.1"),
+            Decimal("96999.9"),
+            Decimal(3),
+            Decimal(3),
+            Decimal(300),
+            Decimal(1_795_000_000_456),
+            Decimal(1_795_000_000_461),
+            "fstream",
+            "market",
+            "!forceOrder@arr",
+        ),
+    ]
 
 
 async def test_overlapping_streams_store_one_row(pg_dsn: str, pg: asyncpg.Connection) -> None:
@@ -76,8 +134,10 @@ async def test_overlapping_streams_store_one_row(pg_dsn: str, pg: asyncpg.Connec
             await daemon.runtime.writer.flush()
             metrics = daemon.runtime.metrics
             assert sample(metrics, "collector_duplicates_total", {"layer": "memory"}) == 10
-            assert sample(metrics, "collector_rows_inserted_total",
-                          {"table": "market_liquidations"}) == 5  # fmt: skip
+            assert (
+                sample(metrics, "collector_rows_inserted_total", {"table": "market_liquidations"})
+                == 5
+            )
             streams = await pg.fetch(
                 "SELECT DISTINCT source_host, source_stream FROM market_liquidations"
             )
@@ -121,25 +181,36 @@ async def test_server_drop_reconnects_and_the_ledger_records_the_gap(
         await emu.publish(um_event("BTCUSDT", 1_795_000_000_001))
         await eventually(count_rows(pg), lambda n: n == 1)
         assert await emu.drop_connections() == 1
-        await eventually(lambda: asyncio.sleep(0, sample(
-            daemon.runtime.metrics, "collector_ws_connects_total", {"host": "fstream"})),
-            lambda n: n == 2)  # fmt: skip
-        await emu.wait_until(lambda: len(emu.connections) == 1 and all(
-            c.streams for c in emu.connections))  # fmt: skip
+        await eventually(
+            lambda: asyncio.sleep(
+                0,
+                sample(daemon.runtime.metrics, "collector_ws_connects_total", {"host": "fstream"}),
+            ),
+            lambda n: n == 2,
+        )
+        await emu.wait_until(
+            lambda: len(emu.connections) == 1 and all(c.streams for c in emu.connections)
+        )
         await emu.publish(um_event("BTCUSDT", 1_795_000_000_002))
         await eventually(count_rows(pg), lambda n: n == 2)
         sessions = await eventually(
-            lambda: pg.fetch("SELECT close_reason, opened_at, closed_at, events_received "
-                             "FROM ws_sessions ORDER BY opened_at"),
-            lambda rows: len(rows) == 2 and rows[0]["closed_at"] is not None
-            and rows[1]["events_received"] == 1,
-        )  # fmt: skip
+            lambda: pg.fetch(
+                "SELECT close_reason, opened_at, closed_at, events_received "
+                "FROM ws_sessions ORDER BY opened_at"
+            ),
+            lambda rows: (
+                len(rows) == 2
+                and rows[0]["closed_at"] is not None
+                and rows[1]["events_received"] == 1
+            ),
+        )
         assert [s["close_reason"] for s in sessions] == ["server_closed", None]
         assert sessions[0]["events_received"] == 1
         gaps = await pg.fetch(
             "SELECT gap_start, gap_end FROM coverage_gaps(ARRAY['!forceOrder@arr'], $1, $2)",
-            sessions[0]["opened_at"], sessions[1]["opened_at"],
-        )  # fmt: skip
+            sessions[0]["opened_at"],
+            sessions[1]["opened_at"],
+        )
         assert [tuple(g) for g in gaps] == [(sessions[0]["closed_at"], sessions[1]["opened_at"])]
     closed = await pg.fetch("SELECT close_reason FROM ws_sessions ORDER BY opened_at")
     assert [c["close_reason"] for c in closed] == ["server_closed", "shutdown"]
@@ -152,8 +223,14 @@ async def test_failed_upgrades_back_off_and_recover(pg_dsn: str, pg: asyncpg.Con
         async with running(make_config(emu, pg_dsn)) as daemon:
             await emu.wait_for_connections(1, timeout=10)
             metrics = daemon.runtime.metrics
-            assert sample(metrics, "collector_ws_reconnects_total",
-                          {"host": "fstream", "reason": "http_503"}) == 3  # fmt: skip
+            assert (
+                sample(
+                    metrics,
+                    "collector_ws_reconnects_total",
+                    {"host": "fstream", "reason": "http_503"},
+                )
+                == 3
+            )
             assert emu.stats.upgrades_failed == 3
 
 
@@ -178,8 +255,10 @@ async def test_rotation_is_make_before_break_without_gap_or_duplicates(
         async with running(config) as daemon:
             await emu.wait_for_connections(1)
             published = 0
-            while sample(daemon.runtime.metrics, "collector_ws_rotations_total",
-                         {"host": "fstream"}) < 3:  # fmt: skip
+            while (
+                sample(daemon.runtime.metrics, "collector_ws_rotations_total", {"host": "fstream"})
+                < 3
+            ):
                 await emu.publish(um_event("BTCUSDT", 1_795_000_000_000 + published))
                 published += 1
                 await asyncio.sleep(0.005)  # pacing the publisher, not waiting for a result
@@ -191,8 +270,9 @@ async def test_rotation_is_make_before_break_without_gap_or_duplicates(
         assert [s["close_reason"] for s in sessions][:3] == ["rotated"] * 3
         gaps = await pg.fetch(
             "SELECT * FROM coverage_gaps(ARRAY['!forceOrder@arr'], $1, $2)",
-            sessions[0]["opened_at"], sessions[-1]["closed_at"],
-        )  # fmt: skip
+            sessions[0]["opened_at"],
+            sessions[-1]["closed_at"],
+        )
         assert gaps == []
         assert sum(s["events_received"] for s in sessions) >= published
 
@@ -210,14 +290,14 @@ async def test_metrics_and_health_answer(pg_dsn: str) -> None:
                 async with http.get(f"{base}/readyz") as r:
                     return r.status, await r.json()
 
-            status, body = await eventually(ready, lambda sb: sb[0] == 200)
+            _, body = await eventually(ready, lambda sb: sb[0] == 200)
             assert body == {"ok": ["database", "event_age", "streams"], "failing": {}}
             emu.fail_upgrades(1000)
             await emu.drop_connections()
-            status, body = await eventually(ready, lambda sb: sb[0] == 503)
+            _status, body = await eventually(ready, lambda sb: sb[0] == 503)
             assert body["failing"] == {"streams": "not connected: fstream/market#0"}  # type: ignore[index]
             emu.fail_upgrades(0)
             async with http.get(f"{base}/metrics") as r:
                 text = await r.text()
-        assert "collector_ws_connections{host=\"fstream\"}" in text
+        assert 'collector_ws_connections{host="fstream"}' in text
         assert "collector_queue_capacity 100000.0" in text
