@@ -89,7 +89,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from collector.emulator import EmulatorOptions  # noqa: PLC0415
     from collector.emulator.core import run_simulator  # noqa: PLC0415
 
-    options = EmulatorOptions(seed=args.seed, rate_per_s=args.rate)
+    options = EmulatorOptions.for_rate(args.rate, seed=args.seed)
     ports = {
         "fstream": args.port_base, "dstream": args.port_base + 1, "fapi": args.port_base + 2,
         "dapi": args.port_base + 3, "papi": args.port_base + 4, "sapi": args.port_base + 5,

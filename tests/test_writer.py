@@ -207,5 +207,6 @@ def test_error_classification() -> None:
     assert is_transient(ConnectionResetError())
     assert is_transient(asyncpg.exceptions.AdminShutdownError("x"))
     assert is_transient(asyncpg.exceptions.CannotConnectNowError("x"))
+    assert is_transient(asyncpg.exceptions.InternalClientError("cannot switch to state 15"))
     assert not is_transient(asyncpg.exceptions.UntranslatableCharacterError("x"))
     assert not is_transient(asyncpg.exceptions.UndefinedTableError("x"))

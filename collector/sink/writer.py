@@ -92,7 +92,11 @@ def is_transient(exc: BaseException) -> bool:
     serialization failures (40) and timeouts are transient. Rejected data (22, 23) and
     programming errors (42: a missing table, bad SQL) are not.
     """
+    # InternalClientError: asyncpg's protocol state after the server vanished mid-operation
+    # (e.g. "cannot switch to state 15; another operation is in progress" on ROLLBACK).
     if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
+        return True
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
         return True
     if isinstance(exc, asyncpg.PostgresError):
         sqlstate = getattr(exc, "sqlstate", None) or ""
@@ -298,7 +302,8 @@ class Writer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if not is_transient(exc):
+                lost = self._conn is not None and self._conn.is_closed()
+                if not (is_transient(exc) or lost):
                     raise
                 self._drop_connection()
                 self.is_healthy = False
