@@ -163,6 +163,9 @@ class RestConfig:
     # How long an account that failed authentication waits before trying again.
     auth_failure_backoff_s: float = 900.0
     enrich_margin_orders: bool = True
+    # Margin order lookups (weight 10 each) per poll of one margin endpoint, so enrichment
+    # never crowds out the force-order polls that share its budget.
+    enrich_per_poll: int = 20
 
 
 _DEFAULT_GRACE_S = 20.0
@@ -457,6 +460,8 @@ def _validate(config: Config, problems: list[str]) -> None:
         problems.append("[log] format: must be auto, json or console")
     if not 0 < config.rest.weight_share <= 1:
         problems.append("[rest] weight_share: must be in (0, 1]")
+    if config.rest.enrich_per_poll < 0:
+        problems.append("[rest] enrich_per_poll: must be 0 or more")
     if not 0 < config.rest.recv_window_ms <= 60000:
         problems.append("[rest] recv_window_ms: must be 1..60000 (Binance's maximum)")
     if config.shutdown_grace_s <= 0:

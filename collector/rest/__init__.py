@@ -1,0 +1,6 @@
+"""Signed REST polling of each configured account's own force orders (fapi, dapi, papi, sapi).
+
+Pure parts (`signing`, `endpoints`, `parse`, `budget`, `windows`) do no I/O; `client` is the
+signed HTTP shell, `store` the Postgres side, `pollers` the backfill and keep-up loops, and
+`accounts` turns the configuration into supervisor components.
+"""

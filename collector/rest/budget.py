@@ -1,0 +1,170 @@
+"""Request-weight budgets, one per Binance limit pool (binance-protocol.md §3).
+
+fapi and dapi share one 2400/min IP budget since the 2026 merge; papi has its own (limit not
+documented, assumed 2400); every sapi endpoint has an independent 12000/min. This process uses at
+most `share` of each limit, because other processes may share the egress IP. Weight is charged
+*before* a request from the documented weights and corrected from the used-weight headers, which
+count every process on the IP. A 429 stops one pool; a 418 stops every pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+
+from collector.metrics import Metrics
+from collector.retry import sleep_or_stop
+
+FAPI_DAPI_POOL = "fapi_dapi"
+PAPI_POOL = "papi"
+# Documented limits per minute (§3.1); papi's is unconfirmed, so the lowest plausible is used.
+POOL_LIMITS_1M = {FAPI_DAPI_POOL: 2400, PAPI_POOL: 2400}
+SAPI_ENDPOINT_LIMIT_1M = 12000
+# After a 429 or 418 without Retry-After: the next minute boundary plus up to this much jitter.
+_JITTER_S = 3.0
+
+
+def pool_for(family: str, path: str) -> str:
+    """The limit pool that a request to `path` on API `family` counts against."""
+    if family in ("fapi", "dapi"):
+        return FAPI_DAPI_POOL
+    if family == "papi":
+        return PAPI_POOL
+    return f"sapi:{path}"
+
+
+def pool_limit_1m(pool: str) -> int:
+    """The documented per-minute weight limit of `pool`."""
+    return POOL_LIMITS_1M.get(pool, SAPI_ENDPOINT_LIMIT_1M)
+
+
+class WeightPool:
+    """One limit pool's minute counter. Pure logic over an injected clock (`time.time`)."""
+
+    def __init__(
+        self,
+        name: str,
+        limit_1m: int,
+        share: float,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.name = name
+        self.limit_1m = limit_1m
+        self.allowed_1m = max(1, int(limit_1m * share))
+        self.used = 0
+        self.blocked_until = 0.0
+        self._minute = -1
+        self._clock = clock
+        self._rng = rng or random.Random()
+
+    def _roll(self, now: float) -> None:
+        minute = int(now // 60)
+        if minute != self._minute:
+            self._minute = minute
+            self.used = 0
+
+    def next_minute_delay(self) -> float:
+        """Seconds to the next minute boundary plus jitter (when Binance's counter resets)."""
+        now = self._clock()
+        return (int(now // 60) + 1) * 60 - now + self._rng.random() * _JITTER_S
+
+    def reserve(self, weight: int) -> float:
+        """Charge `weight` and return 0.0, or return how long to wait before asking again.
+
+        A request heavier than the whole allowance still goes through on a fresh minute.
+        """
+        now = self._clock()
+        if now < self.blocked_until:
+            return self.blocked_until - now
+        self._roll(now)
+        if self.used + weight <= self.allowed_1m or self.used == 0:
+            self.used += weight
+            return 0.0
+        return self.next_minute_delay()
+
+    def observe_used(self, used_1m: int) -> None:
+        """Correct the estimate from `X-MBX-USED-WEIGHT-1M` / `X-SAPI-USED-IP-WEIGHT-1M`."""
+        self._roll(self._clock())
+        self.used = max(self.used, used_1m)
+
+    def block(self, seconds: float) -> None:
+        """Send nothing on this pool for `seconds` (after a 429)."""
+        self.blocked_until = max(self.blocked_until, self._clock() + seconds)
+
+
+class Budget:
+    """Every limit pool of this process, plus the IP-wide ban after a 418."""
+
+    def __init__(
+        self,
+        share: float,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.share = share
+        self.metrics = metrics
+        self.banned_until = 0.0
+        self._pools: dict[str, WeightPool] = {}
+        self._clock = clock
+        self._rng = rng or random.Random()
+
+    def pool(self, name: str) -> WeightPool:
+        """The pool called `name`, created (and its limit gauge set) on first use."""
+        pool = self._pools.get(name)
+        if pool is None:
+            pool = WeightPool(
+                name, pool_limit_1m(name), self.share, clock=self._clock, rng=self._rng
+            )
+            self._pools[name] = pool
+            self.metrics.rest_weight_limit.labels(name).set(pool.allowed_1m)
+        return pool
+
+    def reserve(self, name: str, weight: int) -> float:
+        """Like `WeightPool.reserve`, but every pool waits while the IP is banned (418)."""
+        now = self._clock()
+        if now < self.banned_until:
+            return self.banned_until - now
+        pool = self.pool(name)
+        delay = pool.reserve(weight)
+        self.metrics.rest_weight_used.labels(name).set(pool.used)
+        return delay
+
+    async def acquire(self, name: str, weight: int, stop: asyncio.Event) -> bool:
+        """Wait until `weight` fits in pool `name` and charge it; False if `stop` came first."""
+        while (delay := self.reserve(name, weight)) > 0:
+            if await sleep_or_stop(delay, stop):
+                return False
+        return True
+
+    def observe_used(self, name: str, used_1m: int) -> None:
+        """Feed a used-weight header into pool `name`."""
+        pool = self.pool(name)
+        pool.observe_used(used_1m)
+        self.metrics.rest_weight_used.labels(name).set(pool.used)
+
+    def rate_limited(self, name: str, retry_after_s: float | None) -> float:
+        """A 429 on pool `name`: stop it until Retry-After, or the next minute with jitter.
+
+        Returns the pause. See developers.binance.com/docs/binance-spot-api-docs/rest-api/limits:
+        continuing after a 429 earns a 418 ban.
+        """
+        pool = self.pool(name)
+        delay = retry_after_s if retry_after_s is not None else pool.next_minute_delay()
+        pool.block(delay)
+        self.metrics.rest_rate_limited.labels(name, "429").inc()
+        return delay
+
+    def banned(self, name: str, until_unix: float) -> None:
+        """A 418 (IP ban): stop every pool until `until_unix`."""
+        self.banned_until = max(self.banned_until, until_unix)
+        self.metrics.rest_rate_limited.labels(name, "418").inc()
+
+    def clock(self) -> float:
+        """The budget's notion of now (Unix seconds)."""
+        return self._clock()

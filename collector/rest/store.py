@@ -1,0 +1,242 @@
+"""Postgres side of the account pollers: upserts into `account_force_orders` and the
+checkpoints in `account_poll_checkpoints`, committed together in one transaction per window so
+a restart resumes exactly after the last committed window.
+
+A row is inserted once; a later `update_time` updates it; a repeat changes nothing (not even
+`last_seen_at`). Enrichment columns are written only by `store_enrichment`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+import orjson
+
+from collector.rest.parse import AccountForceOrder, Enrichment
+
+_UPSERT = """
+INSERT INTO account_force_orders AS t (
+    account, product, symbol, order_id, endpoint, auto_close_type, side, position_side, status,
+    order_type, orig_type, time_in_force, client_order_id, price, avg_price, orig_qty,
+    executed_qty, cum_quote, cum_base, pair, is_isolated, order_time, update_time, notional,
+    notional_asset, first_seen_at, last_seen_at, raw)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
+        $20, $21, $22, $23,
+        COALESCE($24::numeric, CASE WHEN $2 = 'cm' THEN $17::numeric * (
+            SELECT s.contract_size FROM symbols s WHERE s.market = 'CM' AND s.symbol = $3) END),
+        $25, $26, $26, $27::jsonb)
+ON CONFLICT (account, product, symbol, order_id) DO UPDATE SET
+    endpoint = EXCLUDED.endpoint,
+    auto_close_type = EXCLUDED.auto_close_type,
+    side = EXCLUDED.side,
+    position_side = EXCLUDED.position_side,
+    -- Margin rows lack these; the order lookup's values survive a later row.
+    status = COALESCE(EXCLUDED.status, t.status),
+    order_type = COALESCE(EXCLUDED.order_type, t.order_type),
+    orig_type = COALESCE(EXCLUDED.orig_type, t.orig_type),
+    time_in_force = EXCLUDED.time_in_force,
+    client_order_id = COALESCE(EXCLUDED.client_order_id, t.client_order_id),
+    price = EXCLUDED.price,
+    avg_price = EXCLUDED.avg_price,
+    orig_qty = EXCLUDED.orig_qty,
+    executed_qty = EXCLUDED.executed_qty,
+    cum_quote = EXCLUDED.cum_quote,
+    cum_base = EXCLUDED.cum_base,
+    pair = EXCLUDED.pair,
+    is_isolated = EXCLUDED.is_isolated,
+    order_time = CASE WHEN t.enrichment ? 'time' THEN t.order_time ELSE EXCLUDED.order_time END,
+    update_time = EXCLUDED.update_time,
+    notional = COALESCE(EXCLUDED.notional, t.notional),
+    notional_asset = EXCLUDED.notional_asset,
+    last_seen_at = EXCLUDED.last_seen_at,
+    raw = EXCLUDED.raw
+WHERE EXCLUDED.update_time > t.update_time
+RETURNING (xmax = 0) AS inserted
+"""
+
+_LOAD_CHECKPOINT = """
+SELECT horizon_at, covered_until, backfill_complete FROM account_poll_checkpoints
+ WHERE account = $1 AND endpoint = $2 AND scope = $3
+"""
+
+_SAVE_CHECKPOINT = """
+INSERT INTO account_poll_checkpoints (account, endpoint, scope, horizon_at, covered_until,
+                                      backfill_complete, last_poll_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+ON CONFLICT (account, endpoint, scope) DO UPDATE SET
+    horizon_at = EXCLUDED.horizon_at, covered_until = EXCLUDED.covered_until,
+    backfill_complete = EXCLUDED.backfill_complete, last_poll_at = EXCLUDED.last_poll_at,
+    updated_at = EXCLUDED.updated_at
+"""
+
+_DEAD_LETTER = """
+INSERT INTO dead_letters (received_at, source, reason, detail, raw) VALUES ($1, $2, $3, $4, $5)
+"""
+
+_PENDING_ENRICHMENT = """
+SELECT symbol, order_id, is_isolated FROM account_force_orders
+ WHERE account = $1 AND endpoint = $2 AND product = 'margin'
+   AND enrichment IS NULL AND enrichment_error IS NULL
+ ORDER BY update_time DESC
+ LIMIT $3
+"""
+
+_STORE_ENRICHMENT = """
+UPDATE account_force_orders SET
+    enrichment = $5::jsonb,
+    enrichment_error = NULL,
+    order_time = COALESCE($6, order_time),
+    order_type = COALESCE($7, order_type),
+    client_order_id = COALESCE($8, client_order_id),
+    status = COALESCE($9, status),
+    time_in_force = COALESCE(time_in_force, $10)
+ WHERE account = $1 AND product = $2 AND symbol = $3 AND order_id = $4
+"""
+
+_STORE_ENRICHMENT_ERROR = """
+UPDATE account_force_orders SET enrichment_error = $5
+ WHERE account = $1 AND product = $2 AND symbol = $3 AND order_id = $4
+"""
+
+
+def ms_to_dt(ms: int) -> datetime:
+    """Epoch milliseconds as a UTC datetime."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def dt_to_ms(value: datetime) -> int:
+    """A datetime as epoch milliseconds."""
+    return round(value.timestamp() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """How far one (account, endpoint, scope) has been read, in epoch ms."""
+
+    horizon_ms: int
+    covered_until_ms: int
+    backfill_complete: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WriteCounts:
+    """Outcome of one window's upserts."""
+
+    new: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BadRow:
+    """A row that did not parse: dead-lettered with the reason."""
+
+    raw: bytes
+    reason: str
+
+
+def latest_per_key(rows: Iterable[AccountForceOrder]) -> list[AccountForceOrder]:
+    """One row per key (windows overlap by design), keeping the latest `update_time`."""
+    best: dict[tuple[str, str, str, int], AccountForceOrder] = {}
+    epoch = datetime.min.replace(tzinfo=UTC)
+    for row in rows:
+        seen = best.get(row.key)
+        if seen is None or (row.update_time or epoch) > (seen.update_time or epoch):
+            best[row.key] = row
+    return list(best.values())
+
+
+async def load_checkpoint(
+    pool: asyncpg.Pool, account: str, endpoint: str, scope: str
+) -> Checkpoint | None:
+    """The saved checkpoint, or None before the first committed window."""
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(_LOAD_CHECKPOINT, account, endpoint, scope)
+    if row is None:
+        return None
+    return Checkpoint(
+        dt_to_ms(row["horizon_at"]), dt_to_ms(row["covered_until"]), row["backfill_complete"]
+    )
+
+
+async def commit_window(
+    pool: asyncpg.Pool,
+    account: str,
+    endpoint: str,
+    scope: str,
+    rows: Sequence[AccountForceOrder],
+    checkpoint: Checkpoint,
+    *,
+    bad_rows: Sequence[BadRow] = (),
+    now: datetime | None = None,
+) -> WriteCounts:
+    """Upsert `rows` and save `checkpoint` in one transaction; return the row outcomes."""
+    now = now or datetime.now(tz=UTC)
+    unique = latest_per_key(rows)
+    new = updated = 0
+    async with pool.acquire() as conn, conn.transaction():
+        for r in unique:
+            result = await conn.fetchrow(
+                _UPSERT,
+                r.account, r.product, r.symbol, r.order_id, r.endpoint, r.auto_close_type,
+                r.side, r.position_side, r.status, r.order_type, r.orig_type, r.time_in_force,
+                r.client_order_id, r.price, r.avg_price, r.orig_qty, r.executed_qty,
+                r.cum_quote, r.cum_base, r.pair, r.is_isolated, r.order_time, r.update_time,
+                r.notional, r.notional_asset, now, orjson.dumps(dict(r.raw)).decode(),
+            )  # fmt: skip
+            if result is None:
+                continue
+            if result["inserted"]:
+                new += 1
+            else:
+                updated += 1
+        for bad in bad_rows:
+            await conn.execute(
+                _DEAD_LETTER, now, f"account:{account}:{endpoint}", "malformed", bad.reason,
+                bad.raw,
+            )  # fmt: skip
+        await conn.execute(
+            _SAVE_CHECKPOINT,
+            account,
+            endpoint,
+            scope,
+            ms_to_dt(checkpoint.horizon_ms),
+            ms_to_dt(checkpoint.covered_until_ms),
+            checkpoint.backfill_complete,
+            now,
+        )
+    return WriteCounts(new, updated, len(unique) - new - updated)
+
+
+async def pending_enrichment(
+    pool: asyncpg.Pool, account: str, endpoint: str, limit: int
+) -> list[tuple[str, int, bool | None]]:
+    """Margin rows of `account` from `endpoint` not yet looked up: (symbol, orderId,
+    is_isolated), newest first."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(_PENDING_ENRICHMENT, account, endpoint, limit)
+    return [(r["symbol"], r["order_id"], r["is_isolated"]) for r in rows]
+
+
+async def store_enrichment(
+    pool: asyncpg.Pool, account: str, symbol: str, order_id: int, enrichment: Enrichment
+) -> None:
+    """Attach the margin order lookup to its force order (times, type, client id, status)."""
+    async with pool.acquire() as conn:
+        await conn.execute(
+            _STORE_ENRICHMENT, account, "margin", symbol, order_id,
+            orjson.dumps(dict(enrichment.raw)).decode(), enrichment.order_time,
+            enrichment.order_type, enrichment.client_order_id, enrichment.status,
+            enrichment.time_in_force,
+        )  # fmt: skip
+
+
+async def store_enrichment_error(
+    pool: asyncpg.Pool, account: str, symbol: str, order_id: int, error: str
+) -> None:
+    """Record why a margin order lookup failed for good; the row itself stays."""
+    async with pool.acquire() as conn:
+        await conn.execute(_STORE_ENRICHMENT_ERROR, account, "margin", symbol, order_id, error)
