@@ -1,0 +1,93 @@
+"""Keeps the dashboards' rollups (`market_liquidations_1m`/`_1h`, migration 0004) current.
+
+The database marks every minute whose base rows change (triggers, in the writer's own
+transaction); this task recomputes the marked minutes on a schedule. It needs no watermark or
+overlap window: late rows and COIN-M notional filled in later by exchangeInfo mark their minutes
+like any other change. Readers stay exact while it lags, since `liquidation_totals()` recomputes
+still-marked minutes from the base table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+
+import asyncpg
+import structlog
+
+from collector.retry import Backoff, sleep_or_stop
+from collector.sink.writer import is_transient
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_MAX_MINUTES = 10_000
+
+
+async def refresh_pending(
+    pool: asyncpg.Pool, *, max_minutes: int = DEFAULT_MAX_MINUTES
+) -> int | None:
+    """Recompute up to `max_minutes` marked minutes, oldest first, in one transaction.
+
+    Returns how many minutes were recomputed (0: nothing was marked), or None when another
+    session (a second collector) is running a pass right now, which is not an error.
+    """
+    async with pool.acquire() as conn:
+        count: int | None = await conn.fetchval(
+            "SELECT refresh_market_rollup_dirty($1)", max_minutes
+        )
+    return count
+
+
+async def pending_minutes(pool: asyncpg.Pool) -> int:
+    """How many minutes are marked and not yet recomputed (the rollup task's backlog)."""
+    async with pool.acquire() as conn:
+        count: int = await conn.fetchval("SELECT count(*) FROM market_rollup_dirty")
+    return count
+
+
+async def rebuild(pool: asyncpg.Pool, from_at: datetime, to_at: datetime) -> int:
+    """Recompute every minute in [from_at, to_at) from the base table; return the minutes seen.
+
+    For repairs (say, after rows were loaded with triggers disabled). It runs in one
+    transaction, one day of minutes per statement, so split a multi-year range into calls.
+    """
+    async with pool.acquire() as conn:
+        count: int = await conn.fetchval("SELECT refresh_market_rollup($1, $2)", from_at, to_at)
+    return count
+
+
+async def run_rollups(
+    pool: asyncpg.Pool,
+    stop: asyncio.Event,
+    *,
+    interval_s: float = 30.0,
+    max_minutes: int = DEFAULT_MAX_MINUTES,
+) -> None:
+    """Refresh marked minutes every `interval_s` until `stop` is set.
+
+    A full pass (`max_minutes` recomputed) means a backlog, so the next pass starts at once.
+    A transient database failure (connection loss, restart) is retried with backoff inside the
+    loop; anything else (a missing migration, a bug) propagates to the supervisor.
+    """
+    backoff = Backoff(1.0, max(interval_s, 1.0) * 4)
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            count = await refresh_pending(pool, max_minutes=max_minutes)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if not is_transient(exc):
+                raise
+            delay = backoff.next_delay()
+            log.warning("rollup.refresh_failed", error=repr(exc), retry_in_s=round(delay, 2))
+            await sleep_or_stop(delay, stop)
+            continue
+        backoff.reset()
+        seconds = round(time.monotonic() - started, 3)
+        if count == max_minutes:
+            log.info("rollup.backlog", minutes=count, seconds=seconds)
+            await asyncio.sleep(0)  # let the stop request and other tasks in between passes
+            continue
+        if count:
+            log.debug("rollup.refreshed", minutes=count, seconds=seconds)
+        await sleep_or_stop(interval_s, stop)

@@ -1,0 +1,293 @@
+"""The rollups of migration 0004 and `collector.rollup`: exact totals, late rows, COIN-M notional
+filled in later, deletes, the mark-versioning that survives a concurrent writer, and the task."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import asyncpg
+import pytest
+
+from collector.config import WriterConfig
+from collector.metrics import Metrics
+from collector.model import LiquidatedSide, Market, MarketLiquidation
+from collector.rollup import pending_minutes, rebuild, refresh_pending, run_rollups
+from collector.sink.writer import Writer
+from collector.sources.catalog import SymbolInfo
+from collector.sources.exchange_info import store_symbols
+
+T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+D = Decimal
+
+_INSERT = """
+INSERT INTO market_liquidations (trade_time, content_key, event_time, symbol, market, side,
+    liquidated_side, status, orig_qty, price, avg_price, filled_qty, notional_usd, received_at,
+    source_host, source_route, source_stream, raw)
+VALUES ($1, $2, $1, $3, $4, $5, $6, 'FILLED', $7, $8, $8, $7, $9, $1, 'fstream', 'market',
+        '!forceOrder@arr', '{}')
+"""
+
+
+async def insert(
+    conn: asyncpg.Connection,
+    at: datetime,
+    symbol: str,
+    liquidated_side: str,
+    qty: str,
+    price: str,
+    notional: str | None,
+    market: str = "UM",
+) -> None:
+    """Insert one base row (a SELL force order closes a LONG)."""
+    side = "SELL" if liquidated_side == "LONG" else "BUY"
+    await conn.execute(
+        _INSERT, at, uuid.uuid4(), symbol, market, side, liquidated_side, D(qty), D(price),
+        None if notional is None else D(notional),
+    )  # fmt: skip
+
+
+async def minute_rows(conn: asyncpg.Connection, table: str) -> list[tuple[object, ...]]:
+    """Every rollup row of `table`, as plain tuples in key order."""
+    rows = await conn.fetch(
+        f"SELECT bucket, market, symbol, liquidated_side, events, filled_qty, notional_usd, "
+        f"notional_unknown, max_notional_usd FROM {table} ORDER BY 1, 2, 3, 4"
+    )
+    return [tuple(r) for r in rows]
+
+
+@pytest.fixture
+async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    """A small pool on the test's fresh database."""
+    p = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=3)
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], timeout_s: float = 5.0) -> None:
+    """Re-check `check()` until it holds; fail after `timeout_s`.
+
+    Database state (a lock wait, an emptied table) raises no event a test could await, so this
+    polls, with a deadline.
+    """
+    async with asyncio.timeout(timeout_s):
+        while not await check():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+async def test_refresh_builds_exact_minute_and_hour_totals(
+    pg: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    """Rows in two minutes become exact per-minute and per-hour totals, and no mark remains."""
+    await insert(pg, T0 + timedelta(seconds=5), "BTCUSDT", "LONG", "0.5", "60000", "30000.10")
+    await insert(pg, T0 + timedelta(seconds=30), "BTCUSDT", "LONG", "0.25", "60010", "15002.5")
+    await insert(pg, T0 + timedelta(seconds=70), "BTCUSDT", "SHORT", "1", "60100", "60100")
+    assert await pending_minutes(pool) == 2
+
+    assert await refresh_pending(pool) == 2
+
+    assert await minute_rows(pg, "market_liquidations_1m") == [
+        (T0, "UM", "BTCUSDT", "LONG", 2, D("0.75"), D("45002.60"), 0, D("30000.10")),
+        (T0 + timedelta(minutes=1), "UM", "BTCUSDT", "SHORT", 1, D("1"), D("60100"), 0, D("60100")),
+    ]
+    assert await minute_rows(pg, "market_liquidations_1h") == [
+        (T0, "UM", "BTCUSDT", "LONG", 2, D("0.75"), D("45002.60"), 0, D("30000.10")),
+        (T0, "UM", "BTCUSDT", "SHORT", 1, D("1"), D("60100"), 0, D("60100")),
+    ]
+    assert await pending_minutes(pool) == 0
+    assert await refresh_pending(pool) == 0
+
+
+async def test_totals_are_exact_before_and_after_the_refresh(
+    pg: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    """liquidation_totals() sums exactly both from marked minutes and from refreshed rollups."""
+    await insert(pg, T0 + timedelta(minutes=3), "ETHUSDT", "SHORT", "2", "3000", "6000")
+    await insert(pg, T0 + timedelta(minutes=61), "ETHUSDT", "SHORT", "1", "3001", "3001")
+    query = """SELECT bucket, sum(notional_usd), sum(events)::int
+                 FROM liquidation_totals($1, $2, $3::text::interval) GROUP BY 1 ORDER BY 1"""
+    expected_hours = [(T0, D("6000"), 1), (T0 + timedelta(hours=1), D("3001"), 1)]
+    expected_day = [(datetime(2026, 3, 2, tzinfo=UTC), D("9001"), 2)]
+    for _ in range(2):
+        hours = await pg.fetch(query, T0, T0 + timedelta(hours=2), "1 hour")
+        day = await pg.fetch(query, T0, T0 + timedelta(hours=2), "1 day")
+        minutes = await pg.fetch(query, T0, T0 + timedelta(hours=2), "5 minutes")
+        assert [tuple(r) for r in hours] == expected_hours
+        assert [tuple(r) for r in day] == expected_day
+        assert [tuple(r) for r in minutes] == [
+            (T0, D("6000"), 1), (T0 + timedelta(minutes=60), D("3001"), 1),
+        ]  # fmt: skip
+        await refresh_pending(pool)
+
+
+async def test_late_row_in_an_old_minute_reaches_the_rollup(
+    pg: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    """A row arriving days after its minute was rolled up is added to that minute and its hour."""
+    old = T0 - timedelta(days=3)
+    await insert(pg, old + timedelta(seconds=1), "SOLUSDT", "LONG", "10", "100", "1000")
+    await refresh_pending(pool)
+    await insert(pg, old + timedelta(seconds=59), "SOLUSDT", "LONG", "5", "99", "495")
+
+    assert await refresh_pending(pool) == 1
+
+    row = await pg.fetchrow(
+        "SELECT events, notional_usd, max_notional_usd "
+        "FROM market_liquidations_1h WHERE bucket = $1",
+        old,
+    )
+    assert tuple(row) == (2, D("1495"), D("1000"))
+
+
+async def test_coin_m_notional_filled_by_exchange_info_reaches_the_rollup(
+    pg: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    """A COIN-M row without notional counts as unknown until exchangeInfo fills it, then as USD."""
+    await insert(pg, T0, "BTCUSD_PERP", "LONG", "7", "60000", None, market="CM")
+    await refresh_pending(pool)
+    assert (await minute_rows(pg, "market_liquidations_1m"))[0][4:] == (1, D("7"), D("0"), 1, None)
+
+    info = SymbolInfo(Market.CM, "BTCUSD_PERP", "BTCUSD", "BTC", "USD", "BTC", "PERPETUAL",
+                      D("100"), "TRADING")  # fmt: skip
+    assert await store_symbols(pool, [info]) == 1
+    assert await refresh_pending(pool) == 1
+
+    filled = (1, D("7"), D("700"), 0, D("700"))
+    assert (await minute_rows(pg, "market_liquidations_1m"))[0][4:] == filled
+    assert (await minute_rows(pg, "market_liquidations_1h"))[0][4:] == filled
+
+
+async def test_deleted_rows_leave_the_rollup(pg: asyncpg.Connection, pool: asyncpg.Pool) -> None:
+    """Deleting a minute's only rows removes that minute's and hour's rollup rows."""
+    await insert(pg, T0, "XRPUSDT", "SHORT", "100", "0.5", "50")
+    await refresh_pending(pool)
+    await pg.execute("DELETE FROM market_liquidations WHERE symbol = 'XRPUSDT'")
+
+    assert await refresh_pending(pool) == 1
+
+    assert await minute_rows(pg, "market_liquidations_1m") == []
+    assert await minute_rows(pg, "market_liquidations_1h") == []
+
+
+async def test_the_writers_batch_insert_marks_its_minutes(
+    pg: asyncpg.Connection, pool: asyncpg.Pool, pg_dsn: str
+) -> None:
+    """Rows committed by the real Writer (COPY staging, INSERT ... SELECT) mark their minutes."""
+    writer = Writer(lambda: asyncpg.connect(pg_dsn), WriterConfig(), Metrics())
+    task = asyncio.create_task(writer.run())
+    try:
+        for i, second in enumerate((1, 2, 61)):
+            await writer.put(
+                MarketLiquidation(
+                    content_key=uuid.uuid4(), event_time=T0 + timedelta(seconds=second),
+                    trade_time=T0 + timedelta(seconds=second), symbol="BNBUSDT", pair=None,
+                    symbol_type=None, market=Market.UM, side="SELL",
+                    liquidated_side=LiquidatedSide.LONG, order_type="LIMIT", time_in_force="IOC",
+                    status="FILLED", orig_qty=D(i + 1), price=D("600"), avg_price=D("600"),
+                    last_filled_qty=D(i + 1), filled_qty=D(i + 1), notional_usd=D(600 * (i + 1)),
+                    received_at=T0, source_host="fstream", source_route="market",
+                    source_stream="!forceOrder@arr", raw=b"{}",
+                )
+            )  # fmt: skip
+        await writer.flush()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    assert await pending_minutes(pool) == 2
+    await refresh_pending(pool)
+    hour = await pg.fetchrow("SELECT events, notional_usd FROM market_liquidations_1h")
+    assert tuple(hour) == (3, D("3600"))
+
+
+async def test_a_mark_bumped_by_a_concurrent_writer_survives_the_refresh(
+    pg: asyncpg.Connection, pool: asyncpg.Pool, pg_dsn: str
+) -> None:
+    """A row committed while a refresh runs keeps its minute marked, so the next pass counts it."""
+    await insert(pg, T0, "ADAUSDT", "LONG", "10", "1", "10")
+    other = await asyncpg.connect(pg_dsn)
+    try:
+        tx = other.transaction()
+        await tx.start()
+        await insert(other, T0 + timedelta(seconds=30), "ADAUSDT", "LONG", "20", "1", "20")
+        pid = other.get_server_pid()
+        refresh = asyncio.create_task(refresh_pending(pool))
+
+        async def refresh_waits_for_the_writer() -> bool:
+            blocked: list[int] = await pg.fetchval(
+                "SELECT pg_blocking_pids(pid) FROM pg_stat_activity "
+                "WHERE query LIKE '%refresh_market_rollup_dirty%' AND pid <> pg_backend_pid()"
+            ) or []  # fmt: skip
+            return pid in blocked
+
+        await wait_until(refresh_waits_for_the_writer)
+        await tx.commit()
+        assert await refresh == 1
+    finally:
+        await other.close()
+
+    assert await pending_minutes(pool) == 1  # the writer bumped the mark after the refresh read it
+    assert await refresh_pending(pool) == 1
+    row = await pg.fetchrow("SELECT events, notional_usd FROM market_liquidations_1m")
+    assert tuple(row) == (2, D("30"))
+
+
+async def test_a_second_refresher_backs_off_while_one_runs(
+    pg: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    """refresh_pending() returns None while another session holds the refresh lock."""
+    await insert(pg, T0, "DOGEUSDT", "SHORT", "1000", "0.1", "100")
+    async with pg.transaction():
+        await pg.execute("SELECT refresh_market_rollup_dirty(0)")  # takes the lock, changes nothing
+        assert await refresh_pending(pool) is None
+    assert await refresh_pending(pool) == 1
+
+
+async def test_rebuild_recomputes_a_range_from_the_base_table(
+    pg: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    """rebuild() restores rollup rows that were lost, over a range spanning two days."""
+    await insert(pg, T0, "LTCUSDT", "LONG", "1", "80", "80")
+    await insert(pg, T0 + timedelta(days=1), "LTCUSDT", "LONG", "2", "80", "160")
+    await refresh_pending(pool)
+    await pg.execute("DELETE FROM market_liquidations_1m; DELETE FROM market_liquidations_1h")
+
+    assert await rebuild(pool, T0, T0 + timedelta(days=1, minutes=1)) == 24 * 60 + 1
+
+    rows = await pg.fetch("SELECT bucket, notional_usd FROM market_liquidations_1h ORDER BY 1")
+    assert [tuple(r) for r in rows] == [(T0, D("80")), (T0 + timedelta(days=1), D("160"))]
+
+
+async def test_run_rollups_refreshes_until_stopped(
+    pg: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    """The task clears every marked minute and returns promptly once stop is set."""
+    for minute in range(3):
+        await insert(pg, T0 + timedelta(minutes=minute), "BTCUSDT", "LONG", "1", "1", "1")
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_rollups(pool, stop, interval_s=3600, max_minutes=2))
+
+    async def drained() -> bool:
+        return await pending_minutes(pool) == 0
+
+    await wait_until(drained)
+    stop.set()
+    async with asyncio.timeout(5):
+        await task
+    assert await pg.fetchval("SELECT sum(events) FROM market_liquidations_1m") == 3
+
+
+async def test_run_rollups_raises_when_the_schema_is_missing(
+    pg: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    """A missing refresh function is a bug, not a transient failure: the task raises."""
+    await pg.execute("DROP FUNCTION refresh_market_rollup_dirty(integer)")
+
+    with pytest.raises(asyncpg.UndefinedFunctionError):
+        await run_rollups(pool, asyncio.Event(), interval_s=0.01)
