@@ -121,7 +121,8 @@ class AccountOptions:
     api_weight_limit: int = 6000
     """`/api/v3/*` on the sapi host (time, ping)."""
     is_futures_retry_after_sent: bool = True
-    """⚠ §3.2: the futures docs do not promise `Retry-After` on 429/418 (sapi always sends it)."""
+    """⚠ §3.2: the futures docs do not promise `Retry-After` on 429/418 (fapi, dapi, papi); the
+    sapi host (`/sapi`, `/api`) always sends it."""
     ban_after_429s: int = 3
     """429s per minute an IP may ignore before its next over-limit request draws a 418 and a ban."""
     ban_base_s: int = 120
@@ -651,7 +652,8 @@ class AccountEmulator:
                 stats.rate_limited_429 += 1
             stats.errors[-1003] += 1
             response = json_response({"code": -1003, "msg": decision.msg}, status=decision.status)
-            if pool.header == SAPI_WEIGHT_HEADER or self._options.is_futures_retry_after_sent:
+            # Spot docs promise Retry-After (§3.2 [G1]); the futures docs do not (⚠).
+            if not pool.can_ban or self._options.is_futures_retry_after_sent:
                 response.headers["Retry-After"] = str(decision.retry_after_s)
         else:
             stall = self._faults.take_stall(path)
