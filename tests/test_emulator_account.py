@@ -40,7 +40,7 @@ from collector.emulator.account_rest import (
 T0 = 1_782_799_980_000
 """A UTC minute boundary (2026-06-30 06:13:00), where every test's clock starts."""
 DAY = 86_400_000
-pm_account_id = 152950866
+PM_ACCOUNT_ID = 7_000_001
 DOC_SECRET = "2b5eb11e18796d12d88f13dc27dbbd02c2cc51ff7059765ed9821957d82bb4d9"
 DOC_PAYLOAD = (
     "symbol=BTCUSDT&side=BUY&type=LIMIT&quantity=1&price=9000&timeInForce=GTC"
@@ -204,7 +204,7 @@ async def start() -> AsyncIterator[StartEnv]:
         accounts = account_api(emulator)
         accounts.add_account("classic", "classic", "CLASSICKEY", "classic-secret")
         accounts.add_account(
-            "pm", "portfolio_margin", "PMKEY", "pm-secret", account_id=pm_account_id
+            "pm", "portfolio_margin", "PMKEY", "pm-secret", account_id=PM_ACCOUNT_ID
         )
         return Env(emulator, accounts, clock, session)
 
@@ -811,7 +811,7 @@ async def test_margin_order_lookup(start: StartEnv) -> None:
     assert reply.status == 200
     assert list(reply.body) == MARGIN_ORDER_FIELDS
     assert reply.body == order.render(Shape.PAPI_MARGIN_ORDER)
-    assert reply.body["accountId"] == order.fields["accountId"] == pm_account_id
+    assert reply.body["accountId"] == order.fields["accountId"] == PM_ACCOUNT_ID
     assert (reply.body["cummulativeQuoteQty"], reply.body["status"]) == ("0.00148089", "FILLED")
     by_client = {"symbol": "BNBBTC", "origClientOrderId": "ZwfQzuDIGpceVhKW5DvCmO"}
     assert (await env.get("papi", path, by_client, PM)).body["orderId"] == 213205622

@@ -4,8 +4,10 @@ sapi with Binance's signing, timing, weight limits (429 → 418) and scripted fa
 Install with `Emulator(options, extensions=[install_account_api])` (or
 `account_extension(AccountOptions(...))`) and script it through `account_api(emulator)`.
 Behaviour follows shared/binance-protocol.md §2-§5; every point the digest marks ⚠ is an
-`AccountOptions` field, so tests can exercise each reading. Data shapes live in `account_orders`,
-signature checks in `account_auth`, budgets and faults in `account_limits`.
+`AccountOptions` field (`account_options`), so tests can exercise each reading. This module is
+the I/O shell; the pure parts are `account_auth` (keys, signatures, timestamps, error bodies),
+`account_queries` (which rows a request gets), `account_orders` (stored orders, wire shapes,
+seeded histories) and `account_limits` (weight budgets, bans, clock, faults).
 
 Once installed, this module's middleware is the outermost one on all four REST apps: it owns
 request weight, 429/418 and the weight headers for market-data routes too (their declared
@@ -16,10 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final
 from weakref import WeakKeyDictionary
 
@@ -36,27 +37,27 @@ from collector.emulator.account_auth import (
     bad_api_key_format,
     check_timestamp,
     default_permissions,
-    either_missing,
-    invalid_parameter,
     invalid_signature,
     make_api_key,
     mandatory_missing,
-    order_does_not_exist,
-    parse_long,
     parse_signed_query,
     rejected_api_key,
-    span_too_long,
-    start_after_end,
     unread_parameters,
 )
 from collector.emulator.account_limits import (
     BanPolicy,
-    Clock,
     FaultPlan,
+    ManualClock,
     RateLimiter,
     Stall,
     WeightPool,
-    wall_clock_ms,
+)
+from collector.emulator.account_options import (
+    AccountOptions,
+    AccountStats,
+    SignedRequest,
+    SortOrder,
+    TimeField,
 )
 from collector.emulator.account_orders import (
     AutoCloseType,
@@ -66,6 +67,14 @@ from collector.emulator.account_orders import (
     build_order,
     generate_fields,
     update_fields,
+)
+from collector.emulator.account_queries import (
+    LIMIT_PARAMS,
+    ORDER_PARAMS,
+    PAGE_PARAMS,
+    find_margin_order,
+    select_limit_style,
+    select_page,
 )
 from collector.emulator.market_rest import (
     ROUTE_WEIGHTS,
@@ -78,7 +87,6 @@ if TYPE_CHECKING:
     from collector.emulator.core import Emulator
 
 SAPI_WEIGHT_HEADER: Final = "X-SAPI-USED-IP-WEIGHT-1M"
-DAY_MS: Final = 86_400_000
 FUTURES_POOL: Final = "futures"
 """Name of the weight pool fapi and dapi share (§3.1); `papi` and `api` are the others, and each
 `/sapi` endpoint's pool is named by its path."""
@@ -89,129 +97,24 @@ _COMMON_PARAMS: Final = frozenset({"recvWindow", "timestamp"})
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-
-class SortOrder(StrEnum):
-    """Row order of a list endpoint."""
-
-    ASC = "asc"
-    DESC = "desc"
-
-
-class TimeField(StrEnum):
-    """Which field `startTime`/`endTime` filter on (⚠ §4.5: undocumented)."""
-
-    TIME = "time"
-    UPDATE_TIME = "updateTime"
-
-
-@dataclass(frozen=True, slots=True)
-class AccountOptions:
-    """How the account endpoints behave. Defaults follow the digest; ⚠ items are switchable."""
-
-    clock: Clock = wall_clock_ms
-    """"Now" in ms for server time, minute windows, bans, retention and late rows."""
-    skew_ms: Mapping[str, int] = field(default_factory=dict)
-    """Per host (fapi, dapi, papi, sapi): server clock = clock() + skew. Provokes -1021."""
-    futures_weight_limit: int | None = None
-    """fapi + dapi weight per minute (§3.1); None = EmulatorOptions.weight_limit_1m (2400)."""
-    papi_weight_limit: int = 6000
-    """⚠ §3.1: unconfirmed (third parties say 6000 or 3000)."""
-    sapi_weight_limit: int = 12000
-    """Per `/sapi` endpoint, independent budgets (§3.1)."""
-    api_weight_limit: int = 6000
-    """`/api/v3/*` on the sapi host (time, ping)."""
-    is_futures_retry_after_sent: bool = True
-    """⚠ §3.2: the futures docs do not promise `Retry-After` on 429/418 (fapi, dapi, papi); the
-    sapi host (`/sapi`, `/api`) always sends it."""
-    ban_after_429s: int = 3
-    """429s per minute an IP may ignore before its next over-limit request draws a 418 and a ban."""
-    ban_base_s: int = 120
-    """First ban length; doubles per repeat offence up to 3 days (§3.2)."""
-    futures_sort: SortOrder = SortOrder.ASC
-    """⚠ §4.5: order of the four limit-style endpoints (futures general info says ascending)."""
-    papi_margin_sort: SortOrder = SortOrder.DESC
-    """⚠ §4.2: undocumented for /papi/v1/margin/forceOrders."""
-    sapi_sort: SortOrder = SortOrder.DESC
-    """§4.2: "Response in descending order"."""
-    filter_field: TimeField = TimeField.TIME
-    """⚠ §4.5: the field limit-style windows filter on (page-style ones use updatedTime)."""
-    is_start_inclusive: bool = True
-    """⚠ §4.5: whether a row at exactly `startTime` is in the window."""
-    is_end_inclusive: bool = True
-    """⚠ §4.5: whether a row at exactly `endTime` is in the window."""
-    dapi_default_window_days: int = 200
-    """⚠ §4.1: dapi's window without startTime, 200 days per docs (90 per 2026 connectors)."""
-    um_retention_days: int | None = None
-    """History kept for fapi and papi um; None = all."""
-    cm_retention_days: int | None = 90
-    """⚠ §4.1: dapi and papi cm keep about 90 days."""
-    margin_retention_days: int | None = None
-    """History kept for the margin endpoints; None = all."""
-    is_retention_error: bool = False
-    """A startTime before the retention: False = serve the rows still kept, True = -1130."""
-    max_span_hours: int | None = None
-    """⚠ §4.5: a maximum endTime - startTime (-1127 beyond it); None = no maximum."""
-    is_unknown_param_rejected: bool = True
-    """Parameters an endpoint does not take draw -1104 (§5)."""
-    is_isolated_symbol_required: bool = True
-    """sapi forceLiquidationRec without `isolatedSymbol` returns only cross-margin rows."""
-    has_schema_drift: bool = False
-    """Add the 2026 connector fields (§4.1): pair/cumBase on fapi, goodTillDate/cumQuote on dapi."""
-    signed_log_size: int = 256
-    """How many signed requests `stats.signed` keeps."""
-
-    def __post_init__(self) -> None:
-        problems = []
-        for name in ("papi_weight_limit", "sapi_weight_limit", "api_weight_limit", "ban_base_s"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1")
-        if self.futures_weight_limit is not None and self.futures_weight_limit < 1:
-            problems.append("futures_weight_limit must be >= 1")
-        if self.ban_after_429s < 0:
-            problems.append("ban_after_429s must be >= 0")
-        if self.dapi_default_window_days < 1:
-            problems.append("dapi_default_window_days must be >= 1")
-        if problems:
-            raise ValueError("invalid AccountOptions: " + "; ".join(problems))
-
-
-@dataclass(slots=True)
-class SignedRequest:
-    """One signed request as received: what was verified, byte for byte, and the verdict."""
-
-    host: str
-    path: str
-    api_key: str
-    payload: str
-    """Raw query string minus `&signature=…`, plus the raw body: exactly what was verified."""
-    signature: str
-    """The signature parameter, percent-decoded."""
-    code: int = 0
-    """0 if the request passed the signature and timestamp checks, else the error code."""
-
-
-@dataclass(slots=True)
-class AccountStats:
-    """Counters tests assert on ("zero 429s", "no 418", "weight never above N")."""
-
-    requests: Counter[str] = field(default_factory=Counter)
-    """Matched requests per route path, on all four REST hosts, whatever the outcome."""
-    responses: Counter[tuple[str, int]] = field(default_factory=Counter)
-    """(route path, HTTP status) → count."""
-    errors: Counter[int] = field(default_factory=Counter)
-    """Binance error code (-1022, -2015, …; -1003 for 429/418) → count."""
-    rate_limited_429: int = 0
-    banned_418: int = 0
-    faults_served: int = 0
-    """Scripted 5xx answers."""
-    stalls: int = 0
-    """Scripted stalls started."""
-    stalled_now: int = 0
-    """Responses currently held by a stall."""
-    max_used_weight: Counter[str] = field(default_factory=Counter)
-    """Highest used weight reported per pool (futures, papi, api, each sapi path)."""
-    signed: deque[SignedRequest] = field(default_factory=deque)
-    """The most recent signed requests, oldest first."""
+__all__ = [
+    "AccountEmulator",
+    "AccountKind",
+    "AccountOptions",
+    "AccountStats",
+    "AutoCloseType",
+    "ForceOrder",
+    "KeyType",
+    "ManualClock",
+    "Permission",
+    "Product",
+    "SignedRequest",
+    "SortOrder",
+    "TimeField",
+    "account_api",
+    "account_extension",
+    "install_account_api",
+]
 
 
 @dataclass(slots=True)
@@ -279,10 +182,6 @@ _ORDER_LOOKUP: Final = (
         _sapi_access,
     ),
 )
-_AUTO_CLOSE_TYPES: Final = frozenset(t.value for t in AutoCloseType)
-_LIMIT_PARAMS: Final = frozenset({"symbol", "autoCloseType", "startTime", "endTime", "limit"})
-_PAGE_PARAMS: Final = frozenset({"startTime", "endTime", "current", "size"})
-_ORDER_PARAMS: Final = frozenset({"symbol", "orderId", "origClientOrderId"})
 
 
 def _symbol_weight(request: web.Request) -> int:
@@ -386,13 +285,18 @@ class AccountEmulator:
         """Create account `name` of `kind` (classic | portfolio_margin) with one API key.
 
         `secret_or_public_pem` is the HMAC secret, or the PEM public key for RSA / ED25519.
-        `permissions` default to `default_permissions(kind)`. Raises ValueError for a duplicate
+        `permissions` default to `default_permissions(kind)`; `account_id` (the margin order's
+        `accountId`) to one more than the highest so far. Raises ValueError for a duplicate
         name or key, or a malformed key, secret or PEM.
         """
         if name in self._accounts:
             raise ValueError(f"account {name!r} exists")
         kind = AccountKind(kind)
-        account = Account(name, kind, account_id or 152_950_866 + len(self._accounts))
+        if account_id is None:
+            account_id = (
+                max((a.account_id for a in self._accounts.values()), default=152_950_865) + 1
+            )
+        account = Account(name, kind, account_id)
         self._accounts[name] = account
         try:
             self.add_api_key(name, api_key, secret_or_public_pem, key_type, permissions=permissions)
@@ -738,142 +642,43 @@ class AccountEmulator:
                 raise mandatory_missing(name)
         return account, params, now
 
-    def _window_checks(self, start: int | None, end: int | None) -> None:
-        if start is not None and end is not None:
-            if start > end:
-                raise start_after_end()
-            hours = self._options.max_span_hours
-            if hours is not None and end - start > hours * 3_600_000:
-                raise span_too_long(hours)
-
-    def _retention_floor(self, product: Product, now: int, start: int | None) -> int | None:
-        options = self._options
-        if product is Product.UM:
-            days = options.um_retention_days
-        elif product is Product.CM:
-            days = options.cm_retention_days
-        else:
-            days = options.margin_retention_days
-        if days is None:
-            return None
-        floor = now - days * DAY_MS
-        if options.is_retention_error and start is not None and start < floor:
-            raise invalid_parameter("startTime")
-        return floor
-
-    def _in_window(self, value: int, start: int | None, end: int) -> bool:
-        options = self._options
-        if start is not None and (
-            value < start or (value == start and not options.is_start_inclusive)
-        ):
-            return False
-        return value < end or (value == end and options.is_end_inclusive)
-
     async def _serve_limit_style(self, request: web.Request, endpoint: _Endpoint) -> Any:
-        """§4.1: up to `limit` rows in [startTime, endTime], no cursor."""
-        account, params, now = await self._authenticate(request, endpoint, _LIMIT_PARAMS)
-        close_type = params.get("autoCloseType")
-        if close_type is not None and close_type not in _AUTO_CLOSE_TYPES:
-            raise invalid_parameter("autoCloseType")
-        start = parse_long(params, "startTime")
-        end = parse_long(params, "endTime")
-        limit = parse_long(params, "limit")
-        if limit is None:
-            limit = 50
-        elif not 1 <= limit <= 100:
-            raise invalid_parameter("limit")
-        self._window_checks(start, end)
-        options = self._options
-        floor = self._retention_floor(endpoint.product, now, start)
-        end_ms = now if end is None else end
-        if start is None:  # §4.1: 7 days before endTime; dapi 200 (⚠ or 90) days
-            days = options.dapi_default_window_days if endpoint.host == "dapi" else 7
-            start = end_ms - days * DAY_MS
-        symbol = params.get("symbol")
-        is_update_time = options.filter_field is TimeField.UPDATE_TIME
-        rows = [
-            order
-            for order in account.orders.get(endpoint.product, ())
-            if order.is_visible(now)
-            and (floor is None or order.time_ms >= floor)
-            and symbol in (None, order.symbol)
-            and close_type in (None, order.auto_close_type)
-            and self._in_window(
-                order.update_time_ms if is_update_time else order.time_ms, start, end_ms
-            )
-        ]
-        rows.sort(
-            key=lambda o: (o.time_ms, o.order_id), reverse=options.futures_sort is SortOrder.DESC
+        account, params, now = await self._authenticate(request, endpoint, LIMIT_PARAMS)
+        return select_limit_style(
+            account.orders.get(endpoint.product, ()),
+            params,
+            now,
+            self._options,
+            product=endpoint.product,
+            shape=endpoint.shape,
+            is_dapi=endpoint.host == "dapi",
         )
-        drift = options.has_schema_drift
-        return [order.render(endpoint.shape, drift=drift) for order in rows[:limit]]
 
     async def _serve_page_style(self, request: web.Request, endpoint: _Endpoint) -> Any:
-        """§4.2: page `current` of `size` rows of the window, with the window's `total`."""
         is_sapi = endpoint.host == "sapi"
-        accepted = _PAGE_PARAMS | {"isolatedSymbol"} if is_sapi else _PAGE_PARAMS
+        accepted = PAGE_PARAMS | {"isolatedSymbol"} if is_sapi else PAGE_PARAMS
         account, params, now = await self._authenticate(request, endpoint, accepted)
-        start = parse_long(params, "startTime")
-        end = parse_long(params, "endTime")
-        current = parse_long(params, "current")
-        size = parse_long(params, "size")
-        current = 1 if current is None else current
-        size = 10 if size is None else size
-        if current < 1:
-            raise invalid_parameter("current")
-        if not 1 <= size <= 100:
-            raise invalid_parameter("size")
-        self._window_checks(start, end)
-        floor = self._retention_floor(endpoint.product, now, start)
-        end_ms = now if end is None else end
-        isolated = params.get("isolatedSymbol")
-        options = self._options
-        rows = [
-            order
-            for order in account.orders.get(endpoint.product, ())
-            if order.is_visible(now)
-            and (floor is None or order.time_ms >= floor)
-            and self._in_window(order.update_time_ms, start, end_ms)
-            and (not is_sapi or self._is_margin_account_match(order, isolated))
-        ]
-        order_by = options.sapi_sort if is_sapi else options.papi_margin_sort
-        rows.sort(key=lambda o: (o.update_time_ms, o.order_id), reverse=order_by is SortOrder.DESC)
-        page = rows[(current - 1) * size : current * size]
-        return {"rows": [order.render(endpoint.shape) for order in page], "total": len(rows)}
-
-    def _is_margin_account_match(self, order: ForceOrder, isolated: str | None) -> bool:
-        """sapi: with `isolatedSymbol`, that isolated pair's rows; without, cross-margin rows
-        (or every row when `is_isolated_symbol_required` is off)."""
-        if isolated is not None:
-            return order.is_isolated and order.symbol == isolated
-        return not (order.is_isolated and self._options.is_isolated_symbol_required)
+        return select_page(
+            account.orders.get(endpoint.product, ()),
+            params,
+            now,
+            self._options,
+            product=endpoint.product,
+            shape=endpoint.shape,
+            is_sapi=is_sapi,
+        )
 
     async def _serve_order(self, request: web.Request, endpoint: _Endpoint) -> Any:
-        """§4.3: one margin order by symbol and orderId (or origClientOrderId), else -2013."""
         is_sapi = endpoint.host == "sapi"
-        accepted = _ORDER_PARAMS | {"isIsolated"} if is_sapi else _ORDER_PARAMS
+        accepted = ORDER_PARAMS | {"isIsolated"} if is_sapi else ORDER_PARAMS
         account, params, now = await self._authenticate(request, endpoint, accepted)
-        symbol = params.get("symbol")
-        if symbol is None:
-            raise mandatory_missing("symbol")
-        order_id = parse_long(params, "orderId")
-        client_id = params.get("origClientOrderId")
-        if order_id is None and client_id is None:
-            raise either_missing("orderId", "origClientOrderId")
-        flag = params.get("isIsolated", "FALSE")
-        if flag not in ("TRUE", "FALSE"):
-            raise invalid_parameter("isIsolated")
-        for order in account.orders.get(endpoint.product, ()):
-            if (
-                order.symbol == symbol
-                and order.is_queryable
-                and order.is_visible(now)
-                and (order.order_id == order_id if order_id is not None
-                     else order.fields["clientOrderId"] == client_id)
-                and (not is_sapi or order.is_isolated == (flag == "TRUE"))
-            ):  # fmt: skip
-                return order.render(endpoint.shape)
-        raise order_does_not_exist()
+        return find_margin_order(
+            account.orders.get(endpoint.product, ()),
+            params,
+            now,
+            shape=endpoint.shape,
+            is_sapi=is_sapi,
+        )
 
     async def _serve_time(self, request: web.Request, endpoint: _Endpoint) -> Any:
         return {"serverTime": self.server_time_ms(endpoint.host)}
