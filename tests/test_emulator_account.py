@@ -483,6 +483,24 @@ async def test_429_then_418_ban(start: StartEnv) -> None:
     assert (reply.status, reply.headers["X-MBX-USED-WEIGHT-1M"]) == (200, "1")
 
 
+async def test_repeat_bans_grow_and_reset(start: StartEnv) -> None:
+    """A second ban lasts twice as long as the first; reset_limits lifts bans and used weight."""
+    env = await start(futures_weight_limit=1, ban_after_429s=0)
+    reply = await env.get("fapi", "/fapi/v1/time", signer=None)
+    assert reply.status == 200
+    reply = await env.get("fapi", "/fapi/v1/time", signer=None)
+    assert (reply.status, reply.headers["Retry-After"]) == (418, "120")
+    env.clock.advance(120_000)
+    assert (await env.get("fapi", "/fapi/v1/time", signer=None)).status == 200
+    reply = await env.get("dapi", "/dapi/v1/time", signer=None)
+    assert (reply.status, reply.headers["Retry-After"]) == (418, "240")
+    assert env.accounts.banned_until_ms == T0 + 120_000 + 240_000
+    env.accounts.reset_limits()
+    reply = await env.get("papi", "/papi/v1/ping", signer=None)
+    assert (reply.status, env.accounts.banned_until_ms) == (200, 0)
+    assert env.accounts.used_weight("futures") == 0
+
+
 async def test_retry_after_can_be_absent_on_futures(start: StartEnv) -> None:
     """With Retry-After switched off (⚠ futures docs), 429s carry none; sapi still sends it."""
     env = await start(
