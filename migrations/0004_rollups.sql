@@ -315,7 +315,9 @@ LANGUAGE sql STABLE AS $$
          WHERE g < to_at
     )
     SELECT b.bucket,
-           coalesce(sum(extract(epoch FROM least(c.covered_end, b.hi) - greatest(c.covered_start, b.lo))), 0)::double precision,
+           -- (least/greatest skip NULLs, so a bucket without any interval must be filtered out)
+           coalesce(sum(extract(epoch FROM least(c.covered_end, b.hi) - greatest(c.covered_start, b.lo)))
+                        FILTER (WHERE c.covered_start IS NOT NULL), 0)::double precision,
            extract(epoch FROM b.hi - b.lo)::double precision
       FROM b
       LEFT JOIN coverage_intervals(stream_names, from_at, to_at) c
@@ -328,7 +330,7 @@ $$;
 -- through the hourly rollup's per-group maximum so a year-long range reads a few hours of rows:
 -- the n whole clean hours with the largest single liquidation hold every top-n row, and the
 -- partial hours at the edges and any hour with a marked minute are read from the base table.
--- Rows whose notional is unknown rank last.
+-- Rows whose notional is unknown (COIN-M before its contract size is known) are not ranked.
 CREATE FUNCTION largest_liquidations(from_at timestamptz, to_at timestamptz, n integer,
                                      markets text[] DEFAULT NULL, symbols text[] DEFAULT NULL)
 RETURNS SETOF market_liquidations
@@ -372,8 +374,8 @@ LANGUAGE sql STABLE AS $$
            AND (symbols IS NULL OR b.symbol = ANY (symbols))
     )
     SELECT * FROM candidates
-     WHERE trade_time >= from_at AND trade_time < to_at
-     ORDER BY notional_usd DESC NULLS LAST, trade_time DESC
+     WHERE trade_time >= from_at AND trade_time < to_at AND notional_usd IS NOT NULL
+     ORDER BY notional_usd DESC, trade_time DESC
      LIMIT n
 $$;
 

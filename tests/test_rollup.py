@@ -45,7 +45,7 @@ async def insert(
     """Insert one base row (a SELL force order closes a LONG)."""
     side = "SELL" if liquidated_side == "LONG" else "BUY"
     await conn.execute(
-        _INSERT, at, uuid.uuid4(), symbol, market, side, liquidated_side, D(qty), D(price),
+        _INSERT, at, uuid.uuid4().bytes, symbol, market, side, liquidated_side, D(qty), D(price),
         None if notional is None else D(notional),
     )  # fmt: skip
 
@@ -184,7 +184,7 @@ async def test_the_writers_batch_insert_marks_its_minutes(
         for i, second in enumerate((1, 2, 61)):
             await writer.put(
                 MarketLiquidation(
-                    content_key=uuid.uuid4(), event_time=T0 + timedelta(seconds=second),
+                    content_key=uuid.uuid4().bytes, event_time=T0 + timedelta(seconds=second),
                     trade_time=T0 + timedelta(seconds=second), symbol="BNBUSDT", pair=None,
                     symbol_type=None, market=Market.UM, side="SELL",
                     liquidated_side=LiquidatedSide.LONG, order_type="LIMIT", time_in_force="IOC",
