@@ -1,0 +1,273 @@
+"""Account pollers against the project's Binance emulator (independent implementation of the
+documented account endpoints): exactly-once storage, limits, clock skew, key isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+from prometheus_client import CollectorRegistry
+
+from collector.config import AccountConfig, BinanceConfig, Config, RestConfig, Secret
+from collector.emulator import core
+from collector.emulator.account_rest import (
+    AccountEmulator,
+    AccountOptions,
+    Product,
+    account_api,
+    account_extension,
+)
+from collector.metrics import Metrics
+from collector.rest.accounts import build_account_components
+
+DAY = 86_400_000
+SECRET_C = "classicsecret0123456789"
+SECRET_P = "pmsecret0123456789"
+ENDPOINT = {
+    ("classic", "um"): "/fapi/v1/forceOrders",
+    ("classic", "cm"): "/dapi/v1/forceOrders",
+    ("classic", "margin_classic"): "/sapi/v1/margin/forceLiquidationRec",
+    ("pm", "um"): "/papi/v1/um/forceOrders",
+    ("pm", "cm"): "/papi/v1/cm/forceOrders",
+    ("pm", "margin_pm"): "/papi/v1/margin/forceOrders",
+}
+SCOPES = 4 + 2 + 4 + 1  # classic: 2 futures x 2 types, cross + 1 isolated; pm: 4 + margin
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float = 30.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        # A condition with a deadline: the database is the only place the outcome shows.
+        while not await check():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def emulator(request: pytest.FixtureRequest) -> AsyncIterator[core.Emulator]:
+    """The emulator with the account API (options from the test's `options` marker param)."""
+    marker = request.node.get_closest_marker("parametrize")
+    options = AccountOptions(**getattr(request, "param", {})) if marker else AccountOptions()
+    emu = core.Emulator(core.EmulatorOptions(), extensions=[account_extension(options)])
+    async with emu:
+        yield emu
+
+
+def _accounts(api: AccountEmulator, backfill_days: float = 10) -> tuple[AccountConfig, ...]:
+    api.add_account("classic", "classic", "CLASSICKEY", SECRET_C)
+    api.add_account("pm", "portfolio_margin", "PMKEY", SECRET_P)
+    return (
+        AccountConfig("classic", "classic", Secret("CLASSICKEY"), Secret(SECRET_C),
+                      isolated_symbols=("ETHUSDT",), backfill_days=backfill_days),
+        AccountConfig("pm", "portfolio_margin", Secret("PMKEY"), Secret(SECRET_P),
+                      backfill_days=backfill_days),
+    )  # fmt: skip
+
+
+def _seed(api: AccountEmulator, now: int) -> None:
+    start = now - 8 * DAY
+    api.seed_history("classic", Product.UM, 180, start, now - 60_000, 1, adl_share=0.2)
+    api.seed_history("classic", Product.CM, 20, start, now - 60_000, 2)
+    api.seed_history("classic", Product.MARGIN_CLASSIC, 130, start, now - 60_000, 3,
+                     symbols=["BNBBTC", "ETHUSDT"], isolated_share=0.3)  # fmt: skip
+    api.seed_history("pm", Product.UM, 30, start, now - 60_000, 4)
+    api.seed_history("pm", Product.CM, 10, start, now - 60_000, 5)
+    api.seed_history("pm", Product.MARGIN_PM, 15, start, now - 60_000, 6)
+
+
+def _expected(api: AccountEmulator) -> set[tuple[Any, ...]]:
+    out: set[tuple[Any, ...]] = set()
+    for (account, product), endpoint in ENDPOINT.items():
+        for order in api.orders(account, product):
+            if product == "margin_classic" and order.is_isolated and order.symbol != "ETHUSDT":
+                continue  # only configured isolated pairs are polled
+            # Margin rows carry no type: every margin force order is a liquidation.
+            margin = product.startswith("margin")
+            kind = "LIQUIDATION" if margin else str(order.auto_close_type)
+            out.add((account, "margin" if margin else product, order.symbol, order.order_id,
+                     kind, endpoint))  # fmt: skip
+    return out
+
+
+def _config(emu: core.Emulator, accounts: tuple[AccountConfig, ...], **rest: Any) -> Config:
+    binance = BinanceConfig(fapi_url=emu.fapi_url, dapi_url=emu.dapi_url,
+                            papi_url=emu.papi_url, sapi_url=emu.sapi_url)  # fmt: skip
+    settings: dict[str, Any] = {"poll_interval_s": 0.2, "overlap_s": 600,
+                                "retry_initial_s": 0.01, "retry_max_s": 0.05,
+                                "enrich_per_poll": 200} | rest  # fmt: skip
+    return Config(binance=binance, rest=RestConfig(**settings), accounts=accounts)
+
+
+class Running:
+    """The account components of `config` running until `stop()`."""
+
+    def __init__(self, config: Config, pool: asyncpg.Pool, metrics: Metrics) -> None:
+        self.stop_event = asyncio.Event()
+        comps = build_account_components(config, pool, metrics)
+        self.tasks = [asyncio.create_task(c(self.stop_event)) for c in comps.values()]
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        await asyncio.gather(*self.tasks)
+
+
+async def _keys(pg: asyncpg.Connection) -> set[tuple[Any, ...]]:
+    rows = await pg.fetch("SELECT account, product, symbol, order_id, auto_close_type, endpoint "
+                          "FROM account_force_orders")  # fmt: skip
+    return {tuple(r) for r in rows}
+
+
+async def _settled(pg: asyncpg.Connection, scopes: int) -> bool:
+    done = await pg.fetchval("SELECT count(*) FROM account_poll_checkpoints "
+                             "WHERE backfill_complete")  # fmt: skip
+    pending = await pg.fetchval(
+        "SELECT count(*) FROM account_force_orders WHERE product = 'margin' "
+        "AND enrichment IS NULL AND enrichment_error IS NULL"
+    )
+    return bool(done == scopes and pending == 0)
+
+
+async def test_every_order_once_after_backfill_polling_and_restart_without_429(
+    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """All six endpoints are backfilled, kept up and resumed: each order stored exactly once,
+    with zero 429s and 418s at the default limits and weight share."""
+    api = account_api(emulator)
+    accounts = _accounts(api)
+    _seed(api, _now())
+    config = _config(emulator, accounts)
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
+    metrics = Metrics(CollectorRegistry())
+    try:
+        run = Running(config, pool, metrics)
+        await _until(lambda: _settled(pg, SCOPES))
+        # Keep-up: a new order appears and a recent one gets a later updateTime.
+        fresh = api.add_force_order("pm", Product.UM, symbol="BTCUSDT", time=_now() - 500,
+                                    updateTime=_now() - 400, autoCloseType="ADL")  # fmt: skip
+        await _until(lambda: _has(pg, "pm", fresh.order_id))
+        await run.stop()
+        assert await _keys(pg) == _expected(api)
+        api.update_order("pm", Product.UM, fresh.order_id, updateTime=_now(), status="EXPIRED")
+        late = api.add_force_order("classic", Product.CM, symbol="BTCUSD_PERP",
+                                   time=_now() - 1000, updateTime=_now() - 900)  # fmt: skip
+        run = Running(config, pool, metrics)
+        await _until(lambda: _has(pg, "classic", late.order_id))
+        await _until(lambda: _status(pg, fresh.order_id, "EXPIRED"))
+        await run.stop()
+        assert await _keys(pg) == _expected(api)
+        assert (api.stats.rate_limited_429, api.stats.banned_418) == (0, 0)
+        enriched = await pg.fetchval("SELECT count(*) FROM account_force_orders "
+                                     "WHERE enrichment IS NOT NULL")  # fmt: skip
+        assert enriched == await pg.fetchval("SELECT count(*) FROM account_force_orders "
+                                             "WHERE product = 'margin'")  # fmt: skip
+    finally:
+        await pool.close()
+
+
+async def _has(pg: asyncpg.Connection, account: str, order_id: int) -> bool:
+    n = await pg.fetchval("SELECT count(*) FROM account_force_orders WHERE account = $1 "
+                          "AND order_id = $2", account, order_id)  # fmt: skip
+    return bool(n)
+
+
+async def _status(pg: asyncpg.Connection, order_id: int, status: str) -> bool:
+    got = await pg.fetchval("SELECT status FROM account_force_orders WHERE order_id = $1",
+                            order_id)  # fmt: skip
+    return bool(got == status)
+
+
+@pytest.mark.parametrize("emulator", [{"skew_ms": {"fapi": 45_000, "dapi": -30_000,
+                                                   "sapi": 20_000}}],
+                         indirect=True)  # fmt: skip
+async def test_clock_skew_is_recovered(
+    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """Hosts whose clocks are 45 s ahead, 30 s behind and 20 s ahead are all collected."""
+    api = account_api(emulator)
+    accounts = _accounts(api, backfill_days=2)
+    now = _now()
+    api.seed_history("classic", Product.UM, 5, now - DAY, now - 60_000, 1)
+    api.seed_history("classic", Product.CM, 5, now - DAY, now - 60_000, 2)
+    api.seed_history("classic", Product.MARGIN_CLASSIC, 5, now - DAY, now - 60_000, 3)
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
+    metrics = Metrics(CollectorRegistry())
+    try:
+        run = Running(_config(emulator, accounts[:1]), pool, metrics)
+        await _until(lambda: _settled(pg, 6))
+        await run.stop()
+    finally:
+        await pool.close()
+    assert await _keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
+    offset = metrics.rest_clock_offset
+    assert round(offset.labels("fapi")._value.get()) == 45
+    assert round(offset.labels("dapi")._value.get()) == -30
+    assert round(offset.labels("sapi")._value.get()) == 20
+
+
+@pytest.mark.timeout(150)  # the emulator's minute window must roll over once (up to 60 s)
+@pytest.mark.parametrize("emulator", [{"futures_weight_limit": 300}], indirect=True)
+async def test_forced_429_recovers_without_418(
+    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """With Binance's limit far below what the budget assumes, 429s pause the pool and the
+    backfill completes without a single 418."""
+    api = account_api(emulator)
+    accounts = _accounts(api, backfill_days=10)
+    now = _now()
+    api.seed_history("classic", Product.UM, 20, now - 9 * DAY, now - 60_000, 1)
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
+    metrics = Metrics(CollectorRegistry())
+    classic = AccountConfig("classic", "classic", Secret("CLASSICKEY"), Secret(SECRET_C),
+                            products=("um", "cm"), backfill_days=10)  # fmt: skip
+    try:
+        run = Running(_config(emulator, (classic,)), pool, metrics)
+        await _until(lambda: _settled(pg, 4), 140)
+        await run.stop()
+    finally:
+        await pool.close()
+    assert await _keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
+    assert api.stats.rate_limited_429 >= 1
+    assert api.stats.banned_418 == 0
+    assert metrics.rest_rate_limited.labels("fapi_dapi", "429")._value.get() >= 1
+    del accounts
+
+
+async def test_a_bad_key_isolates_one_account(
+    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """A PM key used as a classic account (-2015) and a wrong secret (-1022) leave the good
+    account collected and only the bad ones unhealthy."""
+    api = account_api(emulator)
+    accounts = _accounts(api, backfill_days=2)
+    now = _now()
+    api.seed_history("pm", Product.UM, 5, now - DAY, now - 60_000, 1)
+    wrong_kind = AccountConfig("wrongkind", "classic", Secret("PMKEY"), Secret(SECRET_P),
+                               products=("um",), backfill_days=2)  # fmt: skip
+    wrong_secret = AccountConfig("wrongsecret", "portfolio_margin", Secret("PMKEY"),
+                                 Secret("nope"), products=("um",), backfill_days=2)  # fmt: skip
+    good = AccountConfig("pm", "portfolio_margin", Secret("PMKEY"), Secret(SECRET_P),
+                         products=("um",), backfill_days=2)  # fmt: skip
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
+    metrics = Metrics(CollectorRegistry())
+    healthy = metrics.account_healthy
+    try:
+        run = Running(_config(emulator, (good, wrong_kind, wrong_secret)), pool, metrics)
+        await _until(lambda: _settled(pg, 2))
+        await _until(lambda: _zero(healthy, "wrongkind", "wrongsecret"))
+        await run.stop()
+    finally:
+        await pool.close()
+    assert await _keys(pg) == {k for k in _expected(api) if k[0] == "pm"}
+    assert healthy.labels("pm")._value.get() == 1
+    assert (api.stats.errors[-2015], api.stats.errors[-1022]) == (2, 2)
+    del accounts
+
+
+async def _zero(gauge: Any, *names: str) -> bool:
+    return all(gauge.labels(n)._value.get() == 0 for n in names)
