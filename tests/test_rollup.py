@@ -14,11 +14,12 @@ import pytest
 
 from collector.config import WriterConfig
 from collector.metrics import Metrics
-from collector.model import LiquidatedSide, Market, MarketLiquidation
+from collector.model import Market
 from collector.rollup import pending_minutes, rebuild, refresh_pending, run_rollups
 from collector.sink.writer import Writer
 from collector.sources.catalog import SymbolInfo
 from collector.sources.exchange_info import store_symbols
+from tests import factories
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 D = Decimal
@@ -181,19 +182,9 @@ async def test_the_writers_batch_insert_marks_its_minutes(
     writer = Writer(lambda: asyncpg.connect(pg_dsn), WriterConfig(), Metrics())
     task = asyncio.create_task(writer.run())
     try:
-        for i, second in enumerate((1, 2, 61)):
-            await writer.put(
-                MarketLiquidation(
-                    content_key=uuid.uuid4().bytes, event_time=T0 + timedelta(seconds=second),
-                    trade_time=T0 + timedelta(seconds=second), symbol="BNBUSDT", pair=None,
-                    symbol_type=None, market=Market.UM, side="SELL",
-                    liquidated_side=LiquidatedSide.LONG, order_type="LIMIT", time_in_force="IOC",
-                    status="FILLED", orig_qty=D(i + 1), price=D("600"), avg_price=D("600"),
-                    last_filled_qty=D(i + 1), filled_qty=D(i + 1), notional_usd=D(600 * (i + 1)),
-                    received_at=T0, source_host="fstream", source_route="market",
-                    source_stream="!forceOrder@arr", raw=b"{}",
-                )
-            )  # fmt: skip
+        # Trade times 11:06:41, 11:06:42 and 11:07:01 UTC: two minutes of one hour.
+        for offset_ms in (1000, 2000, 21000):
+            await writer.put(factories.liquidation(offset_ms, qty="2", avg_price="600"))
         await writer.flush()
     finally:
         task.cancel()
@@ -202,8 +193,8 @@ async def test_the_writers_batch_insert_marks_its_minutes(
 
     assert await pending_minutes(pool) == 2
     await refresh_pending(pool)
-    hour = await pg.fetchrow("SELECT events, notional_usd FROM market_liquidations_1h")
-    assert tuple(hour) == (3, D("3600"))
+    hour = await pg.fetchrow("SELECT bucket, events, notional_usd FROM market_liquidations_1h")
+    assert tuple(hour) == (datetime(2026, 11, 18, 11, tzinfo=UTC), 3, D("3600"))
 
 
 async def test_a_mark_bumped_by_a_concurrent_writer_survives_the_refresh(
