@@ -120,9 +120,11 @@ class BinanceConfig:
 class WriterConfig:
     """The bounded queue and the batching writer."""
 
-    queue_max: int = 100_000
+    queue_max: int = 20_000
     batch_max_rows: int = 5_000
-    batch_max_age_s: float = 0.05
+    batch_max_age_s: float = 0.025
+    # Database connections writing batches concurrently (encoding overlaps inserting).
+    writers: int = 2
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
     dedup_window: int = 50_000
@@ -448,8 +450,8 @@ def _validate(config: Config, problems: list[str]) -> None:
         problems.append("[binance] rotate_after_s: must be above 60")
     if b.reconnect_initial_s <= 0 or b.reconnect_max_s < b.reconnect_initial_s:
         problems.append("[binance] reconnect_initial_s/reconnect_max_s: need 0 < initial <= max")
-    if w.queue_max < 1 or w.batch_max_rows < 1:
-        problems.append("[writer] queue_max and batch_max_rows: must be at least 1")
+    if w.queue_max < 1 or w.batch_max_rows < 1 or w.writers < 1:
+        problems.append("[writer] queue_max, batch_max_rows and writers: must be at least 1")
     if w.batch_max_age_s <= 0:
         problems.append("[writer] batch_max_age_s: must be positive")
     if not 0 <= h.port <= 65535:

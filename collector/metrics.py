@@ -221,8 +221,6 @@ class Metrics:
         since = self._last_event_monotonic or self._started_monotonic
         return time.monotonic() - since
 
-    def event_received(self, host: str, market: str, stream_kind: str, at_unix: float) -> None:
-        """Count one event and move the last-event clocks."""
-        self.events_received.labels(host, market, stream_kind).inc()
-        self.last_event_timestamp.labels(host).set(at_unix)
+    def mark_event(self) -> None:
+        """Move the any-host last-event clock (`collector_last_event_age_seconds`)."""
         self._last_event_monotonic = time.monotonic()

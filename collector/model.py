@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class Market(StrEnum):
@@ -24,17 +25,17 @@ class LiquidatedSide(StrEnum):
     SHORT = "SHORT"
 
 
-@dataclass(frozen=True, slots=True)
-class MarketLiquidation:
+class MarketLiquidation(NamedTuple):
     """One `forceOrder` event from a market stream, every wire field kept exactly.
 
     `content_key` is the deterministic identity (the event has no id); the database enforces
-    its uniqueness, so the same event seen on two connections is stored once.
+    its uniqueness, so the same event seen on two connections is stored once. Fields are in the
+    writer's column order (a tuple is cheap to build on the hot path; see sink/writer.py).
     """
 
-    content_key: uuid.UUID
-    event_time: datetime  # E
     trade_time: datetime  # o.T
+    content_key: bytes  # 16 bytes, see binance_parse.content_key
+    event_time: datetime  # E
     symbol: str  # o.s
     pair: str | None  # ps (top level or inside o)
     symbol_type: int | None  # st: 1 UM, 2 CM (after the 2026 merge)
@@ -54,8 +55,8 @@ class MarketLiquidation:
     source_host: str  # "fstream" | "dstream"
     source_route: str  # "market" or "" where the host has no routes
     source_stream: str  # e.g. "!forceOrder@arr"
-    raw: bytes  # the event object as JSON
-    received_monotonic: float = field(default=0.0, compare=False)
+    raw: str  # the frame as received (JSON text)
+    received_monotonic: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from collector.embedded_pg import embedded_postgres
 from collector.exceptions import ConfigError, MigrationError
 from collector.health import Health, serve_http
 from collector.metrics import Metrics
+from collector.rest.accounts import build_account_components
 from collector.retry import Backoff, sleep_or_stop
 from collector.sink.migrate import migrate
 from collector.sink.writer import Writer
@@ -204,6 +205,7 @@ async def run(
                 config.binance, pool, runtime.catalog, metrics, s
             ),
         }
+        components.update(build_account_components(config, pool, metrics))
         if extra_components is not None:
             components.update(extra_components(runtime))
         log.info("supervisor.started", http_port=port, components=sorted(components),

@@ -37,7 +37,7 @@ END $$;
 
 CREATE TABLE market_liquidations (
     trade_time      timestamptz NOT NULL,           -- o.T
-    content_key     uuid        NOT NULL,           -- deterministic identity (the event has no id)
+    content_key     bytea       NOT NULL,           -- deterministic 16-byte identity (the event has no id)
     event_time      timestamptz NOT NULL,           -- E
     symbol          text        NOT NULL,           -- o.s
     pair            text,                           -- ps (top level or o.ps)
@@ -58,7 +58,7 @@ CREATE TABLE market_liquidations (
     source_host     text        NOT NULL,           -- fstream | dstream
     source_route    text        NOT NULL,           -- market, or '' on hosts without routes
     source_stream   text        NOT NULL,           -- !forceOrder@arr, btcusdt@forceOrder, ...
-    raw             jsonb       NOT NULL,           -- the event object as received
+    raw             jsonb       NOT NULL,           -- the frame as received (combined: with its stream envelope)
     PRIMARY KEY (trade_time, content_key)
 ) PARTITION BY RANGE (trade_time);
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import orjson
@@ -174,3 +174,14 @@ def test_decode_frame_routes_control_replies_apart_from_data() -> None:
         decode_frame("{not json")
     with pytest.raises(MalformedPayload):
         decode_frame("[1,2]")
+
+
+@pytest.mark.parametrize(
+    "ms", [0, 1, 999, 1_795_000_000_123, 3_999_999_999_999, 4_000_000_000_001, 253_402_300_799_999]
+)
+def test_times_are_exact_to_the_millisecond(ms: int) -> None:
+    """Millisecond times convert exactly on both sides of the fast path's range."""
+    event = {**UM_EVENT, "E": ms, "o": {**UM_EVENT["o"], "T": ms}}
+    row = parse_force_order(event, source=SRC, received_at=NOW)
+    assert row.trade_time == datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+    assert row.event_time == row.trade_time

@@ -17,7 +17,12 @@ from collector.sink.writer import Writer, ensure_partitions, is_transient
 from tests.factories import NOW, liquidation, session
 
 FAST = WriterConfig(
-    queue_max=1000, batch_max_rows=100, batch_max_age_s=0.01, retry_initial_s=0.01, retry_max_s=0.05
+    queue_max=1000,
+    batch_max_rows=100,
+    batch_max_age_s=0.01,
+    retry_initial_s=0.01,
+    retry_max_s=0.05,
+    writers=1,
 )
 
 
@@ -100,7 +105,7 @@ async def test_a_row_postgres_rejects_is_dead_lettered_and_the_rest_commit(
     task = await start(writer)
     good = [liquidation(i) for i in range(3)]
     # NUL bytes are valid JSON escapes but jsonb rejects \u0000: SQLSTATE 22P05.
-    bad = dataclasses.replace(liquidation(99), raw=b'{"e":"forceOrder","x":"\\u0000"}')
+    bad = liquidation(99)._replace(raw='{"e":"forceOrder","x":"\\u0000"}')
     for row in [good[0], bad, good[1], good[2]]:
         await writer.put(row)
     await writer.flush()
@@ -108,7 +113,7 @@ async def test_a_row_postgres_rejects_is_dead_lettered_and_the_rest_commit(
     assert await pg.fetchval("SELECT count(*) FROM market_liquidations") == 3
     dead = await pg.fetch("SELECT source, reason, raw, kept FROM dead_letters")
     assert [(d["source"], d["reason"], bytes(d["raw"]), d["kept"]) for d in dead] == [
-        ("fstream/!forceOrder@arr", "db_rejected", bad.raw, False)
+        ("fstream/!forceOrder@arr", "db_rejected", bad.raw.encode(), False)
     ]
     assert sample(metrics, "collector_write_errors_total", {"kind": "data"}) == 1
     assert sample(metrics, "collector_dead_letters_total", {"reason": "db_rejected"}) == 1
@@ -190,7 +195,7 @@ async def test_partitions_absorb_rows_from_the_default(pg: asyncpg.Connection) -
     await pg.execute(
         "INSERT INTO market_liquidations (trade_time, content_key, event_time, symbol, market, "
         "side, liquidated_side, status, orig_qty, price, avg_price, filled_qty, received_at, "
-        "source_host, source_route, source_stream, raw) VALUES ('2031-03-04', gen_random_uuid(), "
+        "source_host, source_route, source_stream, raw) VALUES ('2031-03-04', '\\x01', "
         "'2031-03-04', 'X', 'UM', 'SELL', 'LONG', 'FILLED', 1, 1, 1, 1, now(), 'f', 'm', 's', '{}')"
     )
     assert await pg.fetchval("SELECT tableoid::regclass::text FROM market_liquidations") == (
@@ -210,3 +215,24 @@ def test_error_classification() -> None:
     assert is_transient(asyncpg.exceptions.InternalClientError("cannot switch to state 15"))
     assert not is_transient(asyncpg.exceptions.UntranslatableCharacterError("x"))
     assert not is_transient(asyncpg.exceptions.UndefinedTableError("x"))
+
+
+async def test_concurrent_lanes_commit_everything_before_flush_returns(
+    pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """With three lanes, flush() returns only after every earlier batch of every lane committed."""
+    config = dataclasses.replace(FAST, writers=3, batch_max_rows=7)
+    metrics = Metrics()
+    writer = Writer(lambda: asyncpg.connect(pg_dsn), config, metrics)
+    task = await start(writer)
+    for round_ in range(5):
+        for i in range(100):
+            await writer.put(liquidation(round_ * 100 + i))
+        await writer.flush()
+        assert await count(pg) == (round_ + 1) * 100
+    await stop(task)
+    assert sample(metrics, "collector_rows_inserted_total", {"table": "market_liquidations"}) == 500
+
+
+async def count(pg: asyncpg.Connection) -> int:
+    return int(await pg.fetchval("SELECT count(*) FROM market_liquidations"))

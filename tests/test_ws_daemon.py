@@ -300,4 +300,4 @@ async def test_metrics_and_health_answer(pg_dsn: str) -> None:
             async with http.get(f"{base}/metrics") as r:
                 text = await r.text()
         assert 'collector_ws_connections{host="fstream"}' in text
-        assert "collector_queue_capacity 100000.0" in text
+        assert "collector_queue_capacity 20000.0" in text

@@ -412,9 +412,16 @@ class Emulator:
             if not batch:
                 continue
             async with self._send_lock:
-                for generated in batch:
-                    payload = orjson.dumps(generated.event)
-                    await self._route(generated.symbol, generated.symbol_type, payload)
+                hosts = list(self.stream_hosts.values())
+                for host in hosts:
+                    host.cork()
+                try:
+                    for generated in batch:
+                        payload = orjson.dumps(generated.event)
+                        await self._route(generated.symbol, generated.symbol_type, payload)
+                finally:
+                    for host in hosts:
+                        await host.uncork()
 
 
 async def run_simulator(

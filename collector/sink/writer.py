@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -31,40 +33,55 @@ log = structlog.get_logger(__name__)
 
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
 
-ML_COLUMNS = (
-    "trade_time",
-    "content_key",
-    "event_time",
-    "symbol",
-    "pair",
-    "symbol_type",
-    "market",
-    "side",
-    "liquidated_side",
-    "order_type",
-    "time_in_force",
-    "status",
-    "orig_qty",
-    "price",
-    "avg_price",
-    "last_filled_qty",
-    "filled_qty",
-    "notional_usd",
-    "received_at",
-    "source_host",
-    "source_route",
-    "source_stream",
-    "raw",
+# The staging table's columns, in COPY order. Numerics and the raw JSON travel as text and are
+# cast by Postgres: asyncpg's binary numeric and jsonb encoders cost about three times the client
+# CPU of text (measured: 8.8 vs 3.0 us per row), and the server parses text in C.
+ML_STAGING: tuple[tuple[str, str], ...] = (
+    ("trade_time", "timestamptz"),
+    ("content_key", "bytea"),
+    ("event_time", "timestamptz"),
+    ("symbol", "text"),
+    ("pair", "text"),
+    ("symbol_type", "smallint"),
+    ("market", "text"),
+    ("side", "text"),
+    ("liquidated_side", "text"),
+    ("order_type", "text"),
+    ("time_in_force", "text"),
+    ("status", "text"),
+    ("orig_qty", "numeric"),
+    ("price", "numeric"),
+    ("avg_price", "numeric"),
+    ("last_filled_qty", "numeric"),
+    ("filled_qty", "numeric"),
+    ("notional_usd", "numeric"),
+    ("received_at", "timestamptz"),
+    ("source_host", "text"),
+    ("source_route", "text"),
+    ("source_stream", "text"),
+    ("raw", "jsonb"),
 )
+ML_COLUMNS = tuple(name for name, _ in ML_STAGING)
+_AS_TEXT = {"numeric", "jsonb"}
+_STAGING_DDL = (
+    "CREATE TEMP TABLE IF NOT EXISTS ml_staging ("
+    + ", ".join(f"{n} {'text' if t in _AS_TEXT else t}" for n, t in ML_STAGING)
+    + ") ON COMMIT DELETE ROWS"
+)
+_CASTS = [f"{n}::{t}" if t in _AS_TEXT else n for n, t in ML_STAGING]
 DL_COLUMNS = ("received_at", "source", "reason", "detail", "raw", "kept")
 # Column lists are module constants, never input.
 _INSERT_ML = (
     f"INSERT INTO market_liquidations ({', '.join(ML_COLUMNS)}) "
-    f"SELECT {', '.join(ML_COLUMNS)} FROM ml_staging ON CONFLICT DO NOTHING"
+    f"SELECT {', '.join(_CASTS)} FROM ml_staging ON CONFLICT DO NOTHING"
 )
 _INSERT_ML_ONE = (
-    f"INSERT INTO market_liquidations ({', '.join(ML_COLUMNS)}) "
-    f"VALUES ({', '.join(f'${i + 1}' for i in range(len(ML_COLUMNS)))}) ON CONFLICT DO NOTHING"
+    f"INSERT INTO market_liquidations ({', '.join(ML_COLUMNS)}) VALUES ("
+    + ", ".join(
+        f"${i + 1}::text::{t}" if t in _AS_TEXT else f"${i + 1}"
+        for i, (_, t) in enumerate(ML_STAGING)
+    )
+    + ") ON CONFLICT DO NOTHING"
 )
 _UPSERT_SESSION = """
 INSERT INTO ws_sessions (session_id, connection, host, route, url, streams, opened_at,
@@ -130,31 +147,21 @@ class RecentKeys:
         return False
 
 
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
 def _ml_record(row: MarketLiquidation) -> tuple[Any, ...]:
+    """The row in `ML_STAGING` order, numerics as text (the model is already in that order)."""
     return (
-        row.trade_time,
-        row.content_key,
-        row.event_time,
-        row.symbol,
-        row.pair,
-        row.symbol_type,
-        row.market.value,
-        row.side,
-        row.liquidated_side.value,
-        row.order_type,
-        row.time_in_force,
-        row.status,
-        row.orig_qty,
-        row.price,
-        row.avg_price,
-        row.last_filled_qty,
-        row.filled_qty,
-        row.notional_usd,
-        row.received_at,
-        row.source_host,
-        row.source_route,
-        row.source_stream,
-        row.raw,
+        *row[:12],
+        str(row.orig_qty),
+        str(row.price),
+        str(row.avg_price),
+        _text(row.last_filled_qty),
+        str(row.filled_qty),
+        _text(row.notional_usd),
+        *row[18:23],
     )
 
 
@@ -218,19 +225,25 @@ class Batch:
             self.barriers.append(item)
 
 
-async def _jsonb_connection_setup(conn: asyncpg.Connection) -> None:
-    """Pass jsonb through as bytes (the raw payload) without decoding and re-encoding."""
-    await conn.set_type_codec(
-        "jsonb",
-        schema="pg_catalog",
-        encoder=lambda b: b"\x01" + (b if isinstance(b, bytes) else b.encode()),
-        decoder=lambda b: b[1:],
-        format="binary",
-    )
+class _Lane:
+    """One database connection and the batch it is writing."""
+
+    def __init__(self) -> None:
+        self.conn: asyncpg.Connection | None = None
+
+    def drop(self) -> None:
+        if self.conn is not None:
+            self.conn.terminate()
+            self.conn = None
 
 
 class Writer:
-    """Owns the queue and one database connection; see the module docstring."""
+    """Owns the queue and `writers` database connections (lanes); see the module docstring.
+
+    Lanes take batches from the one queue concurrently, so encoding the next batch overlaps
+    Postgres inserting the previous one. `flush()` still means "everything queued before this
+    call is committed": a barrier waits for every batch that was started before it.
+    """
 
     def __init__(self, connect: Connect, config: WriterConfig, metrics: Metrics) -> None:
         self._connect = connect
@@ -238,8 +251,10 @@ class Writer:
         self._metrics = metrics
         self.queue: asyncio.Queue[WriteItem] = asyncio.Queue(config.queue_max)
         self._recent = RecentKeys(config.dedup_window)
-        self._conn: asyncpg.Connection | None = None
         self._partitions_checked_at = -_PARTITION_CHECK_S
+        self._batch_ids = itertools.count()
+        self._inflight: set[int] = set()
+        self._committed = asyncio.Condition()
         self.is_healthy = False
         metrics.queue_capacity.set(config.queue_max)
         metrics.queue_depth.set_function(self.queue.qsize)
@@ -256,18 +271,39 @@ class Writer:
 
     async def run(self) -> None:
         """Write batches until cancelled. Cancel only after `flush()` returned to lose nothing."""
+        async with asyncio.TaskGroup() as group:
+            for i in range(self._config.writers):
+                group.create_task(self._run_lane(_Lane()), name=f"writer lane {i}")
+
+    async def _run_lane(self, lane: _Lane) -> None:
         try:
             while True:
-                batch = await self._next_batch()
-                await self._write_with_retry(batch)
+                batch_id, batch = await self._next_batch()
+                try:
+                    await self._write_with_retry(lane, batch)
+                finally:
+                    async with self._committed:
+                        self._inflight.discard(batch_id)
+                        self._committed.notify_all()
+                await self._release_barriers(batch_id, batch)
         finally:
-            if self._conn is not None:
-                self._conn.terminate()
-                self._conn = None
+            lane.drop()
 
-    async def _next_batch(self) -> Batch:
+    async def _release_barriers(self, batch_id: int, batch: Batch) -> None:
+        """Resolve the batch's barriers once every batch started before it has committed."""
+        if not batch.barriers:
+            return
+        async with self._committed:
+            await self._committed.wait_for(lambda: not any(i < batch_id for i in self._inflight))
+        for barrier in batch.barriers:
+            if not barrier.done.done():
+                barrier.done.set_result(None)
+
+    async def _next_batch(self) -> tuple[int, Batch]:
         batch = Batch()
         batch.add(await self.queue.get())
+        batch_id = next(self._batch_ids)  # ids follow the order batches start taking items
+        self._inflight.add(batch_id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._config.batch_max_age_s
         max_rows = self._config.batch_max_rows
@@ -285,9 +321,9 @@ class Writer:
                     batch.add(await self.queue.get())
             except TimeoutError:
                 break
-        return batch
+        return batch_id, batch
 
-    async def _write_with_retry(self, batch: Batch) -> None:
+    async def _write_with_retry(self, lane: _Lane, batch: Batch) -> None:
         fresh: list[MarketLiquidation] = []
         for row in batch.liquidations:
             if self._recent.seen(row.content_key):
@@ -298,14 +334,14 @@ class Writer:
         backoff = Backoff(self._config.retry_initial_s, self._config.retry_max_s)
         while True:
             try:
-                await self._write(batch)
+                await self._write(lane, batch)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                lost = self._conn is not None and self._conn.is_closed()
+                lost = lane.conn is not None and lane.conn.is_closed()
                 if not (is_transient(exc) or lost):
                     raise
-                self._drop_connection()
+                lane.drop()
                 self.is_healthy = False
                 self._metrics.db_up.set(0)
                 self._metrics.write_errors.labels("transient").inc()
@@ -322,36 +358,28 @@ class Writer:
             break
         self.is_healthy = True
         self._metrics.db_up.set(1)
-        for barrier in batch.barriers:
-            if not barrier.done.done():
-                barrier.done.set_result(None)
 
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            self._conn.terminate()
-            self._conn = None
-
-    async def _connection(self) -> asyncpg.Connection:
-        if self._conn is None or self._conn.is_closed():
+    async def _connection(self, lane: _Lane) -> asyncpg.Connection:
+        if lane.conn is None or lane.conn.is_closed():
             conn = await self._connect()
             try:
-                await _jsonb_connection_setup(conn)
-                await conn.execute(
-                    "CREATE TEMP TABLE IF NOT EXISTS ml_staging "
-                    "(LIKE market_liquidations INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-                )
+                await conn.execute(_STAGING_DDL)
             except BaseException:
                 conn.terminate()
                 raise
-            self._conn = conn
+            lane.conn = conn
         now = time.monotonic()
         if now - self._partitions_checked_at > _PARTITION_CHECK_S:
-            await ensure_partitions(self._conn)
             self._partitions_checked_at = now
-        return self._conn
+            try:
+                await ensure_partitions(lane.conn)
+            except BaseException:
+                self._partitions_checked_at = -_PARTITION_CHECK_S
+                raise
+        return lane.conn
 
-    async def _write(self, batch: Batch) -> None:
-        conn = await self._connection()
+    async def _write(self, lane: _Lane, batch: Batch) -> None:
+        conn = await self._connection(lane)
         started = time.monotonic()
         inserted = 0
         rejected: list[DeadLetter] = []
@@ -432,7 +460,7 @@ class Writer:
                         source=f"{row.source_host}/{row.source_stream}",
                         reason="db_rejected",
                         detail=f"{exc.sqlstate}: {exc}"[:1000],
-                        raw=row.raw,
+                        raw=row.raw.encode(),
                     )
                 )
         return inserted, rejected

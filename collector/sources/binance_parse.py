@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -27,6 +26,10 @@ KNOWN_ORDER_FIELDS = frozenset({"s", "ps", "S", "o", "f", "q", "p", "ap", "X", "
 # BTCUSDT_251226, so the quote must be exactly USD before the underscore.
 _COIN_M_SYMBOL = re.compile(r"^[A-Z0-9]+USD_(PERP|\d{6})$")
 _MAX_MS = 253402300799999  # 9999-12-31T23:59:59.999Z, the largest time Postgres and Python share
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Below this (year 2096) `ms / 1000` as a float is within 0.5 us of the exact time, so
+# fromtimestamp() rounds to the exact millisecond (checked over 3 million random values).
+_FLOAT_EXACT_MS = 4_000_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +94,7 @@ def _opt_decimal(order: Mapping[str, Any], key: str) -> Decimal | None:
     if value is None:
         return None
     # The wire carries decimal strings; tolerate a JSON integer but never a float (inexact).
-    if isinstance(value, bool) or not isinstance(value, str | int):
+    if type(value) is not str and (isinstance(value, bool) or not isinstance(value, int)):
         raise MalformedPayload(f"expected a decimal string, got {value!r}", field=f"o.{key}")
     try:
         result = Decimal(value)
@@ -111,18 +114,20 @@ def _decimal(order: Mapping[str, Any], key: str) -> Decimal:
 
 def _millis(obj: Mapping[str, Any], key: str, name: str) -> datetime:
     value = obj.get(key)
-    if isinstance(value, bool) or not isinstance(value, int):
+    if type(value) is not int:  # bool is not int here; floats and strings are rejected
         raise MalformedPayload(f"expected integer milliseconds, got {value!r}", field=name)
     if not 0 <= value <= _MAX_MS:
         raise MalformedPayload(f"time out of range: {value}", field=name)
-    return datetime.fromtimestamp(value / 1000, tz=UTC).replace(microsecond=(value % 1000) * 1000)
+    if value < _FLOAT_EXACT_MS:  # C-fast, and exact to the microsecond in this range
+        return datetime.fromtimestamp(value / 1000, UTC)
+    return _EPOCH + timedelta(milliseconds=value)
 
 
 def _opt_text(obj: Mapping[str, Any], key: str, name: str) -> str | None:
     value = obj.get(key)
     if value is None:
         return None
-    if not isinstance(value, str) or not value:
+    if type(value) is not str or not value:
         raise MalformedPayload(f"expected a non-empty string, got {value!r}", field=name)
     return value
 
@@ -143,6 +148,14 @@ def classify_market(symbol: str, symbol_type: int | None) -> Market:
     return Market.CM if _COIN_M_SYMBOL.match(symbol) else Market.UM
 
 
+def _canonical(value: Decimal) -> str:
+    """A decimal's canonical spelling: "9910", "9910.0" and "9910.00" are all "9910"."""
+    text = str(value)
+    if "." in text and "E" not in text:
+        text = text.rstrip("0").rstrip(".")
+    return text if text not in ("", "-0") else "0"
+
+
 def content_key(
     symbol: str,
     trade_time_ms: int,
@@ -152,31 +165,28 @@ def content_key(
     avg_price: Decimal,
     filled: Decimal,
     status: str,
-) -> uuid.UUID:
-    """The deterministic identity of a liquidation event (it has no id on the wire).
+) -> bytes:
+    """The deterministic 16-byte identity of a liquidation event (it has no id on the wire).
 
     Built from the order's own fields (not `E`, which differs per host and connection), with
-    decimals normalised so "9910" and "9910.0" are the same value.
+    decimals in canonical spelling so "9910" and "9910.0" are the same value.
     See ../shared/binance-protocol.md §7.4.
     """
-    parts = (
-        symbol,
-        str(trade_time_ms),
-        side,
-        str(qty.normalize()),
-        str(price.normalize()),
-        str(avg_price.normalize()),
-        str(filled.normalize()),
-        status,
+    text = (
+        f"{symbol}\x1f{trade_time_ms}\x1f{side}\x1f{_canonical(qty)}\x1f{_canonical(price)}"
+        f"\x1f{_canonical(avg_price)}\x1f{_canonical(filled)}\x1f{status}"
     )
-    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
-    return uuid.UUID(bytes=digest[:16])
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
 def unknown_fields(event: Mapping[str, Any]) -> list[str]:
     """Names of fields the documented payload does not have (kept, but worth a look)."""
-    extra = [k for k in event if k not in KNOWN_TOP_FIELDS]
     order = event.get("o")
+    if event.keys() <= KNOWN_TOP_FIELDS and (
+        not isinstance(order, dict) or order.keys() <= KNOWN_ORDER_FIELDS
+    ):
+        return []
+    extra = [k for k in event if k not in KNOWN_TOP_FIELDS]
     if isinstance(order, dict):
         extra += [f"o.{k}" for k in order if k not in KNOWN_ORDER_FIELDS]
     return extra
@@ -187,11 +197,13 @@ def parse_force_order(
     *,
     source: Source,
     received_at: datetime,
+    raw: str | None = None,
     received_monotonic: float = 0.0,
     contract_sizes: Mapping[str, Decimal] | None = None,
 ) -> MarketLiquidation:
     """Turn one forceOrder event (the inner object, not the envelope) into a record.
 
+    `raw` is the frame as received (stored verbatim); without it the event is serialised.
     `contract_sizes` maps COIN-M symbols to USD per contract; without an entry the CM notional
     stays None (filled in later). Raises `MalformedPayload` naming the first bad field.
     """
@@ -226,7 +238,7 @@ def parse_force_order(
     avg_price = _decimal(order, "ap")
     filled = _decimal(order, "z")
     last = _opt_decimal(order, "l")
-    market = classify_market(symbol, st)
+    market = Market.UM if st == 1 else Market.CM if st == 2 else classify_market(symbol, None)
     notional: Decimal | None
     if market is Market.UM:
         notional = filled * avg_price
@@ -256,6 +268,6 @@ def parse_force_order(
         source_host=source.host,
         source_route=source.route,
         source_stream=source.stream,
-        raw=orjson.dumps(event),
+        raw=orjson.dumps(event).decode() if raw is None else raw,
         received_monotonic=received_monotonic,
     )

@@ -73,6 +73,7 @@ class SymbolCatalog:
     def __init__(self) -> None:
         self._symbols: dict[Market, dict[str, SymbolInfo]] = {}
         self.contract_sizes: dict[str, Decimal] = {}
+        self.version = 0  # bumped on every update, so readers can cache answers
 
     def update(self, market: Market, symbols: list[SymbolInfo]) -> None:
         """Replace one market's symbols."""
@@ -83,6 +84,7 @@ class SymbolCatalog:
                 if s.contract_size is not None and s.market is Market.CM:
                     sizes[s.symbol] = s.contract_size
         self.contract_sizes = sizes
+        self.version += 1
 
     def is_loaded(self, market: Market) -> bool:
         """True once `market` has been loaded."""
