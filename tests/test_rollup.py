@@ -13,13 +13,16 @@ import asyncpg
 import pytest
 
 from collector.config import WriterConfig
+from collector.emulator import Emulator, EmulatorOptions, make_force_order_event
 from collector.metrics import Metrics
 from collector.model import Market
 from collector.rollup import pending_minutes, rebuild, refresh_pending, run_rollups
 from collector.sink.writer import Writer
 from collector.sources.catalog import SymbolInfo
 from collector.sources.exchange_info import store_symbols
+from collector.supervisor import Component, Runtime, run
 from tests import factories
+from tests.daemon import make_config
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 D = Decimal
@@ -282,3 +285,41 @@ async def test_run_rollups_raises_when_the_schema_is_missing(
 
     with pytest.raises(asyncpg.UndefinedFunctionError):
         await run_rollups(pool, asyncio.Event(), interval_s=0.01)
+
+
+async def test_daemon_with_the_rollup_component_keeps_the_rollup_current(
+    pg: asyncpg.Connection, pg_dsn: str
+) -> None:
+    """Wired as a supervisor component, the task rolls up a liquidation the stream delivered."""
+    stop = asyncio.Event()
+    ready: asyncio.Future[Runtime] = asyncio.get_running_loop().create_future()
+
+    def rollup(runtime: Runtime) -> dict[str, Component]:
+        return {"rollup": lambda s: run_rollups(runtime.pool, s, interval_s=0.05)}
+
+    async with Emulator(EmulatorOptions()) as emu:
+        daemon = asyncio.create_task(
+            run(make_config(emu, pg_dsn), stop=stop, on_ready=ready.set_result,
+                extra_components=rollup)
+        )  # fmt: skip
+        try:
+            await asyncio.wait_for(asyncio.shield(ready), 20)
+            await emu.wait_for_connections(1, host="fstream")
+            await emu.wait_until(lambda: all(c.streams for c in emu.connections))
+            event = make_force_order_event(
+                "ETHUSDT", "BUY", "2", "3000", "3000", 1_795_000_000_000, 1_795_000_000_001
+            )
+            assert await emu.publish(event) >= 1
+
+            async def rolled_up() -> bool:
+                return bool(await pg.fetchval("SELECT count(*) FROM market_liquidations_1h"))
+
+            await wait_until(rolled_up, timeout_s=10)
+        finally:
+            stop.set()
+            assert await asyncio.wait_for(daemon, 20) == 0
+    row = await pg.fetchrow(
+        "SELECT symbol, liquidated_side, events, notional_usd FROM market_liquidations_1h"
+    )
+    assert tuple(row) == ("ETHUSDT", "SHORT", 1, D("6000"))  # a BUY force order closes a short
+    assert await pg.fetchval("SELECT count(*) FROM market_rollup_dirty") == 0
