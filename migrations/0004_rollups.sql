@@ -1,5 +1,5 @@
--- Rollups that keep dashboards fast over years of data: per-minute and per-hour totals of
--- market_liquidations by market, symbol and liquidated side, exact (NUMERIC sums), plus the
+-- Rollups that keep dashboards fast over years of data: per-minute, per-hour and per-day totals
+-- of market_liquidations by market, symbol and liquidated side, exact (NUMERIC sums), plus the
 -- read functions the Grafana dashboards call.
 --
 -- How the rollups stay exact without rescanning history:
@@ -7,9 +7,10 @@
 --     a COIN-M notional filled in later from exchangeInfo, a delete) in market_rollup_dirty, in
 --     the same transaction as the change, so a mark is visible exactly when the change is;
 --   * the collector's rollup task (collector/rollup.py) calls refresh_market_rollup_dirty(),
---     which recomputes the marked minutes and their hours from the base table and clears the marks
+--     which recomputes the marked minutes (then their hours and days) from the base table and
+--     clears the marks
 --     it has seen (a mark bumped meanwhile stays for the next pass);
---   * readers use liquidation_totals(), which takes clean minutes and hours from the rollups and
+--   * readers use liquidation_totals(), which takes clean buckets from the rollups and
 --     recomputes still-marked minutes from the base table, so a query is exact even while the
 --     rollup task lags or is not running at all.
 -- Buckets are UTC-aligned (date_bin from 2000-01-01 00:00 UTC), whatever the session time zone.
@@ -43,6 +44,20 @@ CREATE TABLE market_liquidations_1h (
 CREATE INDEX market_liquidations_1h_symbol ON market_liquidations_1h (symbol, bucket);
 CREATE INDEX market_liquidations_1h_max ON market_liquidations_1h (max_notional_usd DESC NULLS LAST);
 
+CREATE TABLE market_liquidations_1d (
+    bucket           timestamptz NOT NULL,  -- start of the UTC day
+    market           text        NOT NULL,
+    symbol           text        NOT NULL,
+    liquidated_side  text        NOT NULL,
+    events           bigint      NOT NULL,
+    filled_qty       numeric     NOT NULL,
+    notional_usd     numeric     NOT NULL,
+    notional_unknown bigint      NOT NULL,
+    max_notional_usd numeric,
+    PRIMARY KEY (bucket, market, symbol, liquidated_side)
+);
+CREATE INDEX market_liquidations_1d_symbol ON market_liquidations_1d (symbol, bucket);
+
 -- Minutes whose base rows changed since their last refresh.
 CREATE TABLE market_rollup_dirty (
     bucket    timestamptz PRIMARY KEY,
@@ -54,6 +69,8 @@ COMMENT ON TABLE market_liquidations_1m IS
     'Per-minute totals of market_liquidations; read through liquidation_totals(), which is exact even for minutes not yet refreshed.';
 COMMENT ON TABLE market_liquidations_1h IS
     'Per-hour totals of market_liquidations_1m; read through liquidation_totals().';
+COMMENT ON TABLE market_liquidations_1d IS
+    'Per-day (UTC) totals of market_liquidations_1h; read through liquidation_totals().';
 COMMENT ON TABLE market_rollup_dirty IS
     'Minutes of market_liquidations changed since the rollups last saw them (maintained by triggers).';
 
@@ -65,6 +82,7 @@ BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         DELETE FROM market_liquidations_1m;
         DELETE FROM market_liquidations_1h;
+        DELETE FROM market_liquidations_1d;
         DELETE FROM market_rollup_dirty;
     ELSIF TG_OP = 'INSERT' THEN
         INSERT INTO market_rollup_dirty AS d (bucket)
@@ -94,7 +112,8 @@ CREATE TRIGGER market_rollup_truncate AFTER TRUNCATE ON market_liquidations
     FOR EACH STATEMENT EXECUTE FUNCTION market_rollup_mark();
 
 -- Recomputes the given minutes (any timestamps; each counts for its minute) from the base table,
--- then their hours from the minutes. Idempotent; buckets that no longer have rows are deleted.
+-- then their hours from the minutes and their days from the hours. Idempotent; buckets that no
+-- longer have rows are deleted.
 -- Returns the number of distinct minutes recomputed.
 CREATE FUNCTION refresh_market_rollup_minutes(minutes timestamptz[]) RETURNS integer
 LANGUAGE plpgsql AS $$
@@ -102,6 +121,8 @@ DECLARE
     mins  timestamptz[] := ARRAY(SELECT DISTINCT date_bin('1 minute', m, '2000-01-01 00:00:00+00')
                                    FROM unnest(minutes) AS u(m) WHERE m IS NOT NULL ORDER BY 1);
     hours timestamptz[] := ARRAY(SELECT DISTINCT date_bin('1 hour', m, '2000-01-01 00:00:00+00')
+                                   FROM unnest(mins) AS u(m) ORDER BY 1);
+    days  timestamptz[] := ARRAY(SELECT DISTINCT date_bin('1 day', m, '2000-01-01 00:00:00+00')
                                    FROM unnest(mins) AS u(m) ORDER BY 1);
 BEGIN
     WITH fresh AS (
@@ -148,6 +169,33 @@ BEGIN
                               AND f.symbol = r.symbol AND f.liquidated_side = r.liquidated_side)
     )
     INSERT INTO market_liquidations_1h AS r
+    SELECT bucket, market, symbol, liquidated_side, events, filled_qty, notional_usd,
+           notional_unknown, max_notional_usd
+      FROM fresh
+    ON CONFLICT (bucket, market, symbol, liquidated_side) DO UPDATE SET
+        events = EXCLUDED.events, filled_qty = EXCLUDED.filled_qty,
+        notional_usd = EXCLUDED.notional_usd, notional_unknown = EXCLUDED.notional_unknown,
+        max_notional_usd = EXCLUDED.max_notional_usd
+    WHERE (r.events, r.filled_qty, r.notional_usd, r.notional_unknown, r.max_notional_usd)
+          IS DISTINCT FROM (EXCLUDED.events, EXCLUDED.filled_qty, EXCLUDED.notional_usd,
+                            EXCLUDED.notional_unknown, EXCLUDED.max_notional_usd);
+
+    WITH fresh AS (
+        SELECT h.h AS bucket, r.market, r.symbol, r.liquidated_side,
+               sum(r.events)::bigint AS events, sum(r.filled_qty) AS filled_qty,
+               sum(r.notional_usd) AS notional_usd, sum(r.notional_unknown)::bigint AS notional_unknown,
+               max(r.max_notional_usd) AS max_notional_usd
+          FROM unnest(days) AS h(h)
+          JOIN market_liquidations_1h r ON r.bucket >= h.h AND r.bucket < h.h + interval '1 day'
+         GROUP BY 1, 2, 3, 4
+    ), gone AS (
+        DELETE FROM market_liquidations_1d r
+         WHERE r.bucket = ANY (days)
+           AND NOT EXISTS (SELECT 1 FROM fresh f
+                            WHERE f.bucket = r.bucket AND f.market = r.market
+                              AND f.symbol = r.symbol AND f.liquidated_side = r.liquidated_side)
+    )
+    INSERT INTO market_liquidations_1d AS r
     SELECT bucket, market, symbol, liquidated_side, events, filled_qty, notional_usd,
            notional_unknown, max_notional_usd
       FROM fresh
@@ -210,6 +258,16 @@ BEGIN
     RETURN cardinality(mins);
 END $$;
 
+-- Which rollup serves buckets of width `step`: the coarsest whose bucket divides it.
+CREATE FUNCTION rollup_source(step interval) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE
+        WHEN extract(epoch FROM step)::numeric % 86400 = 0 AND step >= interval '1 day' THEN 'day'
+        WHEN extract(epoch FROM step)::numeric % 3600 = 0 AND step >= interval '1 hour' THEN 'hour'
+        ELSE 'minute'
+    END
+$$;
+
 -- Per-minute totals in [minute of from_at, to_at): refreshed minutes from the rollup, marked
 -- minutes recomputed from the base table. NULL `markets`/`symbols` mean all.
 CREATE FUNCTION liquidation_minutes(from_at timestamptz, to_at timestamptz,
@@ -264,9 +322,36 @@ LANGUAGE sql STABLE AS $$
      GROUP BY dh.hour, m.market, m.symbol, m.liquidated_side
 $$;
 
--- Totals per `step` bucket (UTC-aligned; a step of 1 h or a multiple of it reads the hourly
--- rollup, anything else the minutes). The first bucket starts at or before from_at, and edges
--- are counted in whole minutes (or hours), the rollups' resolution.
+-- Per-day (UTC) totals in [day of from_at, to_at): clean days from the daily rollup; days holding
+-- a marked minute are summed from liquidation_hours().
+CREATE FUNCTION liquidation_days(from_at timestamptz, to_at timestamptz,
+                                 markets text[] DEFAULT NULL, symbols text[] DEFAULT NULL)
+RETURNS TABLE (bucket timestamptz, market text, symbol text, liquidated_side text, events bigint,
+               filled_qty numeric, notional_usd numeric, notional_unknown bigint,
+               max_notional_usd numeric)
+LANGUAGE sql STABLE AS $$
+    SELECT x.bucket, x.market, x.symbol, x.liquidated_side, x.events, x.filled_qty,
+           x.notional_usd, x.notional_unknown, x.max_notional_usd
+      FROM market_liquidations_1d x
+     WHERE x.bucket >= date_bin('1 day', from_at, '2000-01-01 00:00:00+00') AND x.bucket < to_at
+       AND (markets IS NULL OR x.market = ANY (markets))
+       AND (symbols IS NULL OR x.symbol = ANY (symbols))
+       AND NOT EXISTS (SELECT 1 FROM market_rollup_dirty d
+                        WHERE d.bucket >= x.bucket AND d.bucket < x.bucket + interval '1 day')
+    UNION ALL
+    SELECT dd.day, h.market, h.symbol, h.liquidated_side, sum(h.events)::bigint, sum(h.filled_qty),
+           sum(h.notional_usd), sum(h.notional_unknown)::bigint, max(h.max_notional_usd)
+      FROM (SELECT DISTINCT date_bin('1 day', d.bucket, '2000-01-01 00:00:00+00') AS day
+              FROM market_rollup_dirty d
+             WHERE d.bucket >= date_bin('1 day', from_at, '2000-01-01 00:00:00+00')
+               AND d.bucket < to_at) dd
+     CROSS JOIN LATERAL liquidation_hours(dd.day, dd.day + interval '1 day', markets, symbols) h
+     GROUP BY dd.day, h.market, h.symbol, h.liquidated_side
+$$;
+
+-- Totals per `step` bucket, UTC-aligned. A step that is a whole number of days reads the daily
+-- rollup, of hours the hourly one, anything else the minutes. The first bucket starts at or
+-- before from_at, and the range's edges count in whole rollup buckets (days, hours, minutes).
 -- Example: SELECT * FROM liquidation_totals(now() - interval '1 day', now(), '5 minutes', ARRAY['UM']);
 CREATE FUNCTION liquidation_totals(from_at timestamptz, to_at timestamptz, step interval,
                                    markets text[] DEFAULT NULL, symbols text[] DEFAULT NULL)
@@ -277,11 +362,14 @@ LANGUAGE sql STABLE AS $$
     SELECT date_bin(step, s.bucket, '2000-01-01 00:00:00+00'), s.market, s.symbol, s.liquidated_side,
            sum(s.events)::bigint, sum(s.filled_qty), sum(s.notional_usd),
            sum(s.notional_unknown)::bigint, max(s.max_notional_usd)
-      FROM (SELECT * FROM liquidation_hours(from_at, to_at, markets, symbols)
-             WHERE step >= interval '1 hour' AND extract(epoch FROM step)::numeric % 3600 = 0
+      FROM (SELECT * FROM liquidation_days(from_at, to_at, markets, symbols)
+             WHERE rollup_source(step) = 'day'
+            UNION ALL
+            SELECT * FROM liquidation_hours(from_at, to_at, markets, symbols)
+             WHERE rollup_source(step) = 'hour'
             UNION ALL
             SELECT * FROM liquidation_minutes(from_at, to_at, markets, symbols)
-             WHERE NOT (step >= interval '1 hour' AND extract(epoch FROM step)::numeric % 3600 = 0)) s
+             WHERE rollup_source(step) = 'minute') s
      GROUP BY 1, 2, 3, 4
 $$;
 

@@ -112,6 +112,7 @@ async def test_reader_role_reads_dashboard_functions_and_cannot_write(roles: Rol
     reader = await asyncpg.connect(roles.reader)
     try:
         assert await reader.fetchval("SHOW default_transaction_read_only") == "on"
+        assert await reader.fetchval("SHOW jit") == "off"
         assert await reader.fetchval("SELECT count(*) FROM market_liquidations") == 0
         assert await reader.fetchval("SELECT count(*) FROM account_force_orders") == 0
         totals = await reader.fetch(

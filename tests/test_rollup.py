@@ -87,7 +87,7 @@ async def wait_until(check: Callable[[], Awaitable[bool]], timeout_s: float = 5.
 async def test_refresh_builds_exact_minute_and_hour_totals(
     pg: asyncpg.Connection, pool: asyncpg.Pool
 ) -> None:
-    """Rows in two minutes become exact per-minute and per-hour totals, and no mark remains."""
+    """Rows in two minutes become exact per-minute, -hour and -day totals; no mark remains."""
     await insert(pg, T0 + timedelta(seconds=5), "BTCUSDT", "LONG", "0.5", "60000", "30000.10")
     await insert(pg, T0 + timedelta(seconds=30), "BTCUSDT", "LONG", "0.25", "60010", "15002.5")
     await insert(pg, T0 + timedelta(seconds=70), "BTCUSDT", "SHORT", "1", "60100", "60100")
@@ -103,6 +103,11 @@ async def test_refresh_builds_exact_minute_and_hour_totals(
         (T0, "UM", "BTCUSDT", "LONG", 2, D("0.75"), D("45002.60"), 0, D("30000.10")),
         (T0, "UM", "BTCUSDT", "SHORT", 1, D("1"), D("60100"), 0, D("60100")),
     ]
+    day = datetime(2026, 3, 2, tzinfo=UTC)
+    assert await minute_rows(pg, "market_liquidations_1d") == [
+        (day, "UM", "BTCUSDT", "LONG", 2, D("0.75"), D("45002.60"), 0, D("30000.10")),
+        (day, "UM", "BTCUSDT", "SHORT", 1, D("1"), D("60100"), 0, D("60100")),
+    ]
     assert await pending_minutes(pool) == 0
     assert await refresh_pending(pool) == 0
 
@@ -117,12 +122,18 @@ async def test_totals_are_exact_before_and_after_the_refresh(
                  FROM liquidation_totals($1, $2, $3::text::interval) GROUP BY 1 ORDER BY 1"""
     expected_hours = [(T0, D("6000"), 1), (T0 + timedelta(hours=1), D("3001"), 1)]
     expected_day = [(datetime(2026, 3, 2, tzinfo=UTC), D("9001"), 2)]
+    await insert(pg, T0 + timedelta(days=1), "ETHUSDT", "LONG", "1", "3100", "3100")
     for _ in range(2):
         hours = await pg.fetch(query, T0, T0 + timedelta(hours=2), "1 hour")
         day = await pg.fetch(query, T0, T0 + timedelta(hours=2), "1 day")
+        two_days = await pg.fetch(query, T0, T0 + timedelta(days=2), "2 days")
         minutes = await pg.fetch(query, T0, T0 + timedelta(hours=2), "5 minutes")
         assert [tuple(r) for r in hours] == expected_hours
         assert [tuple(r) for r in day] == expected_day
+        assert [tuple(r) for r in two_days] == [  # 2-day buckets count from 2000-01-01
+            (datetime(2026, 3, 1, tzinfo=UTC), D("9001"), 2),
+            (datetime(2026, 3, 3, tzinfo=UTC), D("3100"), 1),
+        ]
         assert [tuple(r) for r in minutes] == [
             (T0, D("6000"), 1), (T0 + timedelta(minutes=60), D("3001"), 1),
         ]  # fmt: skip
@@ -176,6 +187,7 @@ async def test_deleted_rows_leave_the_rollup(pg: asyncpg.Connection, pool: async
 
     assert await minute_rows(pg, "market_liquidations_1m") == []
     assert await minute_rows(pg, "market_liquidations_1h") == []
+    assert await minute_rows(pg, "market_liquidations_1d") == []
 
 
 async def test_the_writers_batch_insert_marks_its_minutes(
@@ -250,12 +262,17 @@ async def test_rebuild_recomputes_a_range_from_the_base_table(
     await insert(pg, T0, "LTCUSDT", "LONG", "1", "80", "80")
     await insert(pg, T0 + timedelta(days=1), "LTCUSDT", "LONG", "2", "80", "160")
     await refresh_pending(pool)
-    await pg.execute("DELETE FROM market_liquidations_1m; DELETE FROM market_liquidations_1h")
+    await pg.execute("DELETE FROM market_liquidations_1m; DELETE FROM market_liquidations_1h;"
+                     "DELETE FROM market_liquidations_1d")  # fmt: skip
 
     assert await rebuild(pool, T0, T0 + timedelta(days=1, minutes=1)) == 24 * 60 + 1
 
     rows = await pg.fetch("SELECT bucket, notional_usd FROM market_liquidations_1h ORDER BY 1")
     assert [tuple(r) for r in rows] == [(T0, D("80")), (T0 + timedelta(days=1), D("160"))]
+    days = await pg.fetch("SELECT bucket, notional_usd FROM market_liquidations_1d ORDER BY 1")
+    assert [tuple(r) for r in days] == [
+        (datetime(2026, 3, 2, tzinfo=UTC), D("80")), (datetime(2026, 3, 3, tzinfo=UTC), D("160")),
+    ]  # fmt: skip
 
 
 async def test_run_rollups_refreshes_until_stopped(
