@@ -42,7 +42,7 @@ async def refresh_pending(
 async def pending_minutes(pool: asyncpg.Pool) -> int:
     """How many minutes are marked and not yet recomputed (the rollup task's backlog)."""
     async with pool.acquire() as conn:
-        count: int = await conn.fetchval("SELECT count(*) FROM market_rollup_dirty")
+        count: int = await conn.fetchval("SELECT count(DISTINCT bucket) FROM market_rollup_dirty")
     return count
 
 

@@ -8,8 +8,7 @@
 --     the same transaction as the change, so a mark is visible exactly when the change is;
 --   * the collector's rollup task (collector/rollup.py) calls refresh_market_rollup_dirty(),
 --     which recomputes the marked minutes (then their hours and days) from the base table and
---     clears the marks
---     it has seen (a mark bumped meanwhile stays for the next pass);
+--     deletes exactly the marks it read (a mark committed meanwhile stays for the next pass);
 --   * readers use liquidation_totals(), which takes clean buckets from the rollups and
 --     recomputes still-marked minutes from the base table, so a query is exact even while the
 --     rollup task lags or is not running at all.
@@ -58,12 +57,14 @@ CREATE TABLE market_liquidations_1d (
 );
 CREATE INDEX market_liquidations_1d_symbol ON market_liquidations_1d (symbol, bucket);
 
--- Minutes whose base rows changed since their last refresh.
+-- Minutes whose base rows changed since their last refresh: an append-only log (one row per
+-- statement and minute), so concurrent writers never wait on each other's marks.
 CREATE TABLE market_rollup_dirty (
-    bucket    timestamptz PRIMARY KEY,
-    changes   bigint      NOT NULL DEFAULT 1,      -- bumped by every change; a refresh clears only what it saw
+    id        bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    bucket    timestamptz NOT NULL,
     marked_at timestamptz NOT NULL DEFAULT now()
 );
+CREATE INDEX market_rollup_dirty_bucket ON market_rollup_dirty (bucket);
 
 COMMENT ON TABLE market_liquidations_1m IS
     'Per-minute totals of market_liquidations; read through liquidation_totals(), which is exact even for minutes not yet refreshed.';
@@ -74,8 +75,7 @@ COMMENT ON TABLE market_liquidations_1d IS
 COMMENT ON TABLE market_rollup_dirty IS
     'Minutes of market_liquidations changed since the rollups last saw them (maintained by triggers).';
 
--- The trigger: one upsert per statement (the writer inserts a whole batch in one statement).
--- Minutes are upserted in order, so concurrent writers and refreshers lock marks in one order.
+-- The trigger: one insert per statement (the writer inserts a whole batch in one statement).
 CREATE FUNCTION market_rollup_mark() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -85,19 +85,15 @@ BEGIN
         DELETE FROM market_liquidations_1d;
         DELETE FROM market_rollup_dirty;
     ELSIF TG_OP = 'INSERT' THEN
-        INSERT INTO market_rollup_dirty AS d (bucket)
-        SELECT DISTINCT date_bin('1 minute', n.trade_time, '2000-01-01 00:00:00+00') FROM new_rows n ORDER BY 1
-        ON CONFLICT (bucket) DO UPDATE SET changes = d.changes + 1, marked_at = now();
+        INSERT INTO market_rollup_dirty (bucket)
+        SELECT DISTINCT date_bin('1 minute', n.trade_time, '2000-01-01 00:00:00+00') FROM new_rows n;
     ELSIF TG_OP = 'UPDATE' THEN
-        INSERT INTO market_rollup_dirty AS d (bucket)
-        SELECT date_bin('1 minute', t, '2000-01-01 00:00:00+00')
-          FROM (SELECT o.trade_time FROM old_rows o UNION SELECT n.trade_time FROM new_rows n) AS c(t)
-         GROUP BY 1 ORDER BY 1
-        ON CONFLICT (bucket) DO UPDATE SET changes = d.changes + 1, marked_at = now();
+        INSERT INTO market_rollup_dirty (bucket)
+        SELECT DISTINCT date_bin('1 minute', c.t, '2000-01-01 00:00:00+00')
+          FROM (SELECT o.trade_time FROM old_rows o UNION ALL SELECT n.trade_time FROM new_rows n) AS c(t);
     ELSE  -- DELETE
-        INSERT INTO market_rollup_dirty AS d (bucket)
-        SELECT DISTINCT date_bin('1 minute', o.trade_time, '2000-01-01 00:00:00+00') FROM old_rows o ORDER BY 1
-        ON CONFLICT (bucket) DO UPDATE SET changes = d.changes + 1, marked_at = now();
+        INSERT INTO market_rollup_dirty (bucket)
+        SELECT DISTINCT date_bin('1 minute', o.trade_time, '2000-01-01 00:00:00+00') FROM old_rows o;
     END IF;
     RETURN NULL;
 END $$;
@@ -227,34 +223,31 @@ BEGIN
     RETURN total;
 END $$;
 
--- One pass of the rollup task: recompute up to `max_minutes` marked minutes (oldest first) and
--- clear the marks that did not change meanwhile. Returns the number of minutes recomputed, or
--- NULL when another session is running a pass right now.
+-- One pass of the rollup task: recompute up to `max_minutes` marked minutes (oldest first), then
+-- delete the marks it read, and only those: a mark committed after they were read belongs to
+-- rows this pass may not have seen, so it stays for the next one. Returns the number of minutes
+-- recomputed, or NULL when another session is running a pass right now.
 CREATE FUNCTION refresh_market_rollup_dirty(max_minutes integer DEFAULT 10000) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
     mins timestamptz[];
-    vers bigint[];
+    ids  bigint[];
 BEGIN
     IF NOT pg_try_advisory_xact_lock(x'636f6c72'::integer) THEN  -- "colr"
         RETURN NULL;
     END IF;
-    SELECT array_agg(s.bucket ORDER BY s.bucket), array_agg(s.changes ORDER BY s.bucket)
-      INTO mins, vers
-      FROM (SELECT d.bucket, d.changes FROM market_rollup_dirty d ORDER BY d.bucket LIMIT max_minutes) s;
-    IF mins IS NULL THEN
+    -- One statement, one snapshot: the marks read and the minutes to refresh agree.
+    SELECT array_agg(d.id), array_agg(DISTINCT d.bucket)
+      INTO ids, mins
+      FROM market_rollup_dirty d
+     WHERE d.bucket IN (SELECT DISTINCT x.bucket FROM market_rollup_dirty x
+                         ORDER BY x.bucket LIMIT max_minutes);
+    IF ids IS NULL THEN
         RETURN 0;
     END IF;
+    -- A later statement, a later snapshot: every row behind the marks read is visible.
     PERFORM refresh_market_rollup_minutes(mins);
-    -- Lock in bucket order (as the trigger does) and re-check the version after any wait: a mark
-    -- bumped by a writer after our snapshot stays, so that minute is recomputed again next pass.
-    DELETE FROM market_rollup_dirty d
-     WHERE d.bucket IN (SELECT x.bucket
-                          FROM market_rollup_dirty x
-                          JOIN unnest(mins, vers) AS u(bucket, changes)
-                            ON x.bucket = u.bucket AND x.changes = u.changes
-                         ORDER BY x.bucket
-                           FOR UPDATE OF x);
+    DELETE FROM market_rollup_dirty d WHERE d.id = ANY (ids);
     RETURN cardinality(mins);
 END $$;
 
@@ -286,11 +279,12 @@ LANGUAGE sql STABLE AS $$
     UNION ALL
     SELECT d.bucket, b.market, b.symbol, b.liquidated_side, count(*), sum(b.filled_qty),
            coalesce(sum(b.notional_usd), 0), count(*) - count(b.notional_usd), max(b.notional_usd)
-      FROM market_rollup_dirty d
+      FROM (SELECT DISTINCT x.bucket FROM market_rollup_dirty x
+             WHERE x.bucket >= date_bin('1 minute', from_at, '2000-01-01 00:00:00+00')
+               AND x.bucket < to_at) d
       JOIN market_liquidations b
         ON b.trade_time >= d.bucket AND b.trade_time < d.bucket + interval '1 minute'
-     WHERE d.bucket >= date_bin('1 minute', from_at, '2000-01-01 00:00:00+00') AND d.bucket < to_at
-       AND (markets IS NULL OR b.market = ANY (markets))
+     WHERE (markets IS NULL OR b.market = ANY (markets))
        AND (symbols IS NULL OR b.symbol = ANY (symbols))
      GROUP BY d.bucket, b.market, b.symbol, b.liquidated_side
 $$;
