@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 from datetime import timedelta
 from decimal import Decimal
 
@@ -236,3 +237,23 @@ async def test_concurrent_lanes_commit_everything_before_flush_returns(
 
 async def count(pg: asyncpg.Connection) -> int:
     return int(await pg.fetchval("SELECT count(*) FROM market_liquidations"))
+
+
+async def test_flush_never_returns_before_an_earlier_item_commits(
+    pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """Whatever batches the lanes form, flush() returns only after every earlier item committed."""
+    config = dataclasses.replace(FAST, writers=3, batch_max_age_s=0.05, batch_max_rows=4)
+    writer = Writer(lambda: asyncpg.connect(pg_dsn), config, Metrics())
+    task = await start(writer)
+    rng = random.Random(7)
+    put = 0
+    for _ in range(40):
+        for _ in range(rng.randrange(1, 6)):
+            await writer.put(liquidation(put))
+            put += 1
+            for _ in range(rng.randrange(0, 4)):
+                await asyncio.sleep(0)  # interleave with the lanes taking items
+        await writer.flush()
+        assert await count(pg) == put
+    await stop(task)

@@ -301,3 +301,37 @@ async def test_metrics_and_health_answer(pg_dsn: str) -> None:
                 text = await r.text()
         assert 'collector_ws_connections{host="fstream"}' in text
         assert "collector_queue_capacity 20000.0" in text
+
+
+async def test_data_silence_is_not_death_but_total_silence_is(
+    pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """Quiet streams with pings stay connected; a link with no frame at all is replaced."""
+    options = EmulatorOptions(ping_interval_s=0.2)
+    async with Emulator(options) as emu:
+        config = make_config(emu, pg_dsn, idle_timeout_s=0.8)
+        async with running(config) as daemon:
+            [conn] = await emu.wait_for_connections(1)
+            # Four idle timeouts without a single event, only pings: still the first connection.
+            await emu.wait_until(lambda: conn.pings_sent >= 16, timeout=10)
+            assert emu.connections == [conn]
+            metrics = daemon.runtime.metrics
+            assert sample(metrics, "collector_ws_connects_total", {"host": "fstream"}) == 1
+    async with Emulator(EmulatorOptions(ping_interval_s=3600)) as emu:
+        config = make_config(emu, pg_dsn, idle_timeout_s=0.5)
+        async with running(config) as daemon:
+            await emu.wait_for_connections(1)
+            metrics = daemon.runtime.metrics
+            await eventually(
+                lambda: asyncio.sleep(
+                    0,
+                    sample(
+                        metrics,
+                        "collector_ws_reconnects_total",
+                        {"host": "fstream", "reason": "idle_timeout"},
+                    ),
+                ),
+                lambda n: n >= 1,
+            )
+    reasons = await pg.fetch("SELECT DISTINCT close_reason FROM ws_sessions ORDER BY 1")
+    assert [r["close_reason"] for r in reasons] == ["idle_timeout", "shutdown"]

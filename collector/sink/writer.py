@@ -210,6 +210,9 @@ class Batch:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     sessions: dict[Any, SessionRecord] = field(default_factory=dict)
     barriers: list[Barrier] = field(default_factory=list)
+    # Other batches in flight when this batch took its barrier: they hold every item queued
+    # before the barrier that this batch does not, so the barrier waits for them.
+    waits_for: set[int] = field(default_factory=set)
     size: int = 0
 
     def add(self, item: WriteItem) -> None:
@@ -285,29 +288,30 @@ class Writer:
                     async with self._committed:
                         self._inflight.discard(batch_id)
                         self._committed.notify_all()
-                await self._release_barriers(batch_id, batch)
+                await self._release_barriers(batch)
         finally:
             lane.drop()
 
-    async def _release_barriers(self, batch_id: int, batch: Batch) -> None:
-        """Resolve the batch's barriers once every batch started before it has committed."""
+    async def _release_barriers(self, batch: Batch) -> None:
+        """Resolve the batch's barriers once the batches holding earlier items have committed."""
         if not batch.barriers:
             return
         async with self._committed:
-            await self._committed.wait_for(lambda: not any(i < batch_id for i in self._inflight))
+            await self._committed.wait_for(lambda: not batch.waits_for & self._inflight)
         for barrier in batch.barriers:
             if not barrier.done.done():
                 barrier.done.set_result(None)
 
     async def _next_batch(self) -> tuple[int, Batch]:
         batch = Batch()
+        batch_id = next(self._batch_ids)
         batch.add(await self.queue.get())
-        batch_id = next(self._batch_ids)  # ids follow the order batches start taking items
         self._inflight.add(batch_id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._config.batch_max_age_s
         max_rows = self._config.batch_max_rows
         while batch.size < max_rows and not batch.barriers:
+            # (A barrier ends the batch; the loop's check below sees it.)
             try:
                 batch.add(self.queue.get_nowait())
                 continue
@@ -321,6 +325,10 @@ class Writer:
                     batch.add(await self.queue.get())
             except TimeoutError:
                 break
+        if batch.barriers:
+            # The barrier was the last item taken: the queue is FIFO, so every item queued
+            # before it is in this batch or in a batch in flight right now.
+            batch.waits_for = self._inflight - {batch_id}
         return batch_id, batch
 
     async def _write_with_retry(self, lane: _Lane, batch: Batch) -> None:
