@@ -77,6 +77,8 @@ class DatabaseConfig:
     pool_max_size: int = 4
     connect_timeout_s: float = 10.0
     migrate_on_start: bool = True
+    # The dashboards' per-minute/hour/day rollups are brought up to date this often.
+    rollup_interval_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from collector.exceptions import ConfigError, MigrationError
 from collector.health import Health, serve_http
 from collector.metrics import Metrics
 from collector.rest.accounts import build_account_components
+from collector.rollup import run_rollups
 from collector.retry import Backoff, sleep_or_stop
 from collector.sink.migrate import migrate
 from collector.sink.writer import Writer
@@ -204,6 +205,7 @@ async def run(
             "exchange_info": lambda s: run_exchange_info(
                 config.binance, pool, runtime.catalog, metrics, s
             ),
+            "rollup": lambda s: run_rollups(pool, s, interval_s=config.database.rollup_interval_s),
         }
         components.update(build_account_components(config, pool, metrics))
         if extra_components is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from decimal import Decimal
 
 import aiohttp
@@ -335,3 +336,53 @@ async def test_data_silence_is_not_death_but_total_silence_is(
             )
     reasons = await pg.fetch("SELECT DISTINCT close_reason FROM ws_sessions ORDER BY 1")
     assert [r["close_reason"] for r in reasons] == ["idle_timeout", "shutdown"]
+
+
+async def test_unknown_symbols_and_fields_keep_the_row_and_flag_it(
+    pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """An unlisted symbol or an undocumented field is stored, counted and flagged once."""
+    async with Emulator(EmulatorOptions()) as emu, running(make_config(emu, pg_dsn)) as daemon:
+        await emu.wait_for_connections(1)
+        await emu.wait_until(lambda: all(c.streams for c in emu.connections))
+        catalog = daemon.runtime.catalog
+        await eventually(lambda: asyncio.sleep(0, catalog.version), lambda v: v >= 2)
+        new_listing = um_event("NEWCOINUSDT", 1_795_000_000_001)
+        extra = {**um_event("BTCUSDT", 1_795_000_000_002), "x": 1}
+        for event in (new_listing, new_listing | {"E": 1}, extra):
+            await emu.publish(event)
+        await eventually(count_rows(pg), lambda n: n == 2)
+        await eventually(count_rows(pg, "dead_letters"), lambda n: n == 2)
+        flagged = await pg.fetch("SELECT reason, detail, kept FROM dead_letters ORDER BY id")
+        assert [tuple(f) for f in flagged] == [
+            ("unknown_symbol", "UM:NEWCOINUSDT", True),
+            ("unknown_field", "x", True),
+        ]
+        metrics = daemon.runtime.metrics
+        assert sample(metrics, "collector_payload_anomalies_total", {"kind": "unknown_symbol"}) == 2
+        assert sample(metrics, "collector_payload_anomalies_total", {"kind": "unknown_field"}) == 1
+        symbols = await pg.fetch("SELECT symbol FROM market_liquidations ORDER BY trade_time")
+        assert [s["symbol"] for s in symbols] == ["NEWCOINUSDT", "BTCUSDT"]
+
+
+async def test_run_without_a_database_starts_an_embedded_one(tmp_path: object) -> None:
+    """With no DSN configured, the daemon runs its own PostgreSQL and stores rows there."""
+    async with Emulator(EmulatorOptions()) as emu:
+        config = make_config(emu, "unused")
+        config = dataclasses.replace(
+            config,
+            database=dataclasses.replace(
+                config.database, dsn=None, embedded_dir=f"{tmp_path}/pgdata", migrate_on_start=True
+            ),
+        )
+        async with running(config) as daemon:
+            await emu.wait_for_connections(1)
+            await emu.wait_until(lambda: all(c.streams for c in emu.connections))
+            await emu.publish(um_event("BTCUSDT", 1_795_000_000_001))
+            conn = await asyncpg.connect(daemon.runtime.dsn)
+            try:
+                await eventually(count_rows(conn), lambda n: n == 1)
+                assert daemon.runtime.dsn.endswith(f"?host={tmp_path}/pgdata")
+            finally:
+                await conn.close()
+        assert await daemon.task == 0
