@@ -25,8 +25,8 @@ from collector.exceptions import ConfigError, MigrationError
 from collector.health import Health, serve_http
 from collector.metrics import Metrics
 from collector.rest.accounts import build_account_components
-from collector.rollup import run_rollups
 from collector.retry import Backoff, sleep_or_stop
+from collector.rollup import run_rollups
 from collector.sink.migrate import migrate
 from collector.sink.writer import Writer
 from collector.sources.binance_ws import Shard, run_ws_sources
