@@ -38,9 +38,10 @@ def free_port_base(count: int = 6) -> int:
                 s = socket.socket()
                 s.bind(("127.0.0.1", base + offset))
                 sockets.append(s)
-            return base
         except OSError:
             continue
+        else:
+            return base
         finally:
             for s in sockets:
                 s.close()
@@ -71,7 +72,7 @@ def rss_peak_mb(pid: int) -> float:
     return float("nan")
 
 
-_SAMPLE = re.compile(r'^(\w+)(\{[^}]*\})? ([0-9.eE+-]+|NaN)$', re.MULTILINE)
+_SAMPLE = re.compile(r"^(\w+)(\{[^}]*\})? ([0-9.eE+-]+|NaN)$", re.MULTILINE)
 
 
 async def scrape(http: aiohttp.ClientSession, port: int) -> dict[str, float]:
@@ -96,7 +97,9 @@ def quantile(samples: dict[str, float], q: float) -> float:
     for bound, count in buckets:
         if count >= rank:
             span = count - lower_count
-            return lower_bound + (bound - lower_bound) * ((rank - lower_count) / span if span else 1)
+            return lower_bound + (bound - lower_bound) * (
+                (rank - lower_count) / span if span else 1
+            )
         lower_bound, lower_count = bound, count
     return float("inf")
 
@@ -126,8 +129,16 @@ async def run_phase(dsn: str, rate: float, seconds: float, warmup_s: float) -> P
     http_port = base + 6
     python = sys.executable
     emulator = await asyncio.create_subprocess_exec(
-        python, "-m", "collector", "simulate", "--rate", str(rate), "--port-base", str(base),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        python,
+        "-m",
+        "collector",
+        "simulate",
+        "--rate",
+        str(rate),
+        "--port-base",
+        str(base),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     env = {
         **os.environ,
@@ -140,8 +151,13 @@ async def run_phase(dsn: str, rate: float, seconds: float, warmup_s: float) -> P
         "COLLECTOR_LOG_LEVEL": "warning",
     }
     collector = await asyncio.create_subprocess_exec(
-        python, "-m", "collector", "run", env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        python,
+        "-m",
+        "collector",
+        "run",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         async with aiohttp.ClientSession() as http:
@@ -247,7 +263,8 @@ async def main() -> None:
         print(
             f"{label:10s} offered {rate:>8,.0f}/s  received {phase.offered_per_s:>8,.0f}/s  "
             f"committed {phase.rows_per_s:>8,.0f} rows/s  socket->commit p50 "
-            f"{phase.p50_ms:5.1f} ms p99 {phase.p99_ms:5.1f} ms ({phase.within_75ms:.2%} <= 75 ms)  "
+            f"{phase.p50_ms:5.1f} ms p99 {phase.p99_ms:5.1f} ms "
+            f"({phase.within_75ms:.2%} <= 75 ms)  "
             f"peak RSS {phase.rss_mb:5.1f} MB  max queue {phase.max_queue:,.0f}  CPU cores: "
             f"collector {phase.collector_cpu:.2f} emulator {phase.emulator_cpu:.2f} "
             f"machine {phase.machine_cpu:.2f}",

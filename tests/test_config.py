@@ -105,7 +105,8 @@ def test_bad_config_exits_2_with_the_message(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr == (
-        "collector: invalid configuration (1 problem(s)):\n  - [http] port: must be 0..65535, got -1\n"
+        "collector: invalid configuration (1 problem(s)):\n"
+        "  - [http] port: must be 0..65535, got -1\n"
     )
 
 
