@@ -4,8 +4,9 @@
 limits. A `Shard` owns one logical connection: it connects (with capped, jittered backoff that
 resets after a healthy connection), rotates make-before-break ahead of the 24 h cut, and records
 every session in the coverage ledger. A `Connection` is one websocket session: it reads frames,
-answers pings (aiohttp `autoping` echoes the payload, ../shared/binance-protocol.md §1.4), routes
-control replies apart from data (§1.5) and dead-letters what it cannot parse.
+answers each ping with a pong carrying its payload (../shared/binance-protocol.md §1.4), routes
+control replies apart from data (§1.5), dead-letters what it cannot parse, and on close
+UNSUBSCRIBEs first so no frame already sent to it is dropped.
 """
 
 from __future__ import annotations
@@ -153,7 +154,6 @@ class Connection:
         self._heartbeat: asyncio.Task[None] | None = None
         self._record: SessionRecord | None = None
         self._request_ids = itertools.count(1)
-        self.delivered = asyncio.Event()  # first data frame seen
         self.subscribed = asyncio.Event()  # LIST_SUBSCRIPTIONS confirmed every stream
         self.closed = asyncio.Event()
         self.close_reason = ""
@@ -178,18 +178,13 @@ class Connection:
         Raises `ConnectionClosed` if the upgrade or the subscription fails; the caller backs off.
         """
         try:
-            self._ws = await self._http.ws_connect(
-                self.spec.url,
-                # Pings are answered by `_read` with the same payload (§1.4); handling them
-                # there also marks the link alive for the idle watchdog.
-                autoping=False,
-                heartbeat=None,  # our own pings would count toward the 10 msg/s limit
-                max_msg_size=16 * 1024 * 1024,
-                timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
-            )
+            async with asyncio.timeout(self._config.open_timeout_s):
+                self._ws = await self._connect()
         except aiohttp.WSServerHandshakeError as exc:
             raise ConnectionClosed(f"http_{exc.status}") from exc
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except TimeoutError as exc:
+            raise ConnectionClosed("connect_timeout") from exc
+        except (aiohttp.ClientError, OSError) as exc:
             raise ConnectionClosed("connect_failed") from exc
         now = datetime.now(UTC)
         self.opened_monotonic = time.monotonic()
@@ -216,6 +211,17 @@ class Connection:
             reason = exc.reason if isinstance(exc, ConnectionClosed) else "subscribe_timeout"
             await self.close(reason)
             raise ConnectionClosed(reason) from exc
+
+    async def _connect(self) -> aiohttp.ClientWebSocketResponse:
+        return await self._http.ws_connect(
+            self.spec.url,
+            # Pings are answered by `_read` with the same payload (§1.4); handling them there
+            # also marks the link alive for the idle watchdog.
+            autoping=False,
+            heartbeat=None,  # our own pings would count toward the 10 msg/s limit
+            max_msg_size=16 * 1024 * 1024,
+            timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+        )
 
     async def _subscribe(self) -> None:
         """SUBSCRIBE what did not fit in the URL, then LIST_SUBSCRIPTIONS to confirm (§1.5)."""
@@ -439,7 +445,6 @@ class Connection:
         self.events_received += 1
         if self._first_event_at is None:
             self._first_event_at = received_at
-            self.delivered.set()
         self._last_event_at = received_at
         # Counted locally and published on each heartbeat: prometheus_client's locked inc()
         # per event was a measurable share of the hot path.
