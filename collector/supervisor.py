@@ -106,9 +106,19 @@ async def wait_for_database(dsn: str, config: Config, stop: asyncio.Event) -> bo
     return False
 
 
-async def supervise(name: str, component: Component, stop: asyncio.Event, metrics: Metrics) -> None:
-    """Run `component(stop)` until `stop`; restart it with backoff if it fails unexpectedly."""
-    backoff = Backoff(1.0, 60.0)
+async def supervise(
+    name: str,
+    component: Component,
+    stop: asyncio.Event,
+    metrics: Metrics,
+    *,
+    initial_backoff_s: float = 1.0,
+) -> None:
+    """Run `component(stop)` until `stop`; restart it with backoff if it fails unexpectedly.
+
+    ConfigError and MigrationError are fatal and propagate (the process exits non-zero).
+    """
+    backoff = Backoff(initial_backoff_s, 60.0)
     while not stop.is_set():
         started = time.monotonic()
         try:
