@@ -386,3 +386,23 @@ async def test_run_without_a_database_starts_an_embedded_one(tmp_path: object) -
             finally:
                 await conn.close()
         assert await daemon.task == 0
+
+
+async def test_many_streams_are_subscribed_at_a_paced_rate(pg_dsn: str) -> None:
+    """1,024 streams on one connection: 50 in the URL, the rest in SUBSCRIBEs paced under the
+    10 messages/s Binance allows (eleven unpaced messages would get the connection dropped)."""
+    symbols = tuple(f"SYM{i:04d}USDT" for i in range(1023))
+    async with Emulator(EmulatorOptions()) as emu:
+        config = make_config(emu, pg_dsn, usdm_symbols=symbols, control_messages_per_s=8.0)
+        async with running(config) as daemon:
+            [conn] = await emu.wait_for_connections(1)
+            shard = daemon.runtime.shards[0]
+            await eventually(
+                lambda: asyncio.sleep(0, shard.current), lambda c: c is not None, timeout=15
+            )
+            assert shard.current is not None
+            await asyncio.wait_for(shard.current.subscribed.wait(), 15)
+            assert len(conn.streams) == 1024
+            assert emu.stats.disconnects["rate_limit"] == 0
+            # 10 SUBSCRIBE messages (9 x 100 + 74 streams) and one LIST_SUBSCRIPTIONS.
+            assert conn.messages_received == 11
