@@ -135,7 +135,7 @@ def test_bad_rows_are_set_aside_and_good_rows_kept() -> None:
     bad = dict(FAPI_EXAMPLE[0], orderId=1, price="abc")
     page = parse_rows([bad, FAPI_EXAMPLE[0]], "a", Scope(FAPI_FORCE_ORDERS, "ADL", (), "ADL"))
     assert [o.order_id for o in page.orders] == [6071832819]
-    assert page.bad == [(bad, "expected a decimal string (field 'price')")]
+    assert page.bad == [(bad, "not a decimal: 'abc' (field 'price')")]
     assert page.received == 2
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
+from collector import wire
 from collector.exceptions import MalformedPayload
 from collector.rest.endpoints import Paging, Scope
 
@@ -62,31 +63,19 @@ class AccountForceOrder:
 
 
 def ms_to_datetime(value: Any, field: str) -> datetime | None:
-    """Epoch milliseconds to a UTC datetime; None stays None."""
+    """Epoch milliseconds (an integer, or digits in a string) to an exact UTC datetime; None
+    stays None."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise MalformedPayload("expected epoch milliseconds", field=field)
-    try:
-        return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
-    except (ValueError, OverflowError):
-        raise MalformedPayload("expected epoch milliseconds", field=field) from None
+    if type(value) is str and value.isdigit():
+        value = int(value)
+    return wire.millis(value, field)
 
 
 def decimal_field(row: Mapping[str, Any], field: str) -> Decimal | None:
     """`row[field]` as an exact Decimal (decimal strings on the wire); None when absent."""
     value = row.get(field)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise MalformedPayload("expected a decimal string", field=field)
-    try:
-        result = Decimal(str(value))
-    except InvalidOperation:
-        raise MalformedPayload("expected a decimal string", field=field) from None
-    if not result.is_finite():
-        raise MalformedPayload("expected a finite decimal", field=field)
-    return result
+    return None if value is None else wire.decimal(value, field)
 
 
 def _str(row: Mapping[str, Any], field: str) -> str | None:

@@ -10,12 +10,13 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import orjson
 
+from collector import wire
 from collector.exceptions import MalformedPayload
 from collector.model import LiquidatedSide, Market, MarketLiquidation
 
@@ -25,11 +26,6 @@ KNOWN_ORDER_FIELDS = frozenset({"s", "ps", "S", "o", "f", "q", "p", "ap", "X", "
 # COIN-M delivery and perpetual symbols: BTCUSD_PERP, BTCUSD_251226. USD-M quarterlies look like
 # BTCUSDT_251226, so the quote must be exactly USD before the underscore.
 _COIN_M_SYMBOL = re.compile(r"^[A-Z0-9]+USD_(PERP|\d{6})$")
-_MAX_MS = 253402300799999  # 9999-12-31T23:59:59.999Z, the largest time Postgres and Python share
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# Below this (year 2096) `ms / 1000` as a float is within 0.5 us of the exact time, so
-# fromtimestamp() rounds to the exact millisecond (checked over 3 million random values).
-_FLOAT_EXACT_MS = 4_000_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,18 +87,7 @@ def decode_frame(text: str | bytes) -> ControlReply | DataFrame:
 
 def _opt_decimal(order: Mapping[str, Any], key: str) -> Decimal | None:
     value = order.get(key)
-    if value is None:
-        return None
-    # The wire carries decimal strings; tolerate a JSON integer but never a float (inexact).
-    if type(value) is not str and (isinstance(value, bool) or not isinstance(value, int)):
-        raise MalformedPayload(f"expected a decimal string, got {value!r}", field=f"o.{key}")
-    try:
-        result = Decimal(value)
-    except InvalidOperation:
-        raise MalformedPayload(f"not a decimal: {value!r}", field=f"o.{key}") from None
-    if not result.is_finite():
-        raise MalformedPayload(f"not a finite decimal: {value!r}", field=f"o.{key}")
-    return result
+    return None if value is None else wire.decimal(value, f"o.{key}")
 
 
 def _decimal(order: Mapping[str, Any], key: str) -> Decimal:
@@ -113,14 +98,7 @@ def _decimal(order: Mapping[str, Any], key: str) -> Decimal:
 
 
 def _millis(obj: Mapping[str, Any], key: str, name: str) -> datetime:
-    value = obj.get(key)
-    if type(value) is not int:  # bool is not int here; floats and strings are rejected
-        raise MalformedPayload(f"expected integer milliseconds, got {value!r}", field=name)
-    if not 0 <= value <= _MAX_MS:
-        raise MalformedPayload(f"time out of range: {value}", field=name)
-    if value < _FLOAT_EXACT_MS:  # C-fast, and exact to the microsecond in this range
-        return datetime.fromtimestamp(value / 1000, UTC)
-    return _EPOCH + timedelta(milliseconds=value)
+    return wire.millis(obj.get(key), name)
 
 
 def _opt_text(obj: Mapping[str, Any], key: str, name: str) -> str | None:
