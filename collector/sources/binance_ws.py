@@ -154,7 +154,8 @@ class Connection:
         self._heartbeat: asyncio.Task[None] | None = None
         self._record: SessionRecord | None = None
         self._request_ids = itertools.count(1)
-        self.subscribed = asyncio.Event()  # LIST_SUBSCRIPTIONS confirmed every stream
+        self.subscribed = asyncio.Event()  # LIST_SUBSCRIPTIONS answered, or an event arrived
+        self.delivered = asyncio.Event()  # the first event arrived
         self.closed = asyncio.Event()
         self.close_reason = ""
         self.opened_monotonic = 0.0
@@ -172,10 +173,14 @@ class Connection:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def open(self) -> None:
-        """Connect, record the session, start reading, then confirm the subscription.
+    async def open(self, *, require_confirmation: bool = False) -> None:
+        """Connect, record the session, start reading, SUBSCRIBE what the URL could not carry,
+        then confirm the subscription: a LIST_SUBSCRIPTIONS reply or the first event.
 
-        Raises `ConnectionClosed` if the upgrade or the subscription fails; the caller backs off.
+        Raises `ConnectionClosed` if the upgrade fails, a SUBSCRIBE is refused, or (with
+        `require_confirmation`, as rotation needs) nothing confirms within `open_timeout_s`;
+        the caller backs off. Without it an unconfirmed connection is kept: a quiet feed and a
+        server that does not answer LIST_SUBSCRIPTIONS look the same.
         """
         try:
             async with asyncio.timeout(self._config.open_timeout_s):
@@ -206,11 +211,21 @@ class Connection:
         self.log.info("ws.opened", url=self.spec.url, streams=len(self.spec.streams))
         try:
             async with asyncio.timeout(self._config.open_timeout_s):
-                await self._subscribe()
+                await self._subscribe_rest()
+            confirmed = await self._confirm()
         except (TimeoutError, ConnectionClosed) as exc:
             reason = exc.reason if isinstance(exc, ConnectionClosed) else "subscribe_timeout"
             await self.close(reason)
             raise ConnectionClosed(reason) from exc
+        if confirmed:
+            self._metrics.ws_control_replies.labels(self.spec.host, "ok").inc()
+            self.subscribed.set()
+            await self._snapshot(subscribed_at=datetime.now(UTC))
+        elif require_confirmation:
+            await self.close("subscribe_timeout")
+            raise ConnectionClosed("subscribe_timeout")
+        else:
+            self.log.warning("ws.subscription_unconfirmed", timeout_s=self._config.open_timeout_s)
 
     async def _connect(self) -> aiohttp.ClientWebSocketResponse:
         return await self._http.ws_connect(
@@ -223,8 +238,8 @@ class Connection:
             timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
         )
 
-    async def _subscribe(self) -> None:
-        """SUBSCRIBE what did not fit in the URL, then LIST_SUBSCRIPTIONS to confirm (§1.5)."""
+    async def _subscribe_rest(self) -> None:
+        """SUBSCRIBE, in paced chunks, the streams that did not fit in the URL (§1.5)."""
         rest = list(self.spec.streams[_MAX_URL_STREAMS:])
         for i in range(0, len(rest), _SUBSCRIBE_CHUNK):
             reply = await self._request("SUBSCRIBE", rest[i : i + _SUBSCRIBE_CHUNK])
@@ -232,16 +247,40 @@ class Connection:
                 self._metrics.ws_control_replies.labels(self.spec.host, "error").inc()
                 self.log.error("ws.subscribe_rejected", error=reply.error)
                 raise ConnectionClosed("subscribe_rejected")
-        reply = await self._request("LIST_SUBSCRIPTIONS", None)
-        listed = reply.result if isinstance(reply.result, list) else []
-        missing = set(self.spec.streams) - set(listed)
-        if reply.error is not None or missing:
-            self._metrics.ws_control_replies.labels(self.spec.host, "error").inc()
-            self.log.error("ws.subscription_incomplete", error=reply.error, missing=sorted(missing))
-            raise ConnectionClosed("subscribe_rejected")
-        self._metrics.ws_control_replies.labels(self.spec.host, "ok").inc()
-        self.subscribed.set()
-        await self._snapshot(subscribed_at=datetime.now(UTC))
+
+    async def _confirm(self) -> bool:
+        """True once LIST_SUBSCRIPTIONS answers or an event arrives, within `open_timeout_s`.
+
+        Raises `ConnectionClosed` when the list lacks a stream we SUBSCRIBEd. Whether Binance
+        lists the streams named in the URL is not documented, so a list without them only logs.
+        """
+        listing = asyncio.ensure_future(self._request("LIST_SUBSCRIPTIONS", None))
+        data: asyncio.Future[Any] = asyncio.ensure_future(self.delivered.wait())
+        waiting: set[asyncio.Future[Any]] = {listing, data}
+        try:
+            await asyncio.wait(
+                waiting, timeout=self._config.open_timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            data.cancel()
+            if not listing.done():
+                listing.cancel()
+        if listing.done() and not listing.cancelled():
+            reply = listing.result()  # ConnectionClosed propagates
+            if reply.error is not None:
+                self.log.warning("ws.list_subscriptions_refused", error=reply.error)
+                return True  # the server is alive and processed our request after the URL
+            listed = set(reply.result) if isinstance(reply.result, list) else set()
+            missing = set(self.spec.streams[_MAX_URL_STREAMS:]) - listed
+            if missing:
+                self._metrics.ws_control_replies.labels(self.spec.host, "error").inc()
+                self.log.error("ws.subscription_incomplete", missing=sorted(missing)[:20])
+                raise ConnectionClosed("subscribe_rejected")
+            unlisted = set(self.spec.streams[:_MAX_URL_STREAMS]) - listed
+            if unlisted:
+                self.log.warning("ws.url_streams_unlisted", streams=sorted(unlisted)[:20])
+            return True
+        return self.delivered.is_set()
 
     async def _request(self, method: str, params: list[str] | None) -> ControlReply:
         ws = self._ws
@@ -445,6 +484,7 @@ class Connection:
         self.events_received += 1
         if self._first_event_at is None:
             self._first_event_at = received_at
+            self.delivered.set()
         self._last_event_at = received_at
         # Counted locally and published on each heartbeat: prometheus_client's locked inc()
         # per event was a measurable share of the hot path.
@@ -582,7 +622,7 @@ class Shard:
         then close the old one. On failure keep the old one and try again later."""
         new = self._new_connection()
         try:
-            await new.open()  # returns once LIST_SUBSCRIPTIONS confirmed every stream
+            await new.open(require_confirmation=True)
         except ConnectionClosed as exc:
             self.log.warning("ws.rotation_failed", reason=exc.reason)
             return None
