@@ -27,6 +27,7 @@ RUN python -c 'import tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))
 # Then the collector itself, built as a wheel and installed without its dependencies.
 COPY README.md ./
 COPY collector ./collector
+COPY migrations ./migrations
 RUN /venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
  && /venv/bin/pip install --no-deps /wheels/*.whl \
  && /venv/bin/python -m pip uninstall --yes pip setuptools

@@ -59,7 +59,13 @@ def test_dockerfile_builds_dependencies_before_code_in_a_separate_stage() -> Non
     assert runtime[0] == ("FROM", "${PYTHON_IMAGE} AS runtime")
     assert ("ARG", "PYTHON_IMAGE=python:3.11-slim-bookworm") in instructions()
     copies = [args for op, args in build if op == "COPY"]
-    assert copies == ["pyproject.toml ./", "README.md ./", "collector ./collector"]
+    # migrations/ ships inside the wheel as collector.migrations (pyproject package-dir).
+    assert copies == [
+        "pyproject.toml ./",
+        "README.md ./",
+        "collector ./collector",
+        "migrations ./migrations",
+    ]
     runs = [args for op, args in build if op == "RUN"]
     assert "pip install -r requirements.txt" in runs[1]
     assert build.index(("RUN", runs[1])) < build.index(("COPY", "collector ./collector"))

@@ -18,7 +18,7 @@ from collector.exceptions import MigrationError
 
 log = structlog.get_logger(__name__)
 
-# The package ships its migrations; a source checkout has them at the top level.
+# An installed package ships them as collector/migrations; a checkout has them at the top.
 _CANDIDATES = (
     Path(__file__).resolve().parent.parent / "migrations",
     Path(__file__).resolve().parent.parent.parent / "migrations",
