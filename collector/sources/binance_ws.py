@@ -569,7 +569,12 @@ class Shard:
                 except ConnectionClosed as exc:
                     self._metrics.ws_reconnects.labels(self.spec.host, exc.reason).inc()
                     delay = backoff.next_delay()
-                    self.log.warning("ws.connect_failed", reason=exc.reason, retry_in_s=delay)
+                    self.log.warning(
+                        "ws.connect_failed",
+                        reason=exc.reason,
+                        error=str(exc.__cause__)[:300] if exc.__cause__ else None,
+                        retry_in_s=round(delay, 3),
+                    )
                     await sleep_or_stop(delay, stop)
                     continue
                 self.current = conn
