@@ -7,7 +7,7 @@
 #
 # Configuration: environment variables (COLLECTOR_<SECTION>_<KEY>), a mounted TOML file
 # (COLLECTOR_CONFIG=/etc/collector/collector.toml), secrets as files (COLLECTOR_DATABASE_DSN_FILE,
-# api_key_file/api_secret_file in [[accounts]]). See docs/deploy.md.
+# api_key_file/api_secret_file in [[accounts]]). See README.md, "The image".
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
