@@ -35,7 +35,8 @@ RUN /venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 collector \
  && useradd --system --uid 10001 --gid collector --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin collector
+        --shell /usr/sbin/nologin collector \
+ && install -d -o 10001 -g 10001 -m 0750 /var/lib/collector
 COPY --from=build /venv /venv
 COPY migrations /app/migrations
 ENV PATH=/venv/bin:$PATH \
@@ -44,7 +45,11 @@ ENV PATH=/venv/bin:$PATH \
     COLLECTOR_MIGRATIONS_DIR=/app/migrations \
     COLLECTOR_HTTP_HOST=0.0.0.0 \
     COLLECTOR_HTTP_PORT=9108 \
-    COLLECTOR_LOG_FORMAT=json
+    COLLECTOR_LOG_FORMAT=json \
+    COLLECTOR_WRITER_SPILL_DIR=/var/lib/collector/spill
+# Rows the database could not take before a shutdown are spilled here and replayed on start:
+# keep it on a volume that outlives the container.
+VOLUME ["/var/lib/collector"]
 WORKDIR /app
 # A numeric user, so Kubernetes' runAsNonRoot can verify it.
 USER 10001:10001

@@ -130,6 +130,8 @@ class WriterConfig:
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
     dedup_window: int = 50_000
+    # What the database could not take before shutdown is written here and replayed on start.
+    spill_dir: str = ".collector/spill"
 
 
 @dataclass(frozen=True, slots=True)

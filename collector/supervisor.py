@@ -27,6 +27,7 @@ from collector.metrics import Metrics
 from collector.rest.accounts import build_account_components
 from collector.retry import Backoff, sleep_or_stop
 from collector.rollup import run_rollups
+from collector.sink import spill
 from collector.sink.migrate import migrate
 from collector.sink.writer import Writer
 from collector.sources.binance_ws import Shard, run_ws_sources
@@ -208,6 +209,8 @@ async def run(
                 stop.set()
 
         writer_task.add_done_callback(writer_done)
+        # Rows a previous run could not commit before it stopped go in before anything new.
+        await spill.replay(config.writer.spill_dir, writer, runtime.catalog)
         components: dict[str, Component] = {
             "ws": lambda s: run_ws_sources(
                 config.binance, writer, metrics, runtime.catalog, s, runtime.shards
@@ -234,12 +237,26 @@ async def run(
         # Drain: sources are stopped and their sessions' closing rows are queued.
         health.is_draining = True
         exit_code = await _drain(writer, writer_task, config.shutdown_grace_s)
+        if exit_code:
+            exit_code = await _spill(writer, config.writer.spill_dir)
         if fatal:
             for exc in fatal:
                 log.error("supervisor.fatal", error=str(exc))
             return 1
         return exit_code
     return 0  # pragma: no cover  (mypy: the stack above always returns)
+
+
+async def _spill(writer: Writer, spill_dir: str) -> int:
+    """Write what the writer could not commit to a spill file; 0 when nothing is lost."""
+    items = writer.unwritten()
+    try:
+        path = await asyncio.to_thread(spill.write, spill_dir, items)
+    except OSError:
+        log.exception("supervisor.spill_failed", items=len(items), spill_dir=spill_dir)
+        return 1
+    log.warning("supervisor.spilled", items=len(items), file=str(path) if path else None)
+    return 0
 
 
 async def _drain(writer: Writer, writer_task: asyncio.Task[None], grace_s: float) -> int:

@@ -33,6 +33,13 @@ async def _reachable(dsn: str) -> bool:
     return True
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _spill_dir_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Collectors started as processes spill (if ever) into a temporary directory, never into
+    the checkout where a later test's collector would replay them."""
+    os.environ["COLLECTOR_WRITER_SPILL_DIR"] = str(tmp_path_factory.mktemp("spill"))
+
+
 @pytest.fixture(scope="session")
 def pg_admin_dsn() -> Iterator[str]:
     """A superuser DSN: $COLLECTOR_TEST_DSN, the local server, or an embedded server."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -37,7 +38,12 @@ def make_config(emulator: Emulator, dsn: str, **binance: Any) -> Config:
     return Config(
         database=DatabaseConfig(dsn=Secret(dsn), migrate_on_start=False),
         binance=dataclasses.replace(b, **binance),
-        writer=WriterConfig(batch_max_age_s=0.01, retry_initial_s=0.05, retry_max_s=0.2),
+        writer=WriterConfig(
+            batch_max_age_s=0.01,
+            retry_initial_s=0.05,
+            retry_max_s=0.2,
+            spill_dir=tempfile.mkdtemp(prefix="collector-spill-"),
+        ),
         http=HttpConfig(port=0),
         shutdown_grace_s=10.0,
     )

@@ -70,6 +70,12 @@ def test_stop_grace_period_covers_the_drain() -> None:
     assert (config.http.host, config.http.port) == ("0.0.0.0", 9108)
 
 
+def test_the_collector_spills_to_a_named_volume() -> None:
+    """Rows the database could not take before a shutdown outlive the container."""
+    assert mounts("collector")["/var/lib/collector"] == "spill"
+    assert "spill" in compose()["volumes"]
+
+
 def test_postgres_keeps_data_in_a_volume_and_creates_the_roles_on_first_start() -> None:
     """A named data volume, the init scripts mounted, every password from a secret."""
     pg = service("postgres")

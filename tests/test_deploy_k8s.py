@@ -82,7 +82,12 @@ def test_migrations_run_first_and_secrets_are_mounted_as_files() -> None:
     assert init["args"] == ["migrate"]
     assert container["args"] == ["run", "--no-migrate"]
     assert env(init) == env(container)
-    assert init["volumeMounts"] == container["volumeMounts"]
+    # The daemon also mounts its spill directory (rows the database could not take at
+    # shutdown); the migration step needs nothing else.
+    assert container["volumeMounts"] == [
+        *init["volumeMounts"],
+        {"name": "spill", "mountPath": "/var/lib/collector"},
+    ]
     volumes = {v["name"]: v for v in pod()["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     dsn = Path(env(container)["COLLECTOR_DATABASE_DSN_FILE"])
@@ -92,6 +97,7 @@ def test_migrations_run_first_and_secrets_are_mounted_as_files() -> None:
     assert volumes[mounts["/run/secrets/binance"]]["secret"]["optional"] is True
     assert volumes[mounts["/etc/collector"]]["configMap"]["name"] == "collector-config"
     assert env(container)["COLLECTOR_CONFIG"] == "/etc/collector/collector.toml"
+    assert volumes["spill"]["emptyDir"] == {"sizeLimit": "1Gi"}
 
 
 def test_service_and_disruption_budget_select_the_pods() -> None:

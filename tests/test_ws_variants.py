@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
@@ -69,7 +70,9 @@ def config_for(base: str, dsn: str) -> Config:
             reconnect_max_s=0.2,
             heartbeat_s=0.2,
         ),
-        writer=WriterConfig(batch_max_age_s=0.01),
+        writer=WriterConfig(
+            batch_max_age_s=0.01, spill_dir=tempfile.mkdtemp(prefix="collector-spill-")
+        ),
         http=HttpConfig(port=0),
     )
 

@@ -256,7 +256,8 @@ class Writer:
         self._recent = RecentKeys(config.dedup_window)
         self._partitions_checked_at = -_PARTITION_CHECK_S
         self._batch_ids = itertools.count()
-        self._inflight: set[int] = set()
+        # Batches taken from the queue and not yet committed, by id.
+        self._inflight: dict[int, Batch] = {}
         self._committed = asyncio.Condition()
         self.is_healthy = False
         metrics.queue_capacity.set(config.queue_max)
@@ -272,6 +273,24 @@ class Writer:
         await self.queue.put(barrier)
         await barrier.done
 
+    def unwritten(self) -> list[WriteItem]:
+        """Everything taken but not committed, then everything still queued, in order.
+
+        For the shutdown path after `run` was cancelled with the database unreachable: the
+        caller spills these to disk (sink/spill.py) instead of losing them.
+        """
+        items: list[WriteItem] = []
+        for batch_id in sorted(self._inflight):
+            batch = self._inflight[batch_id]
+            items.extend(batch.sessions.values())
+            items.extend(batch.liquidations)
+            items.extend(batch.dead_letters)
+        while not self.queue.empty():
+            item = self.queue.get_nowait()
+            if not isinstance(item, Barrier):
+                items.append(item)
+        return items
+
     async def run(self) -> None:
         """Write batches until cancelled. Cancel only after `flush()` returned to lose nothing."""
         async with asyncio.TaskGroup() as group:
@@ -282,12 +301,12 @@ class Writer:
         try:
             while True:
                 batch_id, batch = await self._next_batch()
-                try:
-                    await self._write_with_retry(lane, batch)
-                finally:
-                    async with self._committed:
-                        self._inflight.discard(batch_id)
-                        self._committed.notify_all()
+                await self._write_with_retry(lane, batch)
+                # Only a committed batch leaves `_inflight`: one cancelled or failed mid-write
+                # stays there for `unwritten()`.
+                async with self._committed:
+                    del self._inflight[batch_id]
+                    self._committed.notify_all()
                 await self._release_barriers(batch)
         finally:
             lane.drop()
@@ -297,7 +316,7 @@ class Writer:
         if not batch.barriers:
             return
         async with self._committed:
-            await self._committed.wait_for(lambda: not batch.waits_for & self._inflight)
+            await self._committed.wait_for(lambda: not batch.waits_for & self._inflight.keys())
         for barrier in batch.barriers:
             if not barrier.done.done():
                 barrier.done.set_result(None)
@@ -306,7 +325,7 @@ class Writer:
         batch = Batch()
         batch_id = next(self._batch_ids)
         batch.add(await self.queue.get())
-        self._inflight.add(batch_id)
+        self._inflight[batch_id] = batch
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._config.batch_max_age_s
         max_rows = self._config.batch_max_rows
@@ -328,7 +347,7 @@ class Writer:
         if batch.barriers:
             # The barrier was the last item taken: the queue is FIFO, so every item queued
             # before it is in this batch or in a batch in flight right now.
-            batch.waits_for = self._inflight - {batch_id}
+            batch.waits_for = set(self._inflight) - {batch_id}
         return batch_id, batch
 
     async def _write_with_retry(self, lane: _Lane, batch: Batch) -> None:

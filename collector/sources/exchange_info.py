@@ -93,7 +93,14 @@ async def refresh_once(
             symbols = await fetch_exchange_info(http, config, market)
             catalog.update(market, symbols)
             filled = await store_symbols(pool, symbols)
-        except (aiohttp.ClientError, OSError, TimeoutError, MalformedPayload) as exc:
+        except (
+            aiohttp.ClientError,
+            OSError,
+            TimeoutError,
+            MalformedPayload,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+        ) as exc:
             ok = False
             metrics.exchange_info_refreshes.labels(market.value, "error").inc()
             log.warning("exchange_info.refresh_failed", market=market.value, error=str(exc)[:300])
