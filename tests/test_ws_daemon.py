@@ -406,3 +406,25 @@ async def test_many_streams_are_subscribed_at_a_paced_rate(pg_dsn: str) -> None:
             assert emu.stats.disconnects["rate_limit"] == 0
             # 10 SUBSCRIBE messages (9 x 100 + 74 streams) and one LIST_SUBSCRIPTIONS.
             assert conn.messages_received == 11
+
+
+async def test_a_nul_in_a_symbol_is_dead_lettered_and_the_stream_goes_on(
+    pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """A symbol holding NUL (valid JSON, invalid Postgres text) costs only its own row."""
+    async with Emulator(EmulatorOptions()) as emu, running(make_config(emu, pg_dsn)) as daemon:
+        await emu.wait_for_connections(1)
+        await emu.wait_until(lambda: all(c.streams for c in emu.connections))
+        catalog = daemon.runtime.catalog
+        await eventually(lambda: asyncio.sleep(0, catalog.version), lambda v: v >= 2)
+        await emu.publish(um_event("BAD\u0000USDT", 1_795_000_000_001))
+        await emu.publish(um_event("BTCUSDT", 1_795_000_000_002))
+        await eventually(count_rows(pg, "dead_letters"), lambda n: n == 2)
+        await eventually(count_rows(pg), lambda n: n == 1)
+        dead = await pg.fetch("SELECT reason, detail, kept FROM dead_letters ORDER BY id")
+        assert sorted((d["reason"], d["kept"]) for d in dead) == [
+            ("db_rejected", False),
+            ("unknown_symbol", True),
+        ]
+        assert "UM:BAD\\u0000USDT" in [d["detail"] for d in dead]
+        assert daemon.task.done() is False

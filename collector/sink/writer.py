@@ -147,6 +147,11 @@ class RecentKeys:
         return False
 
 
+def _nul_free(text: str) -> str:
+    """Postgres text cannot hold NUL; a dead letter's labels may quote input that does."""
+    return text.replace("\x00", "\\u0000")
+
+
 def _text(value: Decimal | None) -> str | None:
     return None if value is None else str(value)
 
@@ -425,7 +430,15 @@ class Writer:
                 await conn.copy_records_to_table(
                     "dead_letters",
                     records=[
-                        (d.received_at, d.source, d.reason, d.detail, d.raw, d.kept) for d in dead
+                        (
+                            d.received_at,
+                            _nul_free(d.source),
+                            _nul_free(d.reason),
+                            _nul_free(d.detail),
+                            d.raw,
+                            d.kept,
+                        )
+                        for d in dead
                     ],
                     columns=DL_COLUMNS,
                 )
