@@ -37,6 +37,8 @@ from collector.sources.exchange_info import run_exchange_info
 log = structlog.get_logger(__name__)
 
 Component = Callable[[asyncio.Event], Awaitable[None]]
+# However late the sources stop, the writer gets at least this long to flush.
+_MIN_DRAIN_S = 0.5
 
 
 @dataclass(slots=True)
@@ -227,16 +229,23 @@ async def run(
                  database=redact_dsn(dsn))  # fmt: skip
         if on_ready is not None:
             on_ready(runtime)
-        try:
-            async with asyncio.TaskGroup() as group:
-                for name, component in components.items():
-                    group.create_task(supervise(name, component, stop, metrics), name=name)
-        except* (ConfigError, MigrationError) as eg:
-            fatal.extend(eg.exceptions)
-            stop.set()
-        # Drain: sources are stopped and their sessions' closing rows are queued.
+        sources = asyncio.create_task(_run_components(components, stop, metrics, fatal))
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({sources, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
         health.is_draining = True
-        exit_code = await _drain(writer, writer_task, config.shutdown_grace_s)
+        # The grace period covers the whole shutdown: stopping the sources (each closes its
+        # ledger session, which may wait for queue space while the database is down), then
+        # the drain. Sources still stuck at the deadline are cancelled; the queue is spilled.
+        deadline = time.monotonic() + config.shutdown_grace_s
+        done, _ = await asyncio.wait({sources}, timeout=config.shutdown_grace_s)
+        if not done:
+            log.error("supervisor.sources_stop_timeout", grace_s=config.shutdown_grace_s)
+            sources.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sources
+        remaining = max(deadline - time.monotonic(), _MIN_DRAIN_S)
+        exit_code = await _drain(writer, writer_task, remaining)
         if exit_code:
             exit_code = await _spill(writer, config.writer.spill_dir)
         if fatal:
@@ -245,6 +254,22 @@ async def run(
             return 1
         return exit_code
     return 0  # pragma: no cover  (mypy: the stack above always returns)
+
+
+async def _run_components(
+    components: dict[str, Component],
+    stop: asyncio.Event,
+    metrics: Metrics,
+    fatal: list[BaseException],
+) -> None:
+    """Supervise every component until `stop`; a fatal error stops them all."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for name, component in components.items():
+                group.create_task(supervise(name, component, stop, metrics), name=name)
+    except* (ConfigError, MigrationError) as eg:
+        fatal.extend(eg.exceptions)
+        stop.set()
 
 
 async def _spill(writer: Writer, spill_dir: str) -> int:

