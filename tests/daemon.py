@@ -100,3 +100,15 @@ def count_rows(
         return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
 
     return probe
+
+
+async def subscribed(emulator: Emulator, n: int = 1, *, host: str | None = None) -> None:
+    """Wait until `n` connections are open (on `host`) and every open one has its streams."""
+    await emulator.wait_for_connections(n, host=host)
+    await emulator.wait_until(lambda: all(c.streams for c in emulator.connections))
+
+
+async def exchange_info_loaded(daemon: Daemon) -> None:
+    """Wait until both markets' exchangeInfo reached the daemon's symbol catalog."""
+    catalog = daemon.runtime.catalog
+    await eventually(lambda: asyncio.sleep(0, catalog.version), lambda v: v >= 2)

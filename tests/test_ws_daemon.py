@@ -11,7 +11,14 @@ import asyncpg
 import orjson
 
 from collector.emulator import Emulator, EmulatorOptions
-from tests.daemon import count_rows, eventually, make_config, running
+from tests.daemon import (
+    count_rows,
+    eventually,
+    exchange_info_loaded,
+    make_config,
+    running,
+    subscribed,
+)
 from tests.factories import um_event
 
 
@@ -150,8 +157,7 @@ async def test_malformed_frames_are_dead_lettered_and_the_stream_goes_on(
 ) -> None:
     """Bad JSON, unknown events and bad fields land in dead_letters; good events still land."""
     async with Emulator(EmulatorOptions()) as emu, running(make_config(emu, pg_dsn)) as daemon:
-        await emu.wait_for_connections(1)
-        await emu.wait_until(lambda: all(c.streams for c in emu.connections))
+        await subscribed(emu)
         await emu.send_raw("{not json")
         await emu.send_raw('{"stream":"!forceOrder@arr","data":{"e":"markPriceUpdate","E":1}}')
         bad = um_event("BTCUSDT", 1_795_000_000_001, price="12,5")
@@ -177,8 +183,7 @@ async def test_server_drop_reconnects_and_the_ledger_records_the_gap(
 ) -> None:
     """A dropped connection is re-established; events on both sides land; the gap is recorded."""
     async with Emulator(EmulatorOptions()) as emu, running(make_config(emu, pg_dsn)) as daemon:
-        await emu.wait_for_connections(1)
-        await emu.wait_until(lambda: all(c.streams for c in emu.connections))
+        await subscribed(emu)
         await emu.publish(um_event("BTCUSDT", 1_795_000_000_001))
         await eventually(count_rows(pg), lambda n: n == 1)
         assert await emu.drop_connections() == 1
@@ -343,10 +348,8 @@ async def test_unknown_symbols_and_fields_keep_the_row_and_flag_it(
 ) -> None:
     """An unlisted symbol or an undocumented field is stored, counted and flagged once."""
     async with Emulator(EmulatorOptions()) as emu, running(make_config(emu, pg_dsn)) as daemon:
-        await emu.wait_for_connections(1)
-        await emu.wait_until(lambda: all(c.streams for c in emu.connections))
-        catalog = daemon.runtime.catalog
-        await eventually(lambda: asyncio.sleep(0, catalog.version), lambda v: v >= 2)
+        await subscribed(emu)
+        await exchange_info_loaded(daemon)
         new_listing = um_event("NEWCOINUSDT", 1_795_000_000_001)
         extra = {**um_event("BTCUSDT", 1_795_000_000_002), "x": 1}
         for event in (new_listing, new_listing | {"E": 1}, extra):
@@ -376,8 +379,7 @@ async def test_run_without_a_database_starts_an_embedded_one(tmp_path: object) -
             ),
         )
         async with running(config) as daemon:
-            await emu.wait_for_connections(1)
-            await emu.wait_until(lambda: all(c.streams for c in emu.connections))
+            await subscribed(emu)
             await emu.publish(um_event("BTCUSDT", 1_795_000_000_001))
             conn = await asyncpg.connect(daemon.runtime.dsn)
             try:
@@ -413,10 +415,8 @@ async def test_a_nul_in_a_symbol_is_dead_lettered_and_the_stream_goes_on(
 ) -> None:
     """A symbol holding NUL (valid JSON, invalid Postgres text) costs only its own row."""
     async with Emulator(EmulatorOptions()) as emu, running(make_config(emu, pg_dsn)) as daemon:
-        await emu.wait_for_connections(1)
-        await emu.wait_until(lambda: all(c.streams for c in emu.connections))
-        catalog = daemon.runtime.catalog
-        await eventually(lambda: asyncio.sleep(0, catalog.version), lambda v: v >= 2)
+        await subscribed(emu)
+        await exchange_info_loaded(daemon)
         await emu.publish(um_event("BAD\u0000USDT", 1_795_000_000_001))
         await emu.publish(um_event("BTCUSDT", 1_795_000_000_002))
         await eventually(count_rows(pg, "dead_letters"), lambda n: n == 2)
