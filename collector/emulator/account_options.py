@@ -6,7 +6,7 @@ Pure data: `account_rest` applies the options and fills the counters.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -128,6 +128,8 @@ class AccountStats:
     errors: Counter[int] = field(default_factory=Counter)
     """Binance error code (-1022, -2015, …; -1003 for 429/418) → count."""
     rate_limited_429: int = 0
+    minutes_429: defaultdict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    """Pool name → the minutes (epoch ms // 60000) in which that pool answered a 429."""
     banned_418: int = 0
     faults_served: int = 0
     """Scripted 5xx answers."""

@@ -45,6 +45,7 @@ from collector.emulator.account_auth import (
     unread_parameters,
 )
 from collector.emulator.account_limits import (
+    MINUTE_MS,
     BanPolicy,
     FaultPlan,
     ManualClock,
@@ -545,7 +546,8 @@ class AccountEmulator:
         pool = self._pool_for(host, path)
         declared = request.app[ROUTE_WEIGHTS].get(path, 1)
         weight = declared if isinstance(declared, int) else declared(request)
-        decision = self._limiter.check(pool, weight, self._options.clock())
+        now_ms = self._options.clock()
+        decision = self._limiter.check(pool, weight, now_ms)
         stats = self.stats
         stats.max_used_weight[pool.name] = max(stats.max_used_weight[pool.name], decision.used)
         response: web.StreamResponse
@@ -554,6 +556,7 @@ class AccountEmulator:
                 stats.banned_418 += 1
             else:
                 stats.rate_limited_429 += 1
+                stats.minutes_429[pool.name].add(now_ms // MINUTE_MS)
             stats.errors[-1003] += 1
             response = json_response({"code": -1003, "msg": decision.msg}, status=decision.status)
             # Spot docs promise Retry-After (§3.2 [G1]); the futures docs do not (⚠).

@@ -5,6 +5,12 @@ documented, assumed 2400); every sapi endpoint has an independent 12000/min. Thi
 most `share` of each limit, because other processes may share the egress IP. Weight is charged
 *before* a request from the documented weights and corrected from the used-weight headers, which
 count every process on the IP. A 429 stops one pool; a 418 stops every pool.
+
+Binance counts weight per minute, so a budget spent in a burst stalls until the next minute. A
+pool therefore releases its allowance over the minute: a quarter at once, the rest evenly up to
+50 s into the minute, so a busy pool waits seconds, not the rest of the minute, and never more
+than the allowance is spent in any minute. Time comes from an injected clock (Unix seconds);
+waits are slept in slices, so a clock that jumps (a test's, or a corrected one) is seen soon.
 """
 
 from __future__ import annotations
@@ -24,6 +30,13 @@ POOL_LIMITS_1M = {FAPI_DAPI_POOL: 2400, PAPI_POOL: 2400}
 SAPI_ENDPOINT_LIMIT_1M = 12000
 # After a 429 or 418 without Retry-After: the next minute boundary plus up to this much jitter.
 _JITTER_S = 3.0
+# The part of a minute's allowance available at its start; the rest is released evenly over it.
+_BURST_FRACTION = 0.25
+# The whole allowance is released this far into the minute, so that the last of it is not lost at
+# the boundary and a clock a few seconds off Binance's never spends two allowances in its minute.
+_RELEASED_BY_S = 50.0
+# The longest single sleep while waiting for weight: the clock is looked at again after it.
+_MAX_SLEEP_S = 1.0
 
 
 def pool_for(family: str, path: str) -> str:
@@ -54,6 +67,7 @@ class WeightPool:
     ) -> None:
         self.name = name
         self.limit_1m = limit_1m
+        self.share = share
         self.allowed_1m = max(1, int(limit_1m * share))
         self.used = 0
         self.blocked_until = 0.0
@@ -72,24 +86,42 @@ class WeightPool:
         now = self._clock()
         return (int(now // 60) + 1) * 60 - now + self._rng.random() * _JITTER_S
 
+    def released(self, now: float) -> float:
+        """How much of this minute's allowance may have been spent by `now`."""
+        progress = min(1.0, (now - int(now // 60) * 60) / _RELEASED_BY_S)
+        return self.allowed_1m * (_BURST_FRACTION + (1 - _BURST_FRACTION) * progress)
+
     def reserve(self, weight: int) -> float:
         """Charge `weight` and return 0.0, or return how long to wait before asking again.
 
-        A request heavier than the whole allowance still goes through on a fresh minute.
+        Within the allowance, the wait is until enough of it is released (seconds); beyond it,
+        until the next minute. A request heavier than the whole allowance still goes through on
+        a fresh minute.
         """
         now = self._clock()
         if now < self.blocked_until:
             return self.blocked_until - now
         self._roll(now)
-        if self.used + weight <= self.allowed_1m or self.used == 0:
+        needed = self.used + weight
+        if needed <= self.released(now) or self.used == 0:
             self.used += weight
             return 0.0
+        if needed <= self.allowed_1m:
+            minute_start = int(now // 60) * 60
+            fraction = (needed / self.allowed_1m - _BURST_FRACTION) / (1 - _BURST_FRACTION)
+            return max(0.001, minute_start + _RELEASED_BY_S * fraction - now)
         return self.next_minute_delay()
 
     def observe_used(self, used_1m: int) -> None:
         """Correct the estimate from `X-MBX-USED-WEIGHT-1M` / `X-SAPI-USED-IP-WEIGHT-1M`."""
         self._roll(self._clock())
         self.used = max(self.used, used_1m)
+
+    def lower_limit(self, limit_1m: int) -> None:
+        """The pool's real limit is at most `limit_1m`: never spend more than our share of it."""
+        if 0 < limit_1m < self.limit_1m:
+            self.limit_1m = limit_1m
+            self.allowed_1m = max(1, int(limit_1m * self.share))
 
     def block(self, seconds: float) -> None:
         """Send nothing on this pool for `seconds` (after a 429)."""
@@ -111,6 +143,7 @@ class Budget:
         self.metrics = metrics
         self.banned_until = 0.0
         self._pools: dict[str, WeightPool] = {}
+        self._turns: dict[str, asyncio.Lock] = {}
         self._clock = clock
         self._rng = rng or random.Random()
 
@@ -136,11 +169,19 @@ class Budget:
         return delay
 
     async def acquire(self, name: str, weight: int, stop: asyncio.Event) -> bool:
-        """Wait until `weight` fits in pool `name` and charge it; False if `stop` came first."""
-        while (delay := self.reserve(name, weight)) > 0:
-            if await sleep_or_stop(delay, stop):
-                return False
-        return True
+        """Wait until `weight` fits in pool `name` and charge it; False if `stop` came first.
+
+        Requests are served in the order they asked (asyncio.Lock wakes its waiters first in,
+        first out), so no poller of a busy pool starves while others keep asking.
+        """
+        async with self._turns.setdefault(name, asyncio.Lock()):
+            while not stop.is_set():
+                delay = self.reserve(name, weight)
+                if delay <= 0:
+                    return True
+                if await sleep_or_stop(min(delay, _MAX_SLEEP_S), stop):
+                    break
+            return False
 
     def observe_used(self, name: str, used_1m: int) -> None:
         """Feed a used-weight header into pool `name`."""
@@ -148,15 +189,23 @@ class Budget:
         pool.observe_used(used_1m)
         self.metrics.rest_weight_used.labels(name).set(pool.used)
 
-    def rate_limited(self, name: str, retry_after_s: float | None) -> float:
-        """A 429 on pool `name`: stop it until Retry-After, or the next minute with jitter.
+    def rate_limited(
+        self, name: str, retry_after_s: float | None, weight: int = 0, used_1m: int | None = None
+    ) -> float:
+        """A 429 on pool `name` for a request of `weight`: stop the pool until Retry-After, or
+        the next minute with jitter, and lower its limit to what was used before the request.
 
-        Returns the pause. See developers.binance.com/docs/binance-spot-api-docs/rest-api/limits:
-        continuing after a 429 earns a 418 ban.
+        Returns the pause. `used_1m` is the used weight the 429 reported (None: our own count).
+        What was used before the refused request is at most the real limit: from now on this
+        process takes its share of that, so the following minutes draw no second 429. See
+        developers.binance.com/docs/binance-spot-api-docs/rest-api/limits: continuing after a
+        429 earns a 418 ban.
         """
         pool = self.pool(name)
         delay = retry_after_s if retry_after_s is not None else pool.next_minute_delay()
         pool.block(delay)
+        pool.lower_limit((pool.used if used_1m is None else used_1m) - weight)
+        self.metrics.rest_weight_limit.labels(name).set(pool.allowed_1m)
         self.metrics.rest_rate_limited.labels(name, "429").inc()
         return delay
 

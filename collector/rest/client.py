@@ -99,6 +99,15 @@ def _retry_after_s(headers: Mapping[str, str]) -> float | None:
         return None
 
 
+def _used_weight(headers: Mapping[str, str]) -> int | None:
+    """The pool's used weight this minute as Binance reports it, if it does."""
+    for name in _WEIGHT_HEADERS:
+        if name in headers:
+            with contextlib.suppress(ValueError):
+                return int(headers[name])
+    return None
+
+
 def _error_body(body: bytes) -> tuple[int | None, str]:
     try:
         payload = orjson.loads(body)
@@ -201,10 +210,9 @@ class RestClient:
                 if await sleep_or_stop(delay, stop):
                     raise RestStopped(path) from None
                 continue
-            for name in _WEIGHT_HEADERS:
-                if name in response_headers:
-                    with contextlib.suppress(ValueError):
-                        self.budget.observe_used(pool, int(response_headers[name]))
+            used_1m = _used_weight(response_headers)
+            if used_1m is not None:
+                self.budget.observe_used(pool, used_1m)
             if status == 200:
                 try:
                     payload = orjson.loads(body)
@@ -222,7 +230,9 @@ class RestClient:
                           until_unix=round(until, 3))  # fmt: skip
                 continue
             if status == 429:
-                pause = self.budget.rate_limited(pool, _retry_after_s(response_headers))
+                pause = self.budget.rate_limited(
+                    pool, _retry_after_s(response_headers), weight, used_1m
+                )
                 self.metrics.rest_requests.labels(path, "rate_limited").inc()
                 log.warning("rest.rate_limited", path=path, pool=pool, pause_s=round(pause, 2))
                 continue
