@@ -1,4 +1,4 @@
-"""The `collector` command: run, migrate, check, simulate."""
+"""The `collector` command: run, migrate, check, sql, simulate."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import structlog
 from collector import __version__, logs
 from collector.config import Config, load_from_process
 from collector.exceptions import CollectorError, ConfigError
+from collector.sql import add_parser as add_sql_parser
 
 log = structlog.get_logger(__name__)
 
@@ -165,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default=None, help="full URL to probe instead of the configured one")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
     p.set_defaults(func=cmd_check)
+
+    add_sql_parser(sub, with_config)
 
     p = sub.add_parser(
         "simulate",

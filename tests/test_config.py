@@ -110,7 +110,7 @@ def test_bad_config_exits_2_with_the_message(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("command", ["run", "migrate", "check", "simulate"])
+@pytest.mark.parametrize("command", ["run", "migrate", "check", "sql", "simulate"])
 def test_every_subcommand_has_help(command: str) -> None:
     """`collector <command> --help` explains the command."""
     result = subprocess.run(

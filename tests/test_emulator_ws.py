@@ -1,4 +1,4 @@
-"""The Binance emulator against real aiohttp clients on loopback (shared/binance-protocol.md §1,
+"""The Binance emulator against real aiohttp clients on loopback (docs/binance.md §1,
 §3, §6), plus its pure event generator."""
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ def sample(daemon_metrics: object, name: str, labels: dict[str, str] | None = No
 
 
 def cm_event(trade_time_ms: int) -> dict[str, object]:
-    """A post-merge COIN-M event: `st` 2 at the top, `ps` inside `o` (§1.3)."""
+    """A post-merge COIN-M event: `st` 2 at the top, `ps` inside `o` (docs/binance.md §1.3)."""
     return {
         "e": "forceOrder",
         "E": trade_time_ms + 5,

@@ -1,7 +1,7 @@
 """The Binance emulator: fstream/dstream WebSocket hosts and fapi/dapi/papi/sapi REST hosts on
 loopback, plus the scripting surface tests use (publish, drop, stall, failed upgrades).
 
-Delivery follows shared/binance-protocol.md §1: liquidation events reach fstream `/market` and
+Delivery follows docs/binance.md §1: liquidation events reach fstream `/market` and
 dstream subscribers of `!forceOrder@arr` or `<symbol>@forceOrder`; with `merged` (the
 2026-06-30 UM/CM merge, §1.3) both hosts carry both universes. Connection handling lives in
 `ws`, REST routes in `market_rest`, event shapes and generation in `events`.

@@ -1,6 +1,6 @@
 """Server side of one Binance WebSocket market-stream host (fstream or dstream).
 
-Reproduces shared/binance-protocol.md §1: `/ws/<stream>` (bare payloads), `/ws` (then SUBSCRIBE)
+Reproduces docs/binance.md §1: `/ws/<stream>` (bare payloads), `/ws` (then SUBSCRIBE)
 and `/stream?streams=a/b` (combined envelope); on fstream the same under the `/public`,
 `/market` and `/private` routes, with liquidation data only on `/market` (§1.1). Live control
 messages (§1.5), server pings with a pong deadline, the 10 messages/s limit and the 24 h cut

@@ -1,4 +1,4 @@
-"""Request-weight budgets, one per Binance limit pool (binance-protocol.md §3).
+"""Request-weight budgets, one per Binance limit pool (docs/binance.md §3).
 
 fapi and dapi share one 2400/min IP budget since the 2026 merge; papi has its own (limit not
 documented, assumed 2400); every sapi endpoint has an independent 12000/min. This process uses at

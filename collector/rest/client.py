@@ -1,4 +1,4 @@
-"""Signed GETs to Binance with budgets, clock offsets and error classification (§2, §3, §5).
+"""Signed GETs with budgets, clock offsets and error classification (docs/binance.md §2, §3, §5).
 
 `RestClient.get` charges the weight before sending, signs the exact query string it sends,
 corrects the pool from the used-weight headers, waits out 429s (one pool) and 418s (every

@@ -1,4 +1,4 @@
-"""Server-time offsets, one per API family (binance-protocol.md §2.3).
+"""Server-time offsets, one per API family (docs/binance.md §2.3).
 
 `timestamp` must be below serverTime + 1000 ms and within recvWindow of it, so the local clock
 is never trusted: offset = serverTime - midpoint(send, receive), refreshed periodically and after

@@ -1,4 +1,4 @@
-"""Backfill and keep-up loops, one per (account, endpoint, scope) (binance-protocol.md §4.5).
+"""Backfill and keep-up loops, one per (account, endpoint, scope) (docs/binance.md §4.5).
 
 A scope's checkpoint holds `covered_until`: everything before it has been read and committed.
 The first run starts at the backfill horizon (configured depth, never beyond a documented

@@ -1,4 +1,4 @@
-"""Request signing for Binance USER_DATA endpoints (binance-protocol.md §2.2).
+"""Request signing for Binance USER_DATA endpoints (docs/binance.md §2.2).
 
 The signature covers the exact query string that is sent; it is appended last as
 `&signature=...`. HMAC-SHA256 gives hex; RSA (PKCS#1 v1.5, SHA-256) and Ed25519 give base64,

@@ -4,7 +4,7 @@
 limits. A `Shard` owns one logical connection: it connects (with capped, jittered backoff that
 resets after a healthy connection), rotates make-before-break ahead of the 24 h cut, and records
 every session in the coverage ledger. A `Connection` is one websocket session: it reads frames,
-answers each ping with a pong carrying its payload (../shared/binance-protocol.md §1.4), routes
+answers each ping with a pong carrying its payload (docs/binance.md §1.4), routes
 control replies apart from data (§1.5), dead-letters what it cannot parse, and on close
 UNSUBSCRIBEs first so no frame already sent to it is dropped.
 """
