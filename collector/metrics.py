@@ -66,7 +66,8 @@ class Metrics:
         )
         self.ws_control_replies = Counter(
             "collector_ws_control_replies_total",
-            "Control replies (SUBSCRIBE, LIST_SUBSCRIPTIONS) by outcome.",
+            "Control replies (SUBSCRIBE, LIST_SUBSCRIPTIONS) by outcome: ok, error, late (a "
+            "reply to a request no longer waited for) or unexpected (matching no request sent).",
             ["host", "outcome"],
             registry=r,
         )
