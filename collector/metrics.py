@@ -135,7 +135,15 @@ class Metrics:
             registry=r,
         )
         self.db_up = Gauge(
-            "collector_database_up", "1 when the last database write succeeded.", registry=r
+            "collector_database_up",
+            "1 while the database answers pings and the writer is not failing to commit.",
+            registry=r,
+        )
+        self.database_pings = Counter(
+            "collector_database_pings_total",
+            "Liveness pings (SELECT 1 through the pool) by outcome: ok or failed.",
+            ["outcome"],
+            registry=r,
         )
         self.component_restarts = Counter(
             "collector_component_restarts_total",
