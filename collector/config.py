@@ -79,6 +79,10 @@ class DatabaseConfig:
     migrate_on_start: bool = True
     # The dashboards' per-minute/hour/day rollups are brought up to date this often.
     rollup_interval_s: float = 30.0
+    # `collector_database_up` follows a `SELECT 1` through the pool this often, each bounded by
+    # `ping_timeout_s` (besides the writer's own commits and failures).
+    ping_interval_s: float = 10.0
+    ping_timeout_s: float = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,6 +479,8 @@ def _validate(config: Config, problems: list[str]) -> None:
     d = config.database
     if not 1 <= d.pool_min_size <= d.pool_max_size:
         problems.append("[database] pool_min_size/pool_max_size: need 1 <= min <= max")
+    if d.ping_interval_s <= 0 or d.ping_timeout_s <= 0:
+        problems.append("[database] ping_interval_s and ping_timeout_s: must be positive")
 
 
 def load_config(environ: Mapping[str, str], toml_path: Path | None = None) -> Config:

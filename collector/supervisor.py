@@ -28,6 +28,7 @@ from collector.rest.accounts import build_account_components
 from collector.retry import Backoff, sleep_or_stop
 from collector.rollup import run_rollups
 from collector.sink import spill
+from collector.sink.liveness import run_database_ping
 from collector.sink.migrate import migrate
 from collector.sink.writer import Writer
 from collector.sources.binance_ws import Shard, run_ws_sources
@@ -221,6 +222,14 @@ async def run(
                 config.binance, pool, runtime.catalog, metrics, s
             ),
             "rollup": lambda s: run_rollups(pool, s, interval_s=config.database.rollup_interval_s),
+            "database_ping": lambda s: run_database_ping(
+                pool,
+                metrics,
+                s,
+                interval_s=config.database.ping_interval_s,
+                timeout_s=config.database.ping_timeout_s,
+                write_failing=lambda: writer.is_failing,
+            ),
         }
         components.update(build_account_components(config, pool, metrics))
         if extra_components is not None:

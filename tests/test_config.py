@@ -52,6 +52,21 @@ def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
     assert str(info.value).startswith("invalid configuration (5 problem(s)):\n  - [binance] bogus")
 
 
+def test_database_ping_settings_default_override_and_must_be_positive() -> None:
+    """The database ping runs every 10 s within 3 s by default; the environment sets both, and
+    a value that is not positive is a configuration error."""
+    d = load_config({}).database
+    assert (d.ping_interval_s, d.ping_timeout_s) == (10.0, 3.0)
+    env = {"COLLECTOR_DATABASE_PING_INTERVAL_S": "2.5", "COLLECTOR_DATABASE_PING_TIMEOUT_S": "1"}
+    d = load_config(env).database
+    assert (d.ping_interval_s, d.ping_timeout_s) == (2.5, 1.0)
+    with pytest.raises(ConfigError) as info:
+        load_config({"COLLECTOR_DATABASE_PING_INTERVAL_S": "0"})
+    assert info.value.problems == [
+        "[database] ping_interval_s and ping_timeout_s: must be positive"
+    ]
+
+
 def test_secrets_come_from_files_and_never_print(tmp_path: Path) -> None:
     """A DSN from a *_FILE variable is used but prints as <SECRET>."""
     secret_file = tmp_path / "dsn"

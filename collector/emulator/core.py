@@ -331,6 +331,18 @@ class Emulator:
         self.faults.failing_upgrades = count
         self.faults.failure_status = status
 
+    def hold_control_replies(self) -> None:
+        """Hold every control reply (either host) until `release_control_replies`; data, pings
+        and the requests themselves (`messages_received`) go on."""
+        if self.faults.replies_released is None:
+            self.faults.replies_released = asyncio.Event()
+
+    def release_control_replies(self) -> None:
+        """Send the held control replies, in order, and answer new requests at once again."""
+        released, self.faults.replies_released = self.faults.replies_released, None
+        if released is not None:
+            released.set()
+
     @property
     def connections(self) -> list[ConnectionInfo]:
         """Open WebSocket connections (live objects), fstream first, oldest first."""

@@ -265,6 +265,9 @@ class Writer:
         self._inflight: dict[int, Batch] = {}
         self._committed = asyncio.Condition()
         self.is_healthy = False
+        # True from a failed write until the next commit: the liveness ping (sink/liveness.py)
+        # does not report the database up while batches cannot be committed.
+        self.is_failing = False
         metrics.queue_capacity.set(config.queue_max)
         metrics.queue_depth.set_function(self.queue.qsize)
 
@@ -375,6 +378,7 @@ class Writer:
                     raise
                 lane.drop()
                 self.is_healthy = False
+                self.is_failing = True
                 self._metrics.db_up.set(0)
                 self._metrics.write_errors.labels("transient").inc()
                 delay = backoff.next_delay()
@@ -389,6 +393,7 @@ class Writer:
                 continue
             break
         self.is_healthy = True
+        self.is_failing = False
         self._metrics.db_up.set(1)
 
     async def _connection(self, lane: _Lane) -> asyncpg.Connection:
