@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -19,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from collector.exceptions import ConfigError
 
@@ -53,18 +54,134 @@ class Secret:
         return bool(self._value)
 
 
+# libpq's connection keywords (PostgreSQL 17); asyncpg reads the same names from a URI's query.
+# A redacted DSN shows the values of these, except the secret ones; any other key's value is
+# masked too (it may be a misspelt `password`, or a piece of a password with an unencoded `&`).
+_DSN_KEYWORDS = frozenset((
+    "host", "hostaddr", "port", "dbname", "database", "user", "password", "passfile",
+    "require_auth", "channel_binding", "connect_timeout", "client_encoding", "options",
+    "application_name", "fallback_application_name", "keepalives", "keepalives_idle",
+    "keepalives_interval", "keepalives_count", "tcp_user_timeout", "replication", "gssencmode",
+    "sslmode", "sslnegotiation", "sslcompression", "sslcert", "sslkey", "sslpassword",
+    "sslcertmode", "sslrootcert", "sslcrl", "sslcrldir", "sslsni", "requirepeer",
+    "ssl_min_protocol_version", "ssl_max_protocol_version", "krbsrvname", "gsslib",
+    "gssdelegation", "service", "target_session_attrs", "load_balance_hosts",
+))  # fmt: skip
+_MASK = "***"
+UNPARSEABLE_DSN = "<unparseable dsn>"
+_URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_KEYWORD = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)[ \t\r\n\f\v]*=[ \t\r\n\f\v]*")
+
+
+def _is_secret_key(name: str) -> bool:
+    # password, sslpassword, passfile, and any future pass-something.
+    return "pass" in name.lower()
+
+
+def _redact_query(query: str) -> str:
+    """Mask the values of a URI query's secret and unknown keys (`&`-separated)."""
+    out: list[str] = []
+    in_secret = False  # segments after a secret, up to the next known key, are its pieces
+    for segment in query.split("&"):
+        key, eq, _ = segment.partition("=")
+        name = unquote_plus(key)
+        if eq and _is_secret_key(name):
+            out.append(f"{key}={_MASK}")
+            in_secret = True
+        elif eq and name in _DSN_KEYWORDS:
+            out.append(segment)
+            in_secret = False
+        elif in_secret:
+            continue
+        elif eq:
+            out.append(f"{key}={_MASK}")
+        else:
+            out.append(_MASK)
+    return "&".join(out)
+
+
+def _redact_uri(dsn: str) -> str:
+    scheme, _, rest = dsn.partition("://")
+    # A password may hold unencoded `@`, `/`, `?` or `:`; only the last `@` surely ends it. If
+    # a `:` comes before that `@`, everything from the first `:` to it is masked (with an `@` in
+    # the query this masks too much, never too little).
+    userinfo, at, hostpart = rest.rpartition("@")
+    if at and ":" in userinfo:
+        user = userinfo.partition(":")[0]
+        prefix = f"{scheme}://{user}:{_MASK}@"
+    else:
+        userinfo, at, hostpart = rest.partition("@")
+        prefix = f"{scheme}://{userinfo}{at}"
+    path, question, query = hostpart.partition("?")
+    return f"{prefix}{path}{question}{_redact_query(query) if question else ''}"
+
+
+def _keyword_value_end(dsn: str, pos: int) -> int | None:
+    """Where the libpq keyword value starting at `pos` ends (None: an unterminated quote)."""
+    if dsn.startswith("'", pos):
+        i = pos + 1
+        while i < len(dsn):
+            if dsn[i] == "\\":
+                i += 2
+            elif dsn[i] == "'":
+                return i + 1
+            else:
+                i += 1
+        return None
+    i = pos
+    while i < len(dsn) and not dsn[i].isspace():
+        i += 2 if dsn[i] == "\\" else 1
+    return min(i, len(dsn))
+
+
+def _redact_keywords(dsn: str) -> str:
+    """Redact libpq's `key=value key='quoted value'` form."""
+    out: list[str] = []
+    in_secret = False
+    pos = 0
+    while True:
+        while pos < len(dsn) and dsn[pos].isspace():
+            pos += 1
+        if pos >= len(dsn):
+            return " ".join(out)
+        match = _KEYWORD.match(dsn, pos)
+        if match is None:
+            if not in_secret:
+                return UNPARSEABLE_DSN  # not a keyword DSN: nothing in it is known to be safe
+            while pos < len(dsn) and not dsn[pos].isspace():  # a piece of an unquoted password
+                pos += 1
+            continue
+        name = match.group(1)
+        end = _keyword_value_end(dsn, match.end())
+        if end is None:  # the rest of the string is one unterminated value
+            if not in_secret:
+                out.append(f"{name}={_MASK}")
+            return " ".join(out)
+        if _is_secret_key(name):
+            out.append(f"{name}={_MASK}")
+            in_secret = True
+        elif name in _DSN_KEYWORDS:
+            out.append(f"{name}={dsn[match.end() : end]}")
+            in_secret = False
+        elif not in_secret:
+            out.append(f"{name}={_MASK}")
+        pos = end
+
+
 def redact_dsn(dsn: str) -> str:
-    """Return `dsn` with any password replaced by `***`, safe for logs."""
+    """Return `dsn` safe for logs: every password (and anything that may be one) is `***`.
+
+    Handles URIs (a password in the userinfo, even with unencoded `@`, `/` or `:`; `password`,
+    `sslpassword` and `passfile` query parameters) and libpq's keyword form. The values of
+    unknown keys are masked too. A string that is neither yields `<unparseable dsn>`, never
+    itself. Never raises.
+    """
     try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return "<unparseable dsn>"
-    if parts.password is None:
-        return dsn
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+        if _URI_SCHEME.match(dsn):
+            return _redact_uri(dsn)
+        return _redact_keywords(dsn)
+    except Exception:  # a redactor that fails must not echo its input
+        return UNPARSEABLE_DSN
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,7 +47,7 @@ class Runtime:
     """What a running daemon exposes to tests and to components added later."""
 
     config: Config
-    dsn: str
+    dsn: str = field(repr=False)
     pool: asyncpg.Pool
     metrics: Metrics
     health: Health
@@ -83,8 +83,20 @@ async def database_dsn(config: Config) -> AsyncIterator[str]:
 
 
 async def connect(dsn: str, config: Config) -> asyncpg.Connection:
-    """One connection; errors never carry the DSN's password."""
-    return await asyncpg.connect(dsn, timeout=config.database.connect_timeout_s)
+    """One connection; errors never carry the DSN or a piece of it.
+
+    asyncpg's complaints about a DSN it cannot use quote pieces of it (a port that is not a
+    number, a query field without `=`), and those may be pieces of a password with unencoded
+    specials: they are replaced by a `ClientConfigurationError` naming only the redacted DSN.
+    Network errors name the resolved address, server errors the user and database.
+    """
+    try:
+        return await asyncpg.connect(dsn, timeout=config.database.connect_timeout_s)
+    except ValueError as exc:  # asyncpg.ClientConfigurationError is one too
+        raise asyncpg.ClientConfigurationError(
+            f"the database DSN {redact_dsn(dsn)} cannot be used ({type(exc).__name__}; "
+            "asyncpg's message is withheld because it may quote the password)"
+        ) from None
 
 
 async def wait_for_database(dsn: str, config: Config, stop: asyncio.Event) -> bool:
