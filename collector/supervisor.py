@@ -157,7 +157,7 @@ def _add_readiness(runtime: Runtime) -> None:
     health = runtime.health
 
     async def database() -> None:
-        if not runtime.writer.is_healthy and runtime.writer.queue.qsize() > 0:
+        if runtime.writer.is_failing and runtime.writer.queue.qsize() > 0:
             raise RuntimeError("the writer cannot commit")
         async with runtime.pool.acquire(timeout=1.5) as conn:
             await conn.fetchval("SELECT 1")
