@@ -59,19 +59,21 @@ def _scrub(text: str, dsn: str) -> str:
 
 def permanent_problem(exc: BaseException, dsn: str) -> str | None:
     """What to fix, when `exc` (from connecting) will not go away by retrying; else None."""
+    # A server error's str() adds its DETAIL on another line; the message alone is one line.
+    text = exc.message if isinstance(exc, asyncpg.PostgresError) else str(exc)
     if isinstance(exc, asyncpg.InvalidCatalogNameError):  # 3D000
-        what = f"{exc}: create it, or name an existing database"
+        what = f"{text}: create it, or name an existing database"
     elif isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):  # 28000, 28P01
-        what = f"the server refused the login: {exc}"
+        what = f"the server refused the login: {text}"
     elif isinstance(exc, asyncpg.InsufficientPrivilegeError):  # 42501
-        what = f"the role lacks a privilege: {exc}"
+        what = f"the role lacks a privilege: {text}"
     elif isinstance(exc, asyncpg.ClientConfigurationError):
-        what = f"the driver cannot use it: {exc}"
+        what = f"the driver cannot use it: {text}"
     else:
         return None
     detail = getattr(exc, "detail", None)
     if detail:
-        what += f" ({detail.rstrip('.')})"
+        what += f" ({' '.join(detail.split()).rstrip('.')})"
     return _scrub(f"{_WHERE}: {what}", dsn)
 
 
