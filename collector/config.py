@@ -588,6 +588,15 @@ _OTHER_VARIABLES = frozenset(
 )
 
 
+# Kubernetes injects these for every Service whose name starts with "collector" (unless the pod
+# sets enableServiceLinks: false, as deploy/k8s does): COLLECTOR_METRICS_SERVICE_HOST,
+# COLLECTOR_METRICS_PORT_9108_TCP_ADDR and so on. They are not misspelled settings.
+_SERVICE_LINK = re.compile(
+    r"COLLECTOR(?:_[A-Z0-9_]+)?_(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?"
+    r"|PORT(?:_[0-9]+_(?:TCP|UDP|SCTP)(?:_(?:PROTO|PORT|ADDR))?)?)"
+)
+
+
 def _setting_variables() -> set[str]:
     names = {_env_name(None, "shutdown_grace_s")}
     for section, cls in _SECTIONS.items():
@@ -607,7 +616,7 @@ def _check_environment(environ: Mapping[str, str], accounts: Any, problems: list
                     v for k, v in table.items() if k.endswith("_env") and isinstance(v, str)
                 )
     for name in sorted(environ):
-        if not name.startswith(ENV_PREFIX) or name in known:
+        if not name.startswith(ENV_PREFIX) or name in known or _SERVICE_LINK.fullmatch(name):
             continue
         close = difflib.get_close_matches(name, sorted(settings), n=1, cutoff=0.8)
         hint = (

@@ -144,7 +144,7 @@ def test_every_number_has_a_range(tmp_path: Path) -> None:
 
 def test_unknown_collector_variables_are_reported() -> None:
     """A misspelled COLLECTOR_* variable is an error (with the likely intended name); the
-    non-setting variables and those an account names for its credentials are allowed."""
+    non-setting variables and Kubernetes service links are allowed."""
     toml_free = {
         "COLLECTOR_DATABASE_DNS": "postgresql://u:hunter2@db/x",
         "COLLECTOR_WRITER_QUEUEMAX_FILE": "/nowhere",
@@ -154,6 +154,9 @@ def test_unknown_collector_variables_are_reported() -> None:
         "COLLECTOR_CONFIG": "",
         "COLLECTOR_DB_PASSWORD": "pw",
         "COLLECTOR_SHUTDOWN_GRACE_S": "5",
+        "COLLECTOR_METRICS_SERVICE_HOST": "10.0.0.1",  # Kubernetes service links
+        "COLLECTOR_METRICS_PORT_9108_TCP_ADDR": "10.0.0.1",
+        "COLLECTOR_PORT": "tcp://10.0.0.2:9108",
     }
     problems = _problems(toml_free)
     assert problems == [
