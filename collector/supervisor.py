@@ -1,4 +1,5 @@
-"""The daemon's lifecycle, top to bottom: database -> migrations -> HTTP -> writer -> sources;
+"""The daemon's lifecycle, top to bottom: HTTP port bound -> database -> migrations -> HTTP
+served -> writer -> sources;
 then, on SIGTERM/SIGINT, the ordered drain: stop sources (their sessions close in the ledger),
 flush the writer within the grace period, close HTTP and the database.
 
