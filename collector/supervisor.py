@@ -1,4 +1,5 @@
-"""The daemon's lifecycle, top to bottom: database -> migrations -> HTTP -> writer -> sources;
+"""The daemon's lifecycle, top to bottom: HTTP port bound -> database -> migrations -> HTTP
+served -> writer -> sources;
 then, on SIGTERM/SIGINT, the ordered drain: stop sources (their sessions close in the ledger),
 flush the writer within the grace period, close HTTP and the database.
 
@@ -12,7 +13,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
@@ -20,9 +21,9 @@ import asyncpg
 import structlog
 
 from collector.config import Config, redact_dsn
-from collector.embedded_pg import embedded_postgres
+from collector.database import connect, database_dsn, wait_for_database
 from collector.exceptions import ConfigError, MigrationError
-from collector.health import Health, serve_http
+from collector.health import Health, listen, serve_http
 from collector.metrics import Metrics
 from collector.rest.accounts import build_account_components
 from collector.retry import Backoff, sleep_or_stop
@@ -70,56 +71,6 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, handle, sig)
-
-
-@contextlib.asynccontextmanager
-async def database_dsn(config: Config) -> AsyncIterator[str]:
-    """The configured DSN, or an embedded server's when none is configured."""
-    if config.database.dsn is not None:
-        yield config.database.dsn.reveal()
-        return
-    async with embedded_postgres(config.database.embedded_dir) as dsn:
-        yield dsn
-
-
-async def connect(dsn: str, config: Config) -> asyncpg.Connection:
-    """One connection; errors never carry the DSN or a piece of it.
-
-    asyncpg's complaints about a DSN it cannot use quote pieces of it (a port that is not a
-    number, a query field without `=`), and those may be pieces of a password with unencoded
-    specials: they are replaced by a `ClientConfigurationError` naming only the redacted DSN.
-    Network errors name the resolved address, server errors the user and database.
-    """
-    try:
-        return await asyncpg.connect(dsn, timeout=config.database.connect_timeout_s)
-    except ValueError as exc:  # asyncpg.ClientConfigurationError is one too
-        raise asyncpg.ClientConfigurationError(
-            f"the database DSN {redact_dsn(dsn)} cannot be used ({type(exc).__name__}; "
-            "asyncpg's message is withheld because it may quote the password)"
-        ) from None
-
-
-async def wait_for_database(dsn: str, config: Config, stop: asyncio.Event) -> bool:
-    """Retry connecting with backoff until it works (True) or `stop` is set (False)."""
-    backoff = Backoff(1.0, 30.0)
-    while not stop.is_set():
-        try:
-            conn = await connect(dsn, config)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            if isinstance(
-                exc, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidPasswordError
-            ):
-                raise ConfigError(
-                    [f"[database] dsn: the server refused the login: {exc}"]
-                ) from None
-            delay = backoff.next_delay()
-            log.warning("supervisor.database_unavailable", dsn=redact_dsn(dsn),
-                        error=type(exc).__name__, retry_in_s=round(delay, 2))  # fmt: skip
-            await sleep_or_stop(delay, stop)
-            continue
-        await conn.close()
-        return True
-    return False
 
 
 async def supervise(
@@ -192,6 +143,10 @@ async def run(
     stop = stop or asyncio.Event()
     fatal: list[BaseException] = []
     async with AsyncExitStack() as stack:
+        # Bound first, so a port in use stops the start before anything connects or migrates.
+        sockets = listen(config.http.host, config.http.port)
+        for sock in sockets:
+            stack.callback(sock.close)
         dsn = await stack.enter_async_context(database_dsn(config))
         if not await wait_for_database(dsn, config, stop):
             return 0
@@ -209,7 +164,7 @@ async def run(
         metrics = Metrics()
         health = Health()
         runner = await stack.enter_async_context(
-            serve_http(config.http.host, config.http.port, health, metrics)
+            serve_http(config.http.host, config.http.port, health, metrics, sockets=sockets)
         )
         port = int(runner.addresses[0][1])
         writer = Writer(lambda: connect(dsn, config), config.writer, metrics)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Protocol
 from urllib.parse import quote, urlencode
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
@@ -89,7 +90,7 @@ def make_signer(key_type: str, secret: Secret, account: str) -> Signer:
         return HmacSigner(secret)
     try:
         key = serialization.load_pem_private_key(secret.reveal().encode(), password=None)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise ConfigError(
             [f"[[accounts]] {account!r} api_secret: not a PEM private key for {key_type}"]
         ) from None
