@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import sys
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -28,44 +31,62 @@ FORMS = {
         "postgresql://collector@127.0.0.1:{port}/db?sslmode=disable&password=***",
         "ConnectionRefusedError",
     ),
-    # asyncpg's own parser used to raise "bad query field: 's4nd'" (a traceback, exit 1).
-    "query, unencoded &": (
-        "postgresql://collector@127.0.0.1:{port}/db?password=Amp3r&s4nd&sslmode=disable",
-        "Amp3r&s4nd",
-        ("Amp3r", "s4nd"),
-        "postgresql://collector@127.0.0.1:{port}/db?password=***&sslmode=disable",
-        "ClientConfigurationError",
-    ),
+    # A keyword DSN is converted to the equivalent URI at load, and logged as that.
     "keyword": (
         "host=127.0.0.1 port={port} user=collector password=K3yw0rd-pw dbname=db",
         "K3yw0rd-pw",
         (),
-        "host=127.0.0.1 port={port} user=collector password=*** dbname=db",
-        "ClientConfigurationError",
+        "postgresql://collector:***@127.0.0.1:{port}/db",
+        "ConnectionRefusedError",
     ),
     "keyword, quoted": (
         "host=127.0.0.1 port={port} password='Qu0ted pw\\'s' dbname=db",
         "Qu0ted pw\\'s",
-        ("Qu0ted", "pw\\'s"),
-        "host=127.0.0.1 port={port} password=*** dbname=db",
-        "ClientConfigurationError",
+        ("Qu0ted", "pw\\'s", "Qu0ted%20pw"),
+        "postgresql://:***@127.0.0.1:{port}/db",
+        "ConnectionRefusedError",
     ),
-    # asyncpg takes "Sl4sh" for the port and used to raise "invalid literal for int() ...".
+}
+
+# DSNs that configuration refuses at start (exit 2) although they hold a password: the one
+# message says what to fix and quotes no piece of the password. asyncpg's own parser used to
+# raise "bad query field: 's4nd'" or take "Sl4sh" for the port ("invalid literal for int()").
+REFUSED = {
+    "query, unencoded &": (
+        "postgresql://collector@127.0.0.1:{port}/db?password=Amp3r&s4nd&sslmode=disable",
+        ("Amp3r", "s4nd"),
+        "[database] dsn: the query (after '?') must be key=value pairs",
+    ),
     "userinfo, unencoded /": (
         "postgresql://collector:Sl4sh/p4th@127.0.0.1:{port}/db",
-        "Sl4sh/p4th",
         ("Sl4sh", "p4th"),
-        "postgresql://collector:***@127.0.0.1:{port}/db",
-        "ClientConfigurationError",
+        "[database] dsn: the port must be a number 1..65535",
     ),
     "userinfo, unencoded @ : /": (
         "postgresql://collector:P@ss:w0rd/x@127.0.0.1:{port}/db",
-        "P@ss:w0rd/x",
-        ("w0rd",),
-        "postgresql://collector:***@127.0.0.1:{port}/db",
-        "ClientConfigurationError",
+        ("P@ss", "w0rd"),
+        "[database] dsn: the port must be a number 1..65535",
     ),
 }
+
+
+@pytest.mark.parametrize("form", REFUSED)
+async def test_a_refused_dsn_exits_2_without_quoting_the_password(form: str) -> None:
+    """A DSN that cannot be used exits 2 at start with one message that names the setting and
+    contains no piece of the password."""
+    template, pieces, problem = REFUSED[form]
+    with refused_port() as port:
+        env = {"COLLECTOR_DATABASE_DSN": template.format(port=port), "COLLECTOR_HTTP_PORT": "0"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "collector", "run", env={**os.environ, **env},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert (proc.returncode, out.decode(), err.decode()) == (
+        2, "", f"collector: invalid configuration (1 problem(s)):\n  - {problem}\n",
+    )  # fmt: skip
+    for secret in pieces:
+        assert secret not in err.decode()
 
 
 @pytest.mark.parametrize("form", FORMS)
