@@ -142,12 +142,18 @@ class RestClient:
 
     async def fetch_server_time(
         self, family: str, path: str, stop: asyncio.Event | None = None
-    ) -> int:
-        """Unsigned GET of a time endpoint (weight 1); returns serverTime in ms."""
-        payload = await self._request(family, path, (), 1, None, stop or asyncio.Event())
+    ) -> tuple[int, float]:
+        """Unsigned GET of a time endpoint (weight 1); returns serverTime in ms and our wall
+        clock (ms) halfway between sending the request and reading the answer. The wait for
+        weight before sending is no part of it."""
+        timing: list[float] = []
+        payload = await self._request(
+            family, path, (), 1, None, stop or asyncio.Event(), timing=timing
+        )
         if not isinstance(payload, dict) or not isinstance(payload.get("serverTime"), int):
             raise TransientRestError(path, 200, None, "no serverTime in the time response")
-        return int(payload["serverTime"])
+        sent_ms, received_ms = timing
+        return int(payload["serverTime"]), (sent_ms + received_ms) / 2
 
     async def get_signed(
         self,
@@ -210,7 +216,11 @@ class RestClient:
         weight: int,
         credentials: Credentials | None,
         stop: asyncio.Event,
+        *,
+        timing: list[float] | None = None,
     ) -> Any:
+        """The request loop. `timing`, if given, receives our wall clock (ms) when the
+        successful attempt was sent and when its answer was read."""
         pool = pool_for(family, path)
         backoff = Backoff(self.rest.retry_initial_s, self.rest.retry_max_s)
         attempts = clock_retries = 0
@@ -233,6 +243,7 @@ class RestClient:
             elif params:
                 url = f"{url}?{encode_query(params)}"
             sent_at = self.clocks.monotonic()
+            sent_wall_ms = self.clocks.wall_ms()
             try:
                 async with self.session.get(
                     URL(url, encoded=True), headers=headers, timeout=self._timeout
@@ -240,6 +251,7 @@ class RestClient:
                     body = await response.read()
                     status = response.status
                     response_headers = response.headers.copy()
+                received_wall_ms = self.clocks.wall_ms()
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self.metrics.rest_requests.labels(path, "network_error").inc()
                 attempts += 1
@@ -261,6 +273,8 @@ class RestClient:
                     self.metrics.rest_requests.labels(path, "bad_response").inc()
                     raise TransientRestError(path, status, None, "invalid JSON") from None
                 self.metrics.rest_requests.labels(path, "ok").inc()
+                if timing is not None:
+                    timing[:] = [sent_wall_ms, received_wall_ms]
                 return payload
             code, msg = _error_body(body)
             if status == 418:

@@ -1,8 +1,9 @@
 """Server-time offsets, one per API family (docs/binance.md §2.3).
 
 `timestamp` must be below serverTime + 1000 ms and within recvWindow of it, so the local clock
-is never trusted: offset = serverTime - midpoint(send, receive), refreshed periodically and after
-a -1021. papi has no time endpoint, so it borrows fapi's clock (§2.1 ⚠).
+is never trusted: offset = serverTime - midpoint(send, receive) of the time request itself (its
+wait for weight excluded), refreshed periodically and after a -1021. papi has no time endpoint,
+so it borrows fapi's clock (§2.1 ⚠).
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ def base_url(config: BinanceConfig, family: str) -> str:
     return urls[family].rstrip("/")
 
 
-# Fetches serverTime (ms) from (family, path); supplied by the client so this module stays pure.
-FetchTime = Callable[[str, str], Awaitable[int]]
+# Fetches (serverTime in ms, our wall clock in ms halfway through the exchange) from (family,
+# path); supplied by the client so this module does no I/O.
+FetchTime = Callable[[str, str], Awaitable[tuple[int, float]]]
 
 
 @dataclass(slots=True)
@@ -143,9 +145,8 @@ class ServerClocks:
             ):
                 return  # synced since, or failed since and backing off
             host_family, path = TIME_ENDPOINTS[family]
-            sent = self._wall_ms()
             try:
-                server_ms = await fetch(host_family, path)
+                server_ms, midpoint_ms = await fetch(host_family, path)
             except BaseException:
                 state.is_stale = True
                 state.failures += 1
@@ -153,8 +154,7 @@ class ServerClocks:
                 delay = min(cap, initial * 2 ** (state.failures - 1))
                 state.retry_at = self._monotonic() + delay * (0.5 + random.random() / 2)
                 raise
-            received = self._wall_ms()
-            state.offset_ms = server_ms - (sent + received) / 2
+            state.offset_ms = server_ms - midpoint_ms
             state.synced_at = self._monotonic()
             state.is_stale = False
             state.failures = 0
@@ -177,6 +177,10 @@ class ServerClocks:
     def now_ms(self, family: str) -> int:
         """Binance's current time as seen through `family`'s offset (for windows)."""
         return int(self._wall_ms() + self.offset_ms(family))
+
+    def wall_ms(self) -> float:
+        """Our wall clock in ms (the one offsets are added to)."""
+        return self._wall_ms()
 
     def monotonic(self) -> float:
         """The clock `unless_since` is measured on."""
