@@ -166,7 +166,8 @@ class Metrics:
         )
         self.rest_weight_used = Gauge(
             "collector_rest_weight_used",
-            "Request weight used in the current minute, by limit pool.",
+            "Request weight Binance counts for this IP in the current minute (every process "
+            "behind it), by limit pool.",
             ["pool"],
             registry=r,
         )

@@ -72,7 +72,7 @@ def test_beyond_the_allowance_the_wait_runs_to_the_next_minute() -> None:
     under 3 s of jitter), and the new minute's counter starts from zero."""
     clock = FakeClock(1_000_079.0)  # 59 s into a minute: all 1200 released
     pool = WeightPool("p", 2400, 0.5, clock=clock, rng=random.Random(0))
-    pool.observe_used(1190)
+    assert [pool.reserve(50) for _ in range(24)] == [0.0] * 24
     wait = pool.reserve(50)
     assert 1.0 <= wait < 4.0
     clock.now = 1_000_081.0
@@ -95,14 +95,20 @@ def test_a_429_lowers_the_limit_to_the_weight_used_before_it() -> None:
     assert budget.pool(FAPI_DAPI_POOL).allowed_1m == 600
 
 
-def test_used_weight_header_raises_the_estimate() -> None:
-    """Another process's usage seen in the header counts against this process's share."""
-    clock = FakeClock(60.0)
-    pool = WeightPool("p", 2400, 0.5, clock=clock)
-    pool.observe_used(1190)
-    assert pool.reserve(20) > 0
-    pool.observe_used(10)  # a lower header never lowers the estimate within the minute
-    assert pool.used == 1190
+def test_the_header_holds_the_whole_ip_to_the_limit_and_this_process_to_its_share() -> None:
+    """Another process's usage seen in the header leaves this process its share while the IP
+    stays under the whole limit; once the IP's minute is spent, this process waits too."""
+    clock = FakeClock(60.0 + 55)  # the whole allowance released
+    pool = WeightPool("p", 2400, 0.5, clock=clock, rng=random.Random(0))
+    pool.observe_used(1190)  # others spent 1190 of the IP's 2400
+    assert [pool.reserve(50) for _ in range(24)] == [0.0] * 24  # our 1200
+    assert (pool.used, pool.ip_used) == (1200, 2390)
+    assert pool.reserve(50) > 0
+    pool.observe_used(10)  # a lower header never lowers the count within the minute
+    assert pool.ip_used == 2390
+    other = WeightPool("q", 2400, 0.5, clock=clock, rng=random.Random(0))
+    other.observe_used(2380)
+    assert 5.0 <= other.reserve(50) < 8.0  # to the next minute: the IP has no 50 left
 
 
 def test_429_blocks_only_its_pool_and_418_blocks_all() -> None:

@@ -2,9 +2,10 @@
 
 fapi and dapi share one 2400/min IP budget since the 2026 merge; papi has its own (limit not
 documented, assumed 2400); every sapi endpoint has an independent 12000/min. This process uses at
-most `share` of each limit, because other processes may share the egress IP. Weight is charged
-*before* a request from the documented weights and corrected from the used-weight headers, which
-count every process on the IP. A 429 stops one pool; a 418 stops every pool.
+most `share` of each limit, because other processes may share the egress IP, and never more
+than what is left of the limit for the whole IP. Weight is charged *before* a request from the
+documented weights; the used-weight headers, which count every process on the IP, correct the
+IP's count. A 429 stops one pool; a 418 stops every pool.
 
 Binance counts weight per minute, so a budget spent in a burst stalls until the next minute. A
 pool therefore releases its allowance over the minute: a quarter at once, the rest evenly up to
@@ -97,7 +98,12 @@ def pool_limit_1m(pool: str) -> int:
 
 
 class WeightPool:
-    """One limit pool's minute counter. Pure logic over an injected clock (`time.time`)."""
+    """One limit pool's minute counters. Pure logic over an injected clock (`time.time`).
+
+    `used` is what this process charged this minute, held to its share of the limit;
+    `ip_used` is what Binance counted for the whole IP (every process behind it), from the
+    used-weight headers plus this process's charges since, held to the whole limit.
+    """
 
     def __init__(
         self,
@@ -113,6 +119,7 @@ class WeightPool:
         self.share = share
         self.allowed_1m = max(1, int(limit_1m * share))
         self.used = 0
+        self.ip_used = 0
         self.blocked_until = 0.0
         self._minute = -1
         self._clock = clock
@@ -122,7 +129,7 @@ class WeightPool:
         minute = int(now // 60)
         if minute != self._minute:
             self._minute = minute
-            self.used = 0
+            self.used = self.ip_used = 0
 
     def next_minute_delay(self) -> float:
         """Seconds to the next minute boundary plus jitter (when Binance's counter resets)."""
@@ -145,9 +152,12 @@ class WeightPool:
         if now < self.blocked_until:
             return self.blocked_until - now
         self._roll(now)
+        if self.ip_used + weight > self.limit_1m and self.ip_used > 0:
+            return self.next_minute_delay()  # the IP's minute is spent, by others too
         needed = self.used + weight
         if needed <= self.released(now) or self.used == 0:
             self.used += weight
+            self.ip_used += weight
             return 0.0
         if needed <= self.allowed_1m:
             minute_start = int(now // 60) * 60
@@ -156,9 +166,9 @@ class WeightPool:
         return self.next_minute_delay()
 
     def observe_used(self, used_1m: int) -> None:
-        """Correct the estimate from `X-MBX-USED-WEIGHT-1M` / `X-SAPI-USED-IP-WEIGHT-1M`."""
+        """Correct the IP's count from `X-MBX-USED-WEIGHT-1M` / `X-SAPI-USED-IP-WEIGHT-1M`."""
         self._roll(self._clock())
-        self.used = max(self.used, used_1m)
+        self.ip_used = max(self.ip_used, used_1m)
 
     def lower_limit(self, limit_1m: int) -> None:
         """The pool's real limit is at most `limit_1m`: never spend more than our share of it."""
@@ -245,7 +255,7 @@ class Budget:
             return self.banned_until - now
         pool = self.pool(name)
         delay = pool.reserve(weight)
-        self.metrics.rest_weight_used.labels(name).set(pool.used)
+        self.metrics.rest_weight_used.labels(name).set(pool.ip_used)
         return delay
 
     async def acquire(
@@ -286,7 +296,7 @@ class Budget:
         """Feed a used-weight header into pool `name`."""
         pool = self.pool(name)
         pool.observe_used(used_1m)
-        self.metrics.rest_weight_used.labels(name).set(pool.used)
+        self.metrics.rest_weight_used.labels(name).set(pool.ip_used)
 
     def rate_limited(
         self, name: str, retry_after_s: float | None, weight: int = 0, used_1m: int | None = None
@@ -294,16 +304,18 @@ class Budget:
         """A 429 on pool `name` for a request of `weight`: stop the pool until Retry-After, or
         the next minute with jitter, and lower its limit to what was used before the request.
 
-        Returns the pause. `used_1m` is the used weight the 429 reported (None: our own count).
-        What was used before the refused request is at most the real limit: from now on this
-        process takes its share of that, so the following minutes draw no second 429. See
+        Returns the pause. `used_1m` is the used weight the 429 reported for the IP: what was
+        used before the refused request is at most the real limit, so from now on this process
+        takes its share of that and the following minutes draw no second 429. Without the
+        header nothing is learnt (our own count is only part of the IP's). See
         developers.binance.com/docs/binance-spot-api-docs/rest-api/limits: continuing after a
         429 earns a 418 ban.
         """
         pool = self.pool(name)
         delay = retry_after_s if retry_after_s is not None else pool.next_minute_delay()
         pool.block(delay)
-        pool.lower_limit((pool.used if used_1m is None else used_1m) - weight)
+        if used_1m is not None:  # without Binance's count, ours says nothing about the limit
+            pool.lower_limit(used_1m - weight)
         self.metrics.rest_weight_limit.labels(name).set(pool.allowed_1m)
         self.metrics.rest_rate_limited.labels(name, "429").inc()
         return delay
