@@ -93,7 +93,7 @@ def accounts(api: Any, now_ms: int, days: int) -> tuple[AccountConfig, ...]:
             ("pm", Product.UM),
             ("pm", Product.CM),
             ("pm", Product.MARGIN_PM),
-        ]  # fmt: skip
+        ]
     ):
         api.seed_history(account, product, 300, start, now_ms - 60_000, seed)
     return (
