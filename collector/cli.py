@@ -8,7 +8,7 @@ import math
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import structlog
@@ -85,6 +85,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
 
 
+def _print_environment(urls: Mapping[str, str]) -> None:
+    """The settings that point a collector at a running emulator, as one shell line."""
+    print(" ".join(f"COLLECTOR_BINANCE_{name.upper()}_URL={urls[name]}"
+                   for name in ("fstream", "dstream", "fapi", "dapi", "papi", "sapi")),
+          flush=True)  # fmt: skip
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Serve the Binance emulator on loopback until interrupted."""
     logs.configure("info", "auto")
@@ -113,22 +120,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             for sock in listen("127.0.0.1", port, setting=f"--port-base ({name})",
                                fix="choose another --port-base, or 0 for free ports"):  # fmt: skip
                 sock.close()
-        b = "127.0.0.1"
-        print(
-            f"COLLECTOR_BINANCE_FSTREAM_URL=ws://{b}:{ports['fstream']} "
-            f"COLLECTOR_BINANCE_DSTREAM_URL=ws://{b}:{ports['dstream']} "
-            f"COLLECTOR_BINANCE_FAPI_URL=http://{b}:{ports['fapi']} "
-            f"COLLECTOR_BINANCE_DAPI_URL=http://{b}:{ports['dapi']} "
-            f"COLLECTOR_BINANCE_PAPI_URL=http://{b}:{ports['papi']} "
-            f"COLLECTOR_BINANCE_SAPI_URL=http://{b}:{ports['sapi']}",
-            flush=True,
-        )
     from collector.supervisor import install_signal_handlers  # noqa: PLC0415
 
     async def main() -> int:
         stop = asyncio.Event()
         install_signal_handlers(stop)
-        await run_simulator(options, host="127.0.0.1", ports=ports, stop=stop)
+        await run_simulator(options, host="127.0.0.1", ports=ports, stop=stop,
+                            on_started=_print_environment)  # fmt: skip
         return 0
 
     return asyncio.run(main())

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -241,3 +242,35 @@ async def test_simulate_refuses_a_taken_port(tmp_path: Path) -> None:
         f"--port-base (fstream): 127.0.0.1:{port} is already in use; choose another "
         "--port-base, or 0 for free ports"
     )
+
+
+async def test_simulate_on_free_ports_prints_the_ports_it_bound(tmp_path: Path) -> None:
+    """`collector simulate --port-base 0` prints the six settings with the ports it actually
+    listens on, and each of them answers."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "collector", "simulate", "--port-base", "0", env=_ENV,
+        cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        settings = dict(pair.split("=", 1) for pair in line.split())
+        names = ["FSTREAM", "DSTREAM", "FAPI", "DAPI", "PAPI", "SAPI"]
+        assert list(settings) == [f"COLLECTOR_BINANCE_{n}_URL" for n in names]
+        async with aiohttp.ClientSession() as http:
+            for name, path, status in (
+                ("FAPI", "/fapi/v1/ping", 200), ("DAPI", "/dapi/v1/ping", 200),
+                ("PAPI", "/papi/v1/ping", 200),
+                ("SAPI", "/sapi/v1/margin/forceLiquidationRec", 404),  # no accounts simulated
+            ):  # fmt: skip
+                async with http.get(settings[f"COLLECTOR_BINANCE_{name}_URL"] + path) as r:
+                    assert r.status == status, name
+            for name in ("FSTREAM", "DSTREAM"):
+                url = settings[f"COLLECTOR_BINANCE_{name}_URL"]
+                assert url.startswith("ws://127.0.0.1:")
+                route = "/market/stream" if name == "FSTREAM" else "/stream"
+                async with http.ws_connect(f"{url}{route}?streams=!forceOrder@arr") as ws:
+                    assert not ws.closed
+    finally:
+        proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), 30) == 0

@@ -442,8 +442,10 @@ async def run_simulator(
     host: str = "127.0.0.1",
     ports: Mapping[str, int] | None = None,
     stop: asyncio.Event,
+    on_started: Callable[[Mapping[str, str]], None] | None = None,
 ) -> None:
-    """Run an emulator until `stop` is set; log its base URLs as `emulator.started`.
+    """Run an emulator until `stop` is set; log its base URLs as `emulator.started` and hand
+    them to `on_started`.
 
     `ports` maps host names (fstream, dstream, fapi, dapi, papi, sapi) to fixed ports; missing or
     0 means any free port.
@@ -452,6 +454,8 @@ async def run_simulator(
     await emulator.start(host, ports=ports)
     try:
         log.info("emulator.started", **emulator.urls)
+        if on_started is not None:
+            on_started(emulator.urls)
         await stop.wait()
     finally:
         await emulator.stop()
