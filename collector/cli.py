@@ -48,11 +48,19 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     """Apply pending migrations and exit."""
     config = _load(args)
     logs.configure(config.log.level, config.log.format)
-    from collector.database import connect_checked, database_dsn  # noqa: PLC0415
+    from collector.database import connect_checked, database_dsn, wait_for_database  # noqa: PLC0415
     from collector.sink.migrate import migrate  # noqa: PLC0415
+    from collector.supervisor import install_signal_handlers  # noqa: PLC0415
 
     async def main() -> int:
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
         async with database_dsn(config) as dsn:
+            # A server that is still starting (a compose or Kubernetes start-up) is waited for,
+            # as `run` does; SIGTERM ends the wait (exit 1, nothing applied).
+            if not await wait_for_database(dsn, config, stop):
+                log.warning("migrate.stopped_waiting_for_the_database")
+                return 1
             conn = await connect_checked(dsn, config)
             try:
                 applied = await migrate(conn)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -45,35 +46,27 @@ async def empty_database(pg_admin_dsn: str) -> AsyncIterator[NewDatabase]:
 
 @contextlib.asynccontextmanager
 async def gate(dsn: str, clients: int) -> AsyncIterator[str]:
-    """A loopback TCP proxy to `dsn`'s server that holds every connection until `clients` have
-    connected, then forwards them all at once; yields `dsn` rewritten to go through it.
+    """A loopback TCP proxy to `dsn`'s server that holds connections until `clients` have
+    connected, then forwards them all at once (and so on for every `clients` connections: each
+    process's probe, then each one's migration); yields `dsn` rewritten to go through it.
 
     Without it one process's start-up (a second of imports) usually finishes before the other's
     begins, and the two never actually meet in the database.
     """
     target = urlsplit(dsn)
-    everyone = asyncio.Event()
-    arrived = 0
+    waiting: list[asyncio.Event] = []
     pipes: set[asyncio.Task[None]] = set()
 
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal arrived
-        arrived += 1
-        if arrived >= clients:
-            everyone.set()
-        await everyone.wait()
+        go = asyncio.Event()
+        waiting.append(go)
+        if len(waiting) >= clients:
+            for event in waiting:
+                event.set()
+            waiting.clear()
+        await go.wait()
         up_reader, up_writer = await asyncio.open_connection(target.hostname, target.port)
-        for task in (pipe(reader, up_writer), pipe(up_reader, writer)):
+        for task in (_pipe(reader, up_writer), _pipe(up_reader, writer)):
             pipes.add(asyncio.create_task(task))
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
@@ -142,3 +135,50 @@ async def test_concurrent_migrate_calls_on_one_database_apply_each_file_once(
                 await conn.close()
         assert sorted(results, key=len) == [[], [], [], expected]
         assert await applied(dsn) == expected
+
+
+async def test_migrate_waits_for_a_server_that_is_not_up_yet(empty_database: NewDatabase) -> None:
+    """`collector migrate` started before its server listens (a compose or Kubernetes start-up)
+    logs that the database is unavailable, retries, and migrates once the server is there."""
+    dsn = await empty_database()
+    target = urlsplit(dsn)
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]  # free now, and refusing until the forwarder takes it
+    via = urlunsplit(target._replace(netloc=f"{target.username}@127.0.0.1:{port}"))
+    env = {**os.environ, "COLLECTOR_DATABASE_DSN": via, "COLLECTOR_LOG_FORMAT": "json"}
+    proc = await migrate_process(env)
+    pipes: set[asyncio.Task[None]] = set()
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(target.hostname, target.port)
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            pipes.add(asyncio.create_task(_pipe(src, dst)))
+
+    try:
+        assert proc.stderr is not None
+        async with asyncio.timeout(30):
+            while b"supervisor.database_unavailable" not in await proc.stderr.readline():
+                pass
+        server = await asyncio.start_server(forward, "127.0.0.1", port)
+        async with server:
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode == 0, err.decode()[-2000:]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        for task in pipes:
+            task.cancel()
+        await asyncio.gather(*pipes, return_exceptions=True)
+    assert await applied(dsn) == [m.version for m in discover()]
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
