@@ -209,6 +209,13 @@ class Metrics:
             ["account", "endpoint"],
             registry=r,
         )
+        self.account_windows_truncated = Counter(
+            "collector_account_windows_truncated_total",
+            "Windows of one millisecond or two still holding a full page: the page was kept, the "
+            "rest of its rows could not be read and the window was dead-lettered.",
+            ["account", "endpoint"],
+            registry=r,
+        )
         self.account_enrichment = Counter(
             "collector_account_enrichment_total",
             "Margin force orders enriched with the full order, by outcome.",

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -273,3 +274,43 @@ async def test_a_bad_key_isolates_one_account(
 
 async def _zero(gauge: Any, *names: str) -> bool:
     return all(gauge.labels(n)._value.get() == 0 for n in names)
+
+
+@pytest.mark.clock_rate(20)  # bisecting a week down to 2 ms spends a few minutes' weight
+async def test_more_rows_in_one_millisecond_than_a_page_dead_letters_the_window(
+    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection, clock: SharedClock
+) -> None:
+    """105 liquidations in one millisecond: the page of 100 is stored, the 2 ms window is
+    dead-lettered once and counted, and the scope completes its backfill."""
+    api = account_api(emulator)
+    _accounts(api)
+    now = clock.ms()
+    burst_ms = now - 2 * DAY
+    burst = [api.add_force_order("classic", Product.UM, time=burst_ms, autoCloseType="LIQUIDATION")
+             for _ in range(105)]  # fmt: skip
+    other = api.add_force_order("classic", Product.UM, time=now - DAY, autoCloseType="ADL")
+    classic = AccountConfig("classic", "classic", Secret("CLASSICKEY"), Secret(SECRET_C),
+                            products=("um",), backfill_days=3)  # fmt: skip
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
+    metrics = Metrics(CollectorRegistry())
+    try:
+        async with running_accounts(_config(emulator, (classic,)), pool, metrics, clock):
+            await _until(lambda: _settled(pg, 2), 60)
+    finally:
+        await pool.close()
+    endpoint = "/fapi/v1/forceOrders"
+    first_page = sorted(o.order_id for o in burst)[:100]
+    assert await _keys(pg) == {("classic", "um", "BTCUSDT", i, "LIQUIDATION", endpoint)
+                               for i in first_page} | {
+        ("classic", "um", "BTCUSDT", other.order_id, "ADL", endpoint)}  # fmt: skip
+    dead = await pg.fetch("SELECT source, reason, convert_from(raw, 'UTF8')::jsonb AS raw "
+                          "FROM dead_letters")  # fmt: skip
+    assert len(dead) == 1
+    assert (dead[0]["source"], dead[0]["reason"]) == (f"account:classic:{endpoint}",
+                                                      "window_truncated")  # fmt: skip
+    window = orjson.loads(dead[0]["raw"])
+    assert window["endTime"] - window["startTime"] <= 2
+    assert window["startTime"] <= burst_ms <= window["endTime"]
+    assert (window["scope"], window["limit"], window["received"]) == ("LIQUIDATION", 100, 100)
+    assert metrics.account_windows_truncated.labels("classic", endpoint)._value.get() == 1
+    assert metrics.dead_letters.labels("account_window_truncated")._value.get() == 1

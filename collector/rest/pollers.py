@@ -52,6 +52,22 @@ RETENTION_MARGIN_MS = 3_600_000
 # -1127 "More than %s hours between startTime and endTime": halve the span, down to this.
 MIN_WINDOW_MS = 3_600_000
 WINDOW_TOO_WIDE = -1127
+TRUNCATED = "window_truncated"
+# Dead-letter kind -> the `collector_dead_letters_total` reason (prefixed `account_`).
+_DEAD_LETTER_REASON = {"malformed": "row_malformed", TRUNCATED: TRUNCATED}
+
+
+@dataclass(slots=True)
+class Fetched:
+    """What reading one window gave: the rows, and what to dead-letter beside them."""
+
+    orders: list[AccountForceOrder]
+    dead: list[store.BadRow]
+
+    def extend(self, other: Fetched) -> None:
+        """Add the outcome of a sub-window."""
+        self.orders.extend(other.orders)
+        self.dead.extend(other.dead)
 
 
 @dataclass(slots=True)
@@ -163,7 +179,7 @@ class ScopePoller:
             cursor = floor
         while (window := next_window(cursor, now_ms, self.window_ms)) is not None:
             try:
-                orders, bad = await self._fetch(window, stop)
+                fetched = await self._fetch(window, stop)
             except RequestRejected as exc:
                 if exc.code == WINDOW_TOO_WIDE and self.window_ms > MIN_WINDOW_MS:
                     self.window_ms = max(MIN_WINDOW_MS, self.window_ms // 2)
@@ -175,15 +191,17 @@ class ScopePoller:
             complete = was_complete or cursor >= now_ms
             cp = store.Checkpoint(cp.horizon_ms, max(cp.covered_until_ms, cursor), complete)
             counts = await store.commit_window(
-                ctx.pool, account, self.spec.path, self.scope.name, orders, cp,
-                bad_rows=[store.BadRow(orjson.dumps(raw), why) for raw, why in bad],
+                ctx.pool, account, self.spec.path, self.scope.name, fetched.orders, cp,
+                bad_rows=fetched.dead,
             )  # fmt: skip
             ctx.state.ok(self.label)
             for result, n in (("new", counts.new), ("updated", counts.updated),
                               ("unchanged", counts.unchanged)):  # fmt: skip
                 ctx.metrics.account_rows.labels(account, self.spec.path, result).inc(n)
-            if bad:
-                ctx.metrics.dead_letters.labels("account_row_malformed").inc(len(bad))
+            for dead in fetched.dead:
+                ctx.metrics.dead_letters.labels(f"account_{_DEAD_LETTER_REASON[dead.kind]}").inc()
+                if dead.kind == TRUNCATED:
+                    ctx.metrics.account_windows_truncated.labels(*labels).inc()
             ctx.metrics.account_backfill_complete.labels(*labels).set(int(complete))
             lag_s = max(0.0, (ctx.client.clocks.now_ms(self.spec.family) - cursor) / 1000)
             ctx.metrics.account_poll_lag.labels(*labels).set(lag_s)
@@ -191,11 +209,9 @@ class ScopePoller:
                 self._log.info("account.backfill_complete", horizon_ms=cp.horizon_ms)
         self._log.debug("account.poll_done", covered_until_ms=cp.covered_until_ms)
 
-    async def _fetch(
-        self, window: Window, stop: asyncio.Event
-    ) -> tuple[list[AccountForceOrder], list[tuple[object, str]]]:
+    async def _fetch(self, window: Window, stop: asyncio.Event) -> Fetched:
         if self.spec.paging is Paging.LIMIT:
-            return await self._fetch_limit(window, stop)
+            return await self._fetch_limit(window, stop, set())
         return await self._fetch_pages(window, stop)
 
     async def _get(self, params: list[tuple[str, str | int]], stop: asyncio.Event) -> object:
@@ -204,35 +220,47 @@ class ScopePoller:
             self.spec.weight, self.ctx.credentials, stop,
         )  # fmt: skip
 
+    def _bad_rows(self, bad: list[tuple[object, str]]) -> list[store.BadRow]:
+        return [store.BadRow(orjson.dumps(raw), why) for raw, why in bad]
+
     async def _fetch_limit(
-        self, window: Window, stop: asyncio.Event
-    ) -> tuple[list[AccountForceOrder], list[tuple[object, str]]]:
-        """One window, bisected while a response is a full page."""
+        self, window: Window, stop: asyncio.Event, truncated_pages: set[frozenset[object]]
+    ) -> Fetched:
+        """One window, bisected while a response is a full page. A window too narrow to split
+        that is still full (more than a page of rows in one millisecond) keeps the page it got
+        and is dead-lettered once (the overlapping halves may reach the same rows twice), so the
+        scope moves on."""
         start, end = window
-        payload = await self._get(
-            [("startTime", start), ("endTime", end), ("limit", self.spec.page_size)], stop
-        )
+        limit = self.spec.page_size
+        payload = await self._get([("startTime", start), ("endTime", end), ("limit", limit)], stop)
         page = parse_rows(payload, self.ctx.account.name, self.scope)
-        if page.received < self.spec.page_size:
-            return page.orders, page.bad
+        if page.received < limit:
+            return Fetched(page.orders, self._bad_rows(page.bad))
         halves = split_window(window)
         if halves is None:
-            self._log.warning("account.window_unsplittable", start_ms=start, end_ms=end)
-            return page.orders, page.bad
-        orders, bad = [], []
+            keys = frozenset(order.key for order in page.orders)
+            if keys in truncated_pages:
+                return Fetched(page.orders, self._bad_rows(page.bad))
+            truncated_pages.add(keys)
+            self._log.warning("account.window_truncated", start_ms=start, end_ms=end, limit=limit)
+            detail = {"scope": self.scope.name, "startTime": start, "endTime": end,
+                      "limit": limit, "received": page.received}  # fmt: skip
+            truncated = store.BadRow(
+                orjson.dumps(detail),
+                f"a full page of {limit} rows in [{start}, {end}] ms, too narrow to split: "
+                "rows beyond the page were not read",
+                TRUNCATED,
+            )
+            return Fetched(page.orders, [*self._bad_rows(page.bad), truncated])
+        fetched = Fetched([], [])
         for half in halves:
-            more, more_bad = await self._fetch_limit(half, stop)
-            orders.extend(more)
-            bad.extend(more_bad)
-        return orders, bad
+            fetched.extend(await self._fetch_limit(half, stop, truncated_pages))
+        return fetched
 
-    async def _fetch_pages(
-        self, window: Window, stop: asyncio.Event
-    ) -> tuple[list[AccountForceOrder], list[tuple[object, str]]]:
+    async def _fetch_pages(self, window: Window, stop: asyncio.Event) -> Fetched:
         """Every page of one frozen window."""
         start, end = window
-        orders: list[AccountForceOrder] = []
-        bad: list[tuple[object, str]] = []
+        fetched = Fetched([], [])
         current = received = 0
         while True:
             current += 1
@@ -241,11 +269,10 @@ class ScopePoller:
                  ("size", self.spec.page_size)], stop,
             )  # fmt: skip
             page = parse_rows(payload, self.ctx.account.name, self.scope)
-            orders.extend(page.orders)
-            bad.extend(page.bad)
+            fetched.extend(Fetched(page.orders, self._bad_rows(page.bad)))
             received += page.received
             if page.received < self.spec.page_size or received >= page.total:
-                return orders, bad
+                return fetched
 
     async def enrich(self, stop: asyncio.Event) -> None:
         """Look up the full order of up to `enrich_per_poll` margin force orders not yet

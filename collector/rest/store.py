@@ -132,10 +132,13 @@ class WriteCounts:
 
 @dataclass(frozen=True, slots=True)
 class BadRow:
-    """A row that did not parse: dead-lettered with the reason."""
+    """Something a person should look at, dead-lettered with the reason: a row that did not
+    parse (`malformed`), or a window that could not be read whole (`window_truncated`: more rows
+    in one millisecond than a page holds; `raw` is the window as JSON)."""
 
     raw: bytes
     reason: str
+    kind: str = "malformed"
 
 
 def latest_per_key(rows: Iterable[AccountForceOrder]) -> list[AccountForceOrder]:
@@ -195,7 +198,7 @@ async def commit_window(
                 updated += 1
         for bad in bad_rows:
             await conn.execute(
-                _DEAD_LETTER, now, f"account:{account}:{endpoint}", "malformed", bad.reason,
+                _DEAD_LETTER, now, f"account:{account}:{endpoint}", bad.kind, bad.reason,
                 bad.raw,
             )  # fmt: skip
         await conn.execute(
