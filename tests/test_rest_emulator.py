@@ -4,12 +4,15 @@ documented account endpoints): exactly-once storage, limits, clock skew, key iso
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import orjson
 import pytest
+import structlog
 from prometheus_client import CollectorRegistry
 
 from collector.config import AccountConfig, BinanceConfig, Config, RestConfig, Secret
@@ -314,3 +317,60 @@ async def test_more_rows_in_one_millisecond_than_a_page_dead_letters_the_window(
     assert (window["scope"], window["limit"], window["received"]) == ("LIQUIDATION", 100, 100)
     assert metrics.account_windows_truncated.labels("classic", endpoint)._value.get() == 1
     assert metrics.dead_letters.labels("account_window_truncated")._value.get() == 1
+
+
+def _timed(_: Any, __: str, event_dict: structlog.typing.EventDict) -> Any:
+    """Stamp captured events with the monotonic time they were logged at."""
+    event_dict["at"] = time.monotonic()
+    return event_dict
+
+
+def _failures(logs: list[dict[str, Any]], scope: str) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == "account.poll_failed" and e["scope"] == scope]
+
+
+async def _logged(logs: list[dict[str, Any]], check: Callable[[], bool]) -> None:
+    async with asyncio.timeout(30):
+        # A condition with a deadline: the log is where the retry schedule shows.
+        while not check():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.clock_rate(20)  # each failed poll is 5 requests of weight 50
+async def test_failed_polls_back_off_and_a_success_resets_the_backoff(
+    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection, clock: SharedClock
+) -> None:
+    """Every poll answered 503 waits the doubling delay it logs (0.2 s jittered, capped at
+    0.8 s) before the next one; after a successful poll the next failure starts over."""
+    api = account_api(emulator)
+    _accounts(api)
+    path = "/fapi/v1/forceOrders"
+    api.fail_next(path, 10_000)
+    classic = AccountConfig("classic", "classic", Secret("CLASSICKEY"), Secret(SECRET_C),
+                            products=("um",), backfill_days=1)  # fmt: skip
+    config = _config(emulator, (classic,), poll_failure_backoff_max_s=0.8)
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
+    metrics = Metrics(CollectorRegistry())
+    scopes = ("LIQUIDATION", "ADL")
+    try:
+        with structlog.testing.capture_logs(processors=[_timed]) as logs:
+            async with running_accounts(config, pool, metrics, clock):
+                await _logged(logs, lambda: all(len(_failures(logs, s)) >= 5 for s in scopes))
+                api.clear_faults()
+                await _until(lambda: _settled(pg, 2))
+                seen = {s: len(_failures(logs, s)) for s in scopes}
+                api.fail_next(path, 10_000)
+                await _logged(logs, lambda: all(len(_failures(logs, s)) > seen[s] for s in scopes))
+    finally:
+        await pool.close()
+    bounds = [(0.1, 0.2), (0.2, 0.4), (0.4, 0.8), (0.4, 0.8), (0.4, 0.8)]
+    for scope in scopes:
+        failed = _failures(logs, scope)
+        assert [e["failures"] for e in failed[:5]] == [1, 2, 3, 4, 5]
+        for event, (low, high) in zip(failed[:5], bounds, strict=True):
+            assert low <= event["retry_in_s"] <= high
+        for event, after in itertools.pairwise(failed[:5]):
+            assert after["at"] - event["at"] >= event["retry_in_s"]
+        restarted = failed[seen[scope]]
+        assert restarted["failures"] == 1
+        assert 0.1 <= restarted["retry_in_s"] <= 0.2

@@ -43,7 +43,7 @@ from collector.rest.endpoints import (
 )
 from collector.rest.parse import AccountForceOrder, parse_margin_order, parse_rows
 from collector.rest.windows import Window, next_window, split_window
-from collector.retry import sleep_or_stop
+from collector.retry import Backoff, sleep_or_stop
 
 log = structlog.get_logger(__name__)
 
@@ -118,8 +118,13 @@ class ScopePoller:
         self._log = log.bind(account=ctx.account.name, endpoint=scope.spec.path, scope=scope.name)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll every `poll_interval_s` (fixed rate) until `stop`; isolate every REST failure."""
+        """Poll every `poll_interval_s` (fixed rate) until `stop`; isolate every REST failure.
+        A failed poll is retried after a capped, jittered, doubling delay (reset by a success),
+        and the log says that delay."""
         rest = self.ctx.rest
+        failures = Backoff(
+            rest.poll_interval_s, max(rest.poll_interval_s, rest.poll_failure_backoff_max_s)
+        )
         while not stop.is_set():
             started = time.monotonic()
             delay: float | None = None
@@ -127,6 +132,7 @@ class ScopePoller:
                 await self.poll_once(stop)
                 if self.spec.product == "margin" and rest.enrich_margin_orders:
                     await self.enrich(stop)
+                failures.reset()
             except RestStopped:
                 return
             except AuthError as exc:
@@ -138,8 +144,9 @@ class ScopePoller:
                 )  # fmt: skip
                 delay = rest.auth_failure_backoff_s
             except (TransientRestError, RequestRejected, MalformedPayload) as exc:
-                self._log.warning("account.poll_failed", error=str(exc),
-                                  retry_in_s=rest.poll_interval_s)  # fmt: skip
+                delay = failures.next_delay()
+                self._log.warning("account.poll_failed", error=str(exc), failures=failures.attempt,
+                                  retry_in_s=round(delay, 3))  # fmt: skip
             if delay is None:
                 delay = max(0.0, rest.poll_interval_s - (time.monotonic() - started))
             if await sleep_or_stop(delay, stop):
