@@ -216,6 +216,13 @@ class Metrics:
             ["account", "endpoint"],
             registry=r,
         )
+        self.account_windows_unavailable = Counter(
+            "collector_account_windows_unavailable_total",
+            "Windows Binance can only reject (older than it keeps, a span it never accepts), "
+            "skipped and dead-lettered instead of retried.",
+            ["account", "endpoint"],
+            registry=r,
+        )
         self.account_enrichment = Counter(
             "collector_account_enrichment_total",
             "Margin force orders enriched with the full order, by outcome.",

@@ -374,3 +374,58 @@ async def test_failed_polls_back_off_and_a_success_resets_the_backoff(
         restarted = failed[seen[scope]]
         assert restarted["failures"] == 1
         assert 0.1 <= restarted["retry_in_s"] <= 0.2
+
+
+@pytest.mark.clock_rate(20)
+@pytest.mark.parametrize("emulator", [{"um_retention_days": 5, "is_retention_error": True}],
+                         indirect=True)  # fmt: skip
+async def test_a_window_binance_can_only_reject_is_skipped_with_its_reason(
+    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection, clock: SharedClock
+) -> None:
+    """A 10-day backfill of an endpoint that keeps 5 days and answers -1130 before that stores
+    every kept order, records the rejected range in the checkpoint and dead letters, and never
+    asks for it again."""
+    api = account_api(emulator)
+    _accounts(api)
+    now = clock.ms()
+    api.seed_history("classic", Product.UM, 20, now - 4 * DAY, now - 60_000, 1, adl_share=0.3)
+    classic = AccountConfig("classic", "classic", Secret("CLASSICKEY"), Secret(SECRET_C),
+                            products=("um",), backfill_days=10)  # fmt: skip
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
+    metrics = Metrics(CollectorRegistry())
+    path = "/fapi/v1/forceOrders"
+    try:
+        async with running_accounts(_config(emulator, (classic,)), pool, metrics, clock):
+            await _until(lambda: _settled(pg, 2))
+            rejected = api.stats.errors[-1130]
+            polled = api.stats.requests[path]
+            await _until(lambda: _true(api.stats.requests[path] >= polled + 10))
+            assert api.stats.errors[-1130] == rejected
+    finally:
+        await pool.close()
+    assert await _keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
+    assert 2 <= rejected <= 2 * 9  # per scope: the window, then at most 8 halvings to 1 h
+    reasons = await pg.fetch("SELECT scope, horizon_at, unavailable_reason "
+                             "FROM account_poll_checkpoints ORDER BY scope")  # fmt: skip
+    assert [r["scope"] for r in reasons] == ["ADL", "LIQUIDATION"]
+    dead = await pg.fetch("SELECT source, reason, detail, raw_text AS raw FROM dead_letters_text "
+                          "ORDER BY raw_text::jsonb->>'scope'")  # fmt: skip
+    assert len(dead) == 2
+    for checkpoint, letter in zip(reasons, dead, strict=True):
+        window = orjson.loads(letter["raw"])
+        assert (letter["source"], letter["reason"]) == (f"account:classic:{path}",
+                                                        "window_unavailable")  # fmt: skip
+        assert letter["detail"] == checkpoint["unavailable_reason"]
+        assert checkpoint["unavailable_reason"] == (
+            f"[{window['startTime']}, {window['endTime']}] ms unavailable: {path}: HTTP 400 "
+            "code -1130: Data sent for parameter 'startTime' is not valid."
+        )
+        assert window["startTime"] == round(checkpoint["horizon_at"].timestamp() * 1000)
+        # The kept 5 days start within the last hour skipped (the clock runs 20x meanwhile).
+        assert 5 * DAY <= window["endTime"] - window["startTime"] <= 5 * DAY + 3_600_000 + 600_000
+    unavailable = metrics.account_windows_unavailable.labels("classic", path)
+    assert unavailable._value.get() == 2
+
+
+async def _true(value: bool) -> bool:
+    return value

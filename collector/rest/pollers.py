@@ -10,11 +10,17 @@ Limit-style endpoints: explicit startTime+endTime; a full page means the window 
 truncated, so it is bisected until no sub-window is full (independent of the undocumented sort
 order). Page-style endpoints: endTime frozen for the pass, `current` = 1, 2, ... until a short
 page or `total` rows.
+
+A scope never stalls on one window: a full page in a window too narrow to split is kept and the
+window dead-lettered (`window_truncated`); a window Binance can only reject (see
+`_can_only_fail`) is narrowed to the part it accepts and the rest dead-lettered and recorded in
+the checkpoint (`window_unavailable`); any other failure retries the whole poll with backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -52,9 +58,15 @@ RETENTION_MARGIN_MS = 3_600_000
 # -1127 "More than %s hours between startTime and endTime": halve the span, down to this.
 MIN_WINDOW_MS = 3_600_000
 WINDOW_TOO_WIDE = -1127
+INVALID_VALUE = -1130
+# Other codes with which an endpoint rejects the time range itself, whatever else is sent.
+TIME_RANGE_CODES = frozenset({-4166})
+_NAMES_A_TIME = re.compile(r"\b(startTime|endTime)\b")
 TRUNCATED = "window_truncated"
+UNAVAILABLE = "window_unavailable"
 # Dead-letter kind -> the `collector_dead_letters_total` reason (prefixed `account_`).
-_DEAD_LETTER_REASON = {"malformed": "row_malformed", TRUNCATED: TRUNCATED}
+_DEAD_LETTER_REASON = {"malformed": "row_malformed", TRUNCATED: TRUNCATED,
+                       UNAVAILABLE: UNAVAILABLE}  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -63,6 +75,7 @@ class Fetched:
 
     orders: list[AccountForceOrder]
     dead: list[store.BadRow]
+    unavailable: str | None = None  # why part of the window was skipped, if it was
 
     def extend(self, other: Fetched) -> None:
         """Add the outcome of a sub-window."""
@@ -192,11 +205,14 @@ class ScopePoller:
                     self.window_ms = max(MIN_WINDOW_MS, self.window_ms // 2)
                     self._log.warning("account.window_shrunk", window_ms=self.window_ms)
                     continue
-                raise
+                if not self._can_only_fail(exc):
+                    raise
+                fetched = await self._read_what_is_available(window, exc, stop)
             cursor = window[1]
             was_complete = cp.backfill_complete
             complete = was_complete or cursor >= now_ms
-            cp = store.Checkpoint(cp.horizon_ms, max(cp.covered_until_ms, cursor), complete)
+            cp = store.Checkpoint(cp.horizon_ms, max(cp.covered_until_ms, cursor), complete,
+                                  fetched.unavailable)  # fmt: skip
             counts = await store.commit_window(
                 ctx.pool, account, self.spec.path, self.scope.name, fetched.orders, cp,
                 bad_rows=fetched.dead,
@@ -209,12 +225,54 @@ class ScopePoller:
                 ctx.metrics.dead_letters.labels(f"account_{_DEAD_LETTER_REASON[dead.kind]}").inc()
                 if dead.kind == TRUNCATED:
                     ctx.metrics.account_windows_truncated.labels(*labels).inc()
+                elif dead.kind == UNAVAILABLE:
+                    ctx.metrics.account_windows_unavailable.labels(*labels).inc()
             ctx.metrics.account_backfill_complete.labels(*labels).set(int(complete))
             lag_s = max(0.0, (ctx.client.clocks.now_ms(self.spec.family) - cursor) / 1000)
             ctx.metrics.account_poll_lag.labels(*labels).set(lag_s)
             if complete and not was_complete:
                 self._log.info("account.backfill_complete", horizon_ms=cp.horizon_ms)
         self._log.debug("account.poll_done", covered_until_ms=cp.covered_until_ms)
+
+    def _can_only_fail(self, exc: RequestRejected) -> bool:
+        """Whether Binance rejected the window itself, so asking again can only fail: a span
+        too wide even at the narrowest window sent, or a time it does not serve (-1130 on
+        startTime/endTime, e.g. beyond its retention). Anything else may be transient or a
+        problem of the endpoint as a whole, and is retried with backoff."""
+        if exc.code == WINDOW_TOO_WIDE:
+            return self.window_ms <= MIN_WINDOW_MS
+        if exc.code == INVALID_VALUE:
+            return _NAMES_A_TIME.search(exc.msg) is not None
+        return exc.code in TIME_RANGE_CODES
+
+    async def _read_what_is_available(
+        self, window: Window, rejected: RequestRejected, stop: asyncio.Event
+    ) -> Fetched:
+        """Binance can only reject `window`: find (by bisection on the start, to
+        MIN_WINDOW_MS) the latest part `(cut, end)` it accepts, read that, and dead-letter
+        `[start, cut]` as unavailable with the reason."""
+        start, end = window
+        low, cut = start, end  # (low, end) is rejected; (cut, end) accepted, or cut == end
+        fetched = Fetched([], [])
+        reason = rejected
+        while cut - low > MIN_WINDOW_MS:
+            mid = (low + cut) // 2
+            try:
+                got = await self._fetch((mid, end), stop)
+            except RequestRejected as exc:
+                if not self._can_only_fail(exc):
+                    raise
+                low, reason = mid, exc
+                continue
+            fetched, cut = got, mid
+        why = f"[{start}, {cut}] ms unavailable: {reason}"
+        self._log.warning("account.window_unavailable", start_ms=start, end_ms=cut,
+                          code=reason.code, msg=reason.msg)  # fmt: skip
+        detail = {"scope": self.scope.name, "startTime": start, "endTime": cut,
+                  "status": reason.status, "code": reason.code, "msg": reason.msg}  # fmt: skip
+        fetched.dead.append(store.BadRow(orjson.dumps(detail), why, UNAVAILABLE))
+        fetched.unavailable = why
+        return fetched
 
     async def _fetch(self, window: Window, stop: asyncio.Event) -> Fetched:
         if self.spec.paging is Paging.LIMIT:

@@ -58,18 +58,21 @@ RETURNING (xmax = 0) AS inserted
 """
 
 _LOAD_CHECKPOINT = """
-SELECT horizon_at, covered_until, backfill_complete FROM account_poll_checkpoints
+SELECT horizon_at, covered_until, backfill_complete, unavailable_reason
+  FROM account_poll_checkpoints
  WHERE account = $1 AND endpoint = $2 AND scope = $3
 """
 
 _SAVE_CHECKPOINT = """
-INSERT INTO account_poll_checkpoints (account, endpoint, scope, horizon_at, covered_until,
-                                      backfill_complete, last_poll_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+INSERT INTO account_poll_checkpoints AS t (account, endpoint, scope, horizon_at, covered_until,
+                                           backfill_complete, last_poll_at, updated_at,
+                                           unavailable_reason)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)
 ON CONFLICT (account, endpoint, scope) DO UPDATE SET
     horizon_at = EXCLUDED.horizon_at, covered_until = EXCLUDED.covered_until,
     backfill_complete = EXCLUDED.backfill_complete, last_poll_at = EXCLUDED.last_poll_at,
-    updated_at = EXCLUDED.updated_at
+    updated_at = EXCLUDED.updated_at,
+    unavailable_reason = COALESCE(EXCLUDED.unavailable_reason, t.unavailable_reason)
 """
 
 _DEAD_LETTER = """
@@ -119,6 +122,8 @@ class Checkpoint:
     horizon_ms: int
     covered_until_ms: int
     backfill_complete: bool
+    # Why the last window skipped as unavailable was; a save without one keeps the saved one.
+    unavailable_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +138,9 @@ class WriteCounts:
 @dataclass(frozen=True, slots=True)
 class BadRow:
     """Something a person should look at, dead-lettered with the reason: a row that did not
-    parse (`malformed`), or a window that could not be read whole (`window_truncated`: more rows
-    in one millisecond than a page holds; `raw` is the window as JSON)."""
+    parse (`malformed`), or a window that could not be read whole (`raw` is the window as JSON):
+    `window_truncated` (more rows in one millisecond than a page holds) or `window_unavailable`
+    (Binance can only reject it: older than it keeps, a span it never accepts)."""
 
     raw: bytes
     reason: str
@@ -161,8 +167,9 @@ async def load_checkpoint(
     if row is None:
         return None
     return Checkpoint(
-        dt_to_ms(row["horizon_at"]), dt_to_ms(row["covered_until"]), row["backfill_complete"]
-    )
+        dt_to_ms(row["horizon_at"]), dt_to_ms(row["covered_until"]), row["backfill_complete"],
+        row["unavailable_reason"],
+    )  # fmt: skip
 
 
 async def commit_window(
@@ -210,6 +217,7 @@ async def commit_window(
             ms_to_dt(checkpoint.covered_until_ms),
             checkpoint.backfill_complete,
             now,
+            checkpoint.unavailable_reason,
         )
     return WriteCounts(new, updated, len(unique) - new - updated)
 
