@@ -181,7 +181,7 @@ class Metrics:
         )
         self.account_rows = Counter(
             "collector_account_rows_total",
-            "Account force-order rows by result (new, updated, unchanged).",
+            "Account force-order rows by result (new, updated, unchanged, rejected by Postgres).",
             ["account", "endpoint", "result"],
             registry=r,
         )

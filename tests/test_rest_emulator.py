@@ -427,5 +427,45 @@ async def test_a_window_binance_can_only_reject_is_skipped_with_its_reason(
     assert unavailable._value.get() == 2
 
 
+@pytest.mark.clock_rate(20)
+async def test_a_row_postgres_rejects_is_dead_lettered_once_and_the_rest_commits(
+    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection, clock: SharedClock
+) -> None:
+    """A force order whose clientOrderId holds a NUL (it parses; Postgres text refuses it) is
+    dead-lettered once, however often the overlap re-reads it, and every other order of its
+    window and the checkpoint commit."""
+    api = account_api(emulator)
+    _accounts(api)
+    now = clock.ms()
+    api.seed_history("classic", Product.UM, 10, now - DAY, now - 120_000, 1, adl_share=0.0)
+    bad = api.add_force_order("classic", Product.UM, time=now - 60_000,
+                              clientOrderId="autoclose-\x00-1")  # fmt: skip
+    classic = AccountConfig("classic", "classic", Secret("CLASSICKEY"), Secret(SECRET_C),
+                            products=("um",), backfill_days=2)  # fmt: skip
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
+    metrics = Metrics(CollectorRegistry())
+    path = "/fapi/v1/forceOrders"
+    try:
+        async with running_accounts(_config(emulator, (classic,)), pool, metrics, clock):
+            await _until(lambda: _settled(pg, 2))
+            polled = api.stats.requests[path]
+            await _until(lambda: _true(api.stats.requests[path] >= polled + 10))
+    finally:
+        await pool.close()
+    expected = {k for k in _expected(api) if k[0] == "classic"}
+    assert await _keys(pg) == expected - {("classic", "um", bad.symbol, bad.order_id,
+                                           "LIQUIDATION", path)}  # fmt: skip
+    dead = await pg.fetch("SELECT source, reason, detail, raw_text FROM dead_letters_text")
+    assert len(dead) == 1
+    assert (dead[0]["source"], dead[0]["reason"], dead[0]["detail"]) == (
+        f"account:classic:{path}", "db_rejected",
+        '22021: invalid byte sequence for encoding "UTF8": 0x00',
+    )  # fmt: skip
+    raw = orjson.loads(dead[0]["raw_text"])
+    assert (raw["orderId"], raw["clientOrderId"]) == (bad.order_id, "autoclose-\x00-1")
+    assert metrics.dead_letters.labels("account_row_rejected")._value.get() == 1
+    assert metrics.account_rows.labels("classic", path, "new")._value.get() == 10
+
+
 async def _true(value: bool) -> bool:
     return value

@@ -65,8 +65,8 @@ _NAMES_A_TIME = re.compile(r"\b(startTime|endTime)\b")
 TRUNCATED = "window_truncated"
 UNAVAILABLE = "window_unavailable"
 # Dead-letter kind -> the `collector_dead_letters_total` reason (prefixed `account_`).
-_DEAD_LETTER_REASON = {"malformed": "row_malformed", TRUNCATED: TRUNCATED,
-                       UNAVAILABLE: UNAVAILABLE}  # fmt: skip
+_DEAD_LETTER_REASON = {"malformed": "row_malformed", "db_rejected": "row_rejected",
+                       TRUNCATED: TRUNCATED, UNAVAILABLE: UNAVAILABLE}  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -219,9 +219,10 @@ class ScopePoller:
             )  # fmt: skip
             ctx.state.ok(self.label)
             for result, n in (("new", counts.new), ("updated", counts.updated),
-                              ("unchanged", counts.unchanged)):  # fmt: skip
+                              ("unchanged", counts.unchanged),
+                              ("rejected", counts.rejected)):  # fmt: skip
                 ctx.metrics.account_rows.labels(account, self.spec.path, result).inc(n)
-            for dead in fetched.dead:
+            for dead in counts.dead_lettered:
                 ctx.metrics.dead_letters.labels(f"account_{_DEAD_LETTER_REASON[dead.kind]}").inc()
                 if dead.kind == TRUNCATED:
                     ctx.metrics.account_windows_truncated.labels(*labels).inc()
