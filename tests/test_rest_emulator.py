@@ -4,6 +4,7 @@ documented account endpoints): exactly-once storage, limits, clock skew, key iso
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,6 +28,7 @@ from collector.emulator.account_rest import (
 from collector.metrics import Metrics
 from tests.accounts import running_accounts
 from tests.clocks import SharedClock
+from tests.conftest import OwnPostgres
 
 DAY = 86_400_000
 SECRET_C = "classicsecret0123456789"
@@ -465,6 +467,52 @@ async def test_a_row_postgres_rejects_is_dead_lettered_once_and_the_rest_commits
     assert (raw["orderId"], raw["clientOrderId"]) == (bad.order_id, "autoclose-\x00-1")
     assert metrics.dead_letters.labels("account_row_rejected")._value.get() == 1
     assert metrics.account_rows.labels("classic", path, "new")._value.get() == 10
+
+
+@pytest.mark.clock_rate(20)
+async def test_pollers_wait_for_a_stopped_database_and_lose_nothing(
+    emulator: core.Emulator, own_postgres: OwnPostgres, clock: SharedClock
+) -> None:
+    """With Postgres stopped the pollers log that they wait (no traceback, no crash) and,
+    once it is back, store the order that appeared meanwhile."""
+    api = account_api(emulator)
+    _accounts(api)
+    now = clock.ms()
+    api.seed_history("classic", Product.UM, 3, now - DAY, now - 120_000, 1, adl_share=0.0)
+    classic = AccountConfig("classic", "classic", Secret("CLASSICKEY"), Secret(SECRET_C),
+                            products=("um",), backfill_days=2)  # fmt: skip
+    pool = await asyncpg.create_pool(own_postgres.dsn, min_size=1, max_size=4)
+    metrics = Metrics(CollectorRegistry())
+    path = "/fapi/v1/forceOrders"
+    waiting = ("account.database_unavailable", "warning")
+    try:
+        with structlog.testing.capture_logs() as logs:
+            async with running_accounts(_config(emulator, (classic,)), pool, metrics, clock):
+                async with _connected(own_postgres.dsn) as pg:
+                    await _until(lambda: _settled(pg, 2))
+                await own_postgres.stop()
+                late = api.add_force_order("classic", Product.UM, time=clock.ms() - 1000)
+                await _logged(logs, lambda: {e["scope"] for e in logs
+                                             if (e["event"], e["log_level"]) == waiting}
+                              == {"LIQUIDATION", "ADL"})  # fmt: skip
+                await own_postgres.start()
+                async with _connected(own_postgres.dsn) as pg:
+                    await _until(lambda: _has(pg, "classic", late.order_id))
+        async with _connected(own_postgres.dsn) as pg:
+            assert await _keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
+    finally:
+        await pool.close()
+    assert [e for e in logs if "exc_info" in e or e["log_level"] in ("error", "critical")] == []
+    assert metrics.account_rows.labels("classic", path, "new")._value.get() == 4
+
+
+@contextlib.asynccontextmanager
+async def _connected(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 async def _true(value: bool) -> bool:

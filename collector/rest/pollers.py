@@ -20,9 +20,12 @@ the checkpoint (`window_unavailable`); any other failure retries the whole poll 
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import asyncpg
 import orjson
@@ -50,8 +53,10 @@ from collector.rest.endpoints import (
 from collector.rest.parse import AccountForceOrder, parse_margin_order, parse_rows
 from collector.rest.windows import Window, next_window, split_window
 from collector.retry import Backoff, sleep_or_stop
+from collector.sink.writer import is_transient
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 # Stay this far inside a documented retention, so the oldest window never asks for expired data.
 RETENTION_MARGIN_MS = 3_600_000
@@ -165,6 +170,27 @@ class ScopePoller:
             if await sleep_or_stop(delay, stop):
                 return
 
+    async def _db(self, operation: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
+        """Run a database operation, waiting out a database that is down or restarting (capped,
+        jittered backoff) with what was fetched kept in memory; other errors propagate."""
+        rest = self.ctx.rest
+        backoff = Backoff(rest.retry_initial_s, rest.retry_max_s)
+        while True:
+            try:
+                result = await operation()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                delay = backoff.next_delay()
+                self._log.warning("account.database_unavailable", error=type(exc).__name__,
+                                  detail=str(exc)[:200], retry_in_s=round(delay, 3))  # fmt: skip
+                if await sleep_or_stop(delay, stop):
+                    raise RestStopped("database") from None
+                continue
+            if backoff.attempt:
+                self._log.info("account.database_available")
+            return result
+
     async def _now_ms(self) -> int:
         family = self.spec.family
         if self.ctx.client.clocks.needs_sync(family):
@@ -181,7 +207,9 @@ class ScopePoller:
         ctx, account = self.ctx, self.ctx.account.name
         now_ms = await self._now_ms()
         floor = self._retention_floor_ms(now_ms)
-        cp = await store.load_checkpoint(ctx.pool, account, self.spec.path, self.scope.name)
+        cp = await self._db(
+            lambda: store.load_checkpoint(ctx.pool, account, self.spec.path, self.scope.name), stop
+        )
         if cp is None:
             horizon = now_ms - int(depth_days(self.spec, ctx.account.backfill_days) * DAY_MS)
             if floor is not None:
@@ -213,10 +241,11 @@ class ScopePoller:
             complete = was_complete or cursor >= now_ms
             cp = store.Checkpoint(cp.horizon_ms, max(cp.covered_until_ms, cursor), complete,
                                   fetched.unavailable)  # fmt: skip
-            counts = await store.commit_window(
-                ctx.pool, account, self.spec.path, self.scope.name, fetched.orders, cp,
-                bad_rows=fetched.dead,
+            commit = functools.partial(
+                store.commit_window, ctx.pool, account, self.spec.path, self.scope.name,
+                fetched.orders, cp, bad_rows=fetched.dead,
             )  # fmt: skip
+            counts = await self._db(commit, stop)
             ctx.state.ok(self.label)
             for result, n in (("new", counts.new), ("updated", counts.updated),
                               ("unchanged", counts.unchanged),
@@ -344,8 +373,11 @@ class ScopePoller:
         """Look up the full order of up to `enrich_per_poll` margin force orders not yet
         enriched. Rows stay whatever happens; a final failure is written to the row."""
         ctx, account = self.ctx, self.ctx.account.name
-        pending = await store.pending_enrichment(
-            ctx.pool, account, self.spec.path, ctx.rest.enrich_per_poll
+        pending = await self._db(
+            lambda: store.pending_enrichment(
+                ctx.pool, account, self.spec.path, ctx.rest.enrich_per_poll
+            ),
+            stop,
         )
         outcome = ctx.metrics.account_enrichment
         for symbol, order_id, is_isolated in pending:
@@ -360,7 +392,10 @@ class ScopePoller:
                 enrichment = parse_margin_order(payload)
             except (RequestRejected, MalformedPayload) as exc:
                 outcome.labels(account, "failed").inc()
-                await store.store_enrichment_error(ctx.pool, account, symbol, order_id, str(exc))
+                failed = functools.partial(
+                    store.store_enrichment_error, ctx.pool, account, symbol, order_id, str(exc)
+                )
+                await self._db(failed, stop)
                 continue
             except AuthError as exc:
                 outcome.labels(account, "auth_error").inc()
@@ -370,7 +405,12 @@ class ScopePoller:
                 outcome.labels(account, "retry_later").inc()
                 self._log.warning("account.enrichment_deferred", error=str(exc))
                 return
-            await store.store_enrichment(ctx.pool, account, symbol, order_id, enrichment)
+            await self._db(
+                functools.partial(
+                    store.store_enrichment, ctx.pool, account, symbol, order_id, enrichment
+                ),
+                stop,
+            )
             outcome.labels(account, "ok").inc()
 
     @property
