@@ -185,10 +185,12 @@ class Metrics:
             ["account", "endpoint", "result"],
             registry=r,
         )
-        self.account_healthy = Gauge(
-            "collector_account_healthy",
-            "1 while an account's credentials work, 0 after an auth or permission error.",
-            ["account"],
+        self.account_state = Gauge(
+            "collector_account_state",
+            "1 for the state an account endpoint is in, 0 for the others: ok (its last poll "
+            "succeeded), failing (polls fail: 5xx, 404, timeouts, rejected parameters) or "
+            "credentials_rejected (auth or permission error).",
+            ["account", "endpoint", "state"],
             registry=r,
         )
         self.account_backfill_complete = Gauge(

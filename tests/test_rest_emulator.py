@@ -26,7 +26,7 @@ from collector.emulator.account_rest import (
     account_extension,
 )
 from collector.metrics import Metrics
-from tests.accounts import running_accounts
+from tests.accounts import account_state, running_accounts
 from tests.clocks import SharedClock
 from tests.conftest import OwnPostgres
 
@@ -263,22 +263,19 @@ async def test_a_bad_key_isolates_one_account(
                          products=("um",), backfill_days=2)  # fmt: skip
     pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
     metrics = Metrics(CollectorRegistry())
-    healthy = metrics.account_healthy
+    rejected = (("wrongkind", "/fapi/v1/forceOrders"), ("wrongsecret", "/papi/v1/um/forceOrders"))
     try:
         config = _config(emulator, (good, wrong_kind, wrong_secret))
         async with running_accounts(config, pool, metrics, clock):
             await _until(lambda: _settled(pg, 2))
-            await _until(lambda: _zero(healthy, "wrongkind", "wrongsecret"))
+            await _until(lambda: _true(all(account_state(metrics, *r) == "credentials_rejected"
+                                           for r in rejected)))  # fmt: skip
     finally:
         await pool.close()
     assert await _keys(pg) == {k for k in _expected(api) if k[0] == "pm"}
-    assert healthy.labels("pm")._value.get() == 1
+    assert account_state(metrics, "pm", "/papi/v1/um/forceOrders") == "ok"
     assert (api.stats.errors[-2015], api.stats.errors[-1022]) == (2, 2)
     del accounts
-
-
-async def _zero(gauge: Any, *names: str) -> bool:
-    return all(gauge.labels(n)._value.get() == 0 for n in names)
 
 
 @pytest.mark.clock_rate(20)  # bisecting a week down to 2 ms spends a few minutes' weight
@@ -504,6 +501,52 @@ async def test_pollers_wait_for_a_stopped_database_and_lose_nothing(
         await pool.close()
     assert [e for e in logs if "exc_info" in e or e["log_level"] in ("error", "critical")] == []
     assert metrics.account_rows.labels("classic", path, "new")._value.get() == 4
+
+
+@pytest.mark.clock_rate(20)
+async def test_endpoints_answering_5xx_or_404_show_failing_and_log_one_backfill_start(
+    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection, clock: SharedClock
+) -> None:
+    """fapi answering 503 and dapi 404 show `failing` for those endpoints (not ok), another
+    account's endpoint shows ok, each scope logs backfill_started once however often it
+    retries, and both endpoints show ok once they answer again."""
+    api = account_api(emulator)
+    _accounts(api)
+    api.fail_next("/fapi/v1/forceOrders", 100_000, 503)
+    api.fail_next("/dapi/v1/forceOrders", 100_000, 404)
+    classic = AccountConfig("classic", "classic", Secret("CLASSICKEY"), Secret(SECRET_C),
+                            products=("um", "cm"), backfill_days=1)  # fmt: skip
+    pm = AccountConfig("pm", "portfolio_margin", Secret("PMKEY"), Secret(SECRET_P),
+                       products=("um",), backfill_days=1)  # fmt: skip
+    config = _config(emulator, (classic, pm), poll_failure_backoff_max_s=0.4)
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
+    metrics = Metrics(CollectorRegistry())
+    failing = [(e, s) for e in ("/fapi/v1/forceOrders", "/dapi/v1/forceOrders")
+               for s in ("LIQUIDATION", "ADL")]  # fmt: skip
+
+    def retried(logs: list[dict[str, Any]]) -> bool:
+        return all(sum(1 for e in logs if e["event"] == "account.poll_failed"
+                       and (e["endpoint"], e["scope"]) == key) >= 3 for key in failing)  # fmt: skip
+
+    try:
+        with structlog.testing.capture_logs() as logs:
+            async with running_accounts(config, pool, metrics, clock):
+                await _logged(logs, lambda: retried(logs))
+                states = {e: account_state(metrics, "classic", e) for e, _ in failing}
+                pm_state = account_state(metrics, "pm", "/papi/v1/um/forceOrders")
+                api.clear_faults()
+                await _until(lambda: _settled(pg, 6))
+                recovered = {e: account_state(metrics, "classic", e) for e, _ in failing}
+    finally:
+        await pool.close()
+    assert states == {"/fapi/v1/forceOrders": "failing", "/dapi/v1/forceOrders": "failing"}
+    assert pm_state == "ok"
+    assert recovered == {"/fapi/v1/forceOrders": "ok", "/dapi/v1/forceOrders": "ok"}
+    started = [(e["account"], e["endpoint"], e["scope"]) for e in logs
+               if e["event"] == "account.backfill_started"]  # fmt: skip
+    assert sorted(started) == sorted([("classic", e, s) for e, s in failing]
+                                     + [("pm", "/papi/v1/um/forceOrders", "LIQUIDATION"),
+                                        ("pm", "/papi/v1/um/forceOrders", "ADL")])  # fmt: skip
 
 
 @contextlib.asynccontextmanager

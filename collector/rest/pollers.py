@@ -25,6 +25,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TypeVar
 
 import asyncpg
@@ -88,26 +89,38 @@ class Fetched:
         self.dead.extend(other.dead)
 
 
+class Health(StrEnum):
+    """The state of an account endpoint, worst first."""
+
+    CREDENTIALS_REJECTED = "credentials_rejected"
+    FAILING = "failing"
+    OK = "ok"
+
+
 @dataclass(slots=True)
 class AccountState:
-    """Health shared by an account's scopes: unhealthy while any scope has an auth error."""
+    """Health of an account's endpoints: each endpoint is in the worst state of its scopes, as
+    `collector_account_state{account, endpoint, state}` (1 for that state, 0 for the others)."""
 
     name: str
     metrics: Metrics
-    failing: set[str] = field(default_factory=set)
+    scopes: dict[str, tuple[str, Health]] = field(default_factory=dict)
 
-    def ok(self, scope: str) -> None:
-        """A scope's request succeeded."""
-        self.failing.discard(scope)
-        self._publish()
+    def set(self, endpoint: str, scope: str, health: Health) -> None:
+        """Scope `scope` of `endpoint` is in state `health` now."""
+        if self.scopes.get(scope) == (endpoint, health):
+            return
+        self.scopes[scope] = (endpoint, health)
+        worst = self.of(endpoint)
+        for state in Health:
+            self.metrics.account_state.labels(self.name, endpoint, state.value).set(
+                int(state is worst)
+            )
 
-    def auth_failed(self, scope: str) -> None:
-        """A scope got an auth or permission error."""
-        self.failing.add(scope)
-        self._publish()
-
-    def _publish(self) -> None:
-        self.metrics.account_healthy.labels(self.name).set(0 if self.failing else 1)
+    def of(self, endpoint: str) -> Health | None:
+        """The state of `endpoint`: the worst of its scopes' (None before any outcome)."""
+        states = {health for e, health in self.scopes.values() if e == endpoint}
+        return next((state for state in Health if state in states), None)
 
 
 @dataclass(slots=True)
@@ -133,6 +146,7 @@ class ScopePoller:
         self.spec = scope.spec
         self.window_ms = scope.spec.max_window_ms
         self.label = f"{scope.spec.path}#{scope.name}"
+        self._backfill_logged = False
         self._log = log.bind(account=ctx.account.name, endpoint=scope.spec.path, scope=scope.name)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -151,10 +165,11 @@ class ScopePoller:
                 if self.spec.product == "margin" and rest.enrich_margin_orders:
                     await self.enrich(stop)
                 failures.reset()
+                self._health(Health.OK)
             except RestStopped:
                 return
             except AuthError as exc:
-                self.ctx.state.auth_failed(self.label)
+                self._health(Health.CREDENTIALS_REJECTED)
                 self._log.error(
                     "account.auth_failed", code=exc.code, status=exc.status, msg=exc.msg,
                     hint="check the API key, its type, IP whitelist and read permission",
@@ -162,6 +177,7 @@ class ScopePoller:
                 )  # fmt: skip
                 delay = rest.auth_failure_backoff_s
             except (TransientRestError, RequestRejected, MalformedPayload) as exc:
+                self._health(Health.FAILING)
                 delay = failures.next_delay()
                 self._log.warning("account.poll_failed", error=str(exc), failures=failures.attempt,
                                   retry_in_s=round(delay, 3))  # fmt: skip
@@ -169,6 +185,9 @@ class ScopePoller:
                 delay = max(0.0, rest.poll_interval_s - (time.monotonic() - started))
             if await sleep_or_stop(delay, stop):
                 return
+
+    def _health(self, health: Health) -> None:
+        self.ctx.state.set(self.spec.path, self.label, health)
 
     async def _db(self, operation: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
         """Run a database operation, waiting out a database that is down or restarting (capped,
@@ -215,7 +234,9 @@ class ScopePoller:
             if floor is not None:
                 horizon = max(horizon, floor)
             cp = store.Checkpoint(horizon, horizon, backfill_complete=False)
-            self._log.info("account.backfill_started", horizon_ms=horizon)
+            if not self._backfill_logged:  # once per scope, not once per failed first poll
+                self._backfill_logged = True
+                self._log.info("account.backfill_started", horizon_ms=horizon)
         labels = (account, self.spec.path)
         ctx.metrics.account_backfill_horizon.labels(*labels).set(cp.horizon_ms / 1000)
         ctx.metrics.account_backfill_complete.labels(*labels).set(int(cp.backfill_complete))
@@ -246,7 +267,7 @@ class ScopePoller:
                 fetched.orders, cp, bad_rows=fetched.dead,
             )  # fmt: skip
             counts = await self._db(commit, stop)
-            ctx.state.ok(self.label)
+            self._health(Health.OK)
             for result, n in (("new", counts.new), ("updated", counts.updated),
                               ("unchanged", counts.unchanged),
                               ("rejected", counts.rejected)):  # fmt: skip
