@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry
 
 from collector.config import AccountConfig, BinanceConfig, Config, RestConfig, Secret
 from collector.metrics import Metrics
+from collector.rest.client import RequestRejected
+from collector.rest.pollers import MIN_WINDOW_MS, can_only_fail
 from tests.accounts import account_state, running_accounts
 from tests.clocks import SharedClock
 
@@ -307,3 +309,25 @@ async def test_a_bad_key_isolates_one_account(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+def test_only_rejections_of_the_window_itself_count_as_unavailable() -> None:
+    """-1127 at the narrowest window, -1130 naming a time and -4166 can only fail; a wider
+    -1127, -1130 on another parameter, a 404 and -1104 are retried."""
+    path = "/fapi/v1/forceOrders"
+    never = [
+        (RequestRejected(path, 400, -1127, "More than 1 hours between startTime and endTime."),
+         MIN_WINDOW_MS),
+        (RequestRejected(path, 400, -1130, "Data sent for parameter 'startTime' is not valid."),
+         WEEK),
+        (RequestRejected(path, 400, -4166, "Search window is restricted."), WEEK),
+    ]  # fmt: skip
+    retried = [
+        (RequestRejected(path, 400, -1127, "More than 168 hours between startTime and endTime."),
+         2 * MIN_WINDOW_MS),
+        (RequestRejected(path, 400, -1130, "Data sent for parameter 'limit' is not valid."), WEEK),
+        (RequestRejected(path, 404, None, "404: Not Found"), WEEK),
+        (RequestRejected(path, 400, -1104, "Not all sent parameters were read."), WEEK),
+    ]  # fmt: skip
+    assert [can_only_fail(exc, window) for exc, window in never] == [True, True, True]
+    assert [can_only_fail(exc, window) for exc, window in retried] == [False] * 4

@@ -75,6 +75,19 @@ _DEAD_LETTER_REASON = {"malformed": "row_malformed", "db_rejected": "row_rejecte
                        TRUNCATED: TRUNCATED, UNAVAILABLE: UNAVAILABLE}  # fmt: skip
 
 
+def can_only_fail(exc: RequestRejected, window_ms: int) -> bool:
+    """Whether Binance rejected the window itself, so asking again can only fail: a span too
+    wide (-1127) even at the narrowest window sent, a time it does not serve (-1130 naming
+    startTime or endTime, e.g. beyond its retention), or another time-range code. Anything else
+    (a 404, another parameter, no code) may be transient or a problem of the endpoint as a
+    whole, and is retried with backoff."""
+    if exc.code == WINDOW_TOO_WIDE:
+        return window_ms <= MIN_WINDOW_MS
+    if exc.code == INVALID_VALUE:
+        return _NAMES_A_TIME.search(exc.msg) is not None
+    return exc.code in TIME_RANGE_CODES
+
+
 @dataclass(slots=True)
 class Fetched:
     """What reading one window gave: the rows, and what to dead-letter beside them."""
@@ -286,15 +299,7 @@ class ScopePoller:
         self._log.debug("account.poll_done", covered_until_ms=cp.covered_until_ms)
 
     def _can_only_fail(self, exc: RequestRejected) -> bool:
-        """Whether Binance rejected the window itself, so asking again can only fail: a span
-        too wide even at the narrowest window sent, or a time it does not serve (-1130 on
-        startTime/endTime, e.g. beyond its retention). Anything else may be transient or a
-        problem of the endpoint as a whole, and is retried with backoff."""
-        if exc.code == WINDOW_TOO_WIDE:
-            return self.window_ms <= MIN_WINDOW_MS
-        if exc.code == INVALID_VALUE:
-            return _NAMES_A_TIME.search(exc.msg) is not None
-        return exc.code in TIME_RANGE_CODES
+        return can_only_fail(exc, self.window_ms)
 
     async def _read_what_is_available(
         self, window: Window, rejected: RequestRejected, stop: asyncio.Event

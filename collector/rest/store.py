@@ -84,7 +84,8 @@ ON CONFLICT (account, endpoint, scope) DO UPDATE SET
 _DEAD_LETTER = """
 INSERT INTO dead_letters (received_at, source, reason, detail, raw)
 SELECT $1, $2, $3, $4, $5
- WHERE NOT EXISTS (SELECT 1 FROM dead_letters WHERE source = $2 AND reason = $3 AND raw = $5)
+ WHERE NOT EXISTS (SELECT 1 FROM dead_letters
+                    WHERE source LIKE 'account:%' AND source = $2 AND reason = $3 AND raw = $5)
 """
 
 _PENDING_ENRICHMENT = """
