@@ -11,8 +11,6 @@ import asyncpg
 from collector.config import Config
 from collector.metrics import Metrics
 from collector.rest.accounts import build_account_components
-from collector.rest.budget import Budget
-from collector.rest.clock import ServerClocks
 from tests.clocks import SharedClock
 
 
@@ -23,9 +21,7 @@ async def running_accounts(
     """The account components of `config`, whose weight minutes and wall clock are `clock`,
     stopped on leaving whatever happened inside (a failed wait leaks no session)."""
     stop = asyncio.Event()
-    budget = Budget(config.rest.weight_share, metrics, clock=clock)
-    clocks = ServerClocks(metrics, config.rest.time_sync_interval_s, wall_ms=clock.ms)
-    components = build_account_components(config, pool, metrics, budget=budget, clocks=clocks)
+    components = build_account_components(config, pool, metrics, clock=clock)
     tasks = [asyncio.create_task(component(stop)) for component in components.values()]
     try:
         yield

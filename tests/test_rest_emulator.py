@@ -63,11 +63,13 @@ def clock(request: pytest.FixtureRequest) -> SharedClock:
 async def emulator(
     request: pytest.FixtureRequest, clock: SharedClock
 ) -> AsyncIterator[core.Emulator]:
-    """The emulator with the account API (options from the test's `options` marker param)."""
+    """The emulator with the account API: AccountOptions from the test's indirect parameter,
+    and EmulatorOptions from its "market" entry."""
     marker = request.node.get_closest_marker("parametrize")
-    params = getattr(request, "param", {}) if marker else {}
+    params = dict(getattr(request, "param", {}) if marker else {})
+    market = core.EmulatorOptions(**params.pop("market", {}))
     options = AccountOptions(clock=clock.ms, **params)
-    emu = core.Emulator(core.EmulatorOptions(), extensions=[account_extension(options)])
+    emu = core.Emulator(market, extensions=[account_extension(options)])
     async with emu:
         yield emu
 
@@ -560,3 +562,117 @@ async def _connected(dsn: str) -> AsyncIterator[asyncpg.Connection]:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+def _classic_futures(name: str = "classic") -> AccountConfig:
+    return AccountConfig(name, "classic", Secret("CLASSICKEY"), Secret(SECRET_C),
+                         products=("um", "cm"), backfill_days=10)  # fmt: skip
+
+
+async def _minutes_pass(clock: SharedClock, minutes: float) -> None:
+    """Return once `minutes` of the shared clock have passed (a condition, with a deadline)."""
+    end = clock() + minutes * 60
+    await _until(lambda: asyncio.sleep(0.05, clock() >= end))
+
+
+@pytest.mark.clock_rate(20)
+@pytest.mark.parametrize("emulator", [{"market": {"weight_limit_1m": 600}}], indirect=True)
+async def test_the_announced_limit_is_used_and_never_exceeded(
+    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection, clock: SharedClock
+) -> None:
+    """Binance announces 600/min (exchangeInfo rateLimits and the headers), a quarter of the
+    documented 2400: polling as fast as it can for three minutes at weight_share 1.0, the
+    collector takes exactly that limit, spends up to it and draws no 429 or 418."""
+    api = account_api(emulator)
+    _accounts(api)
+    now = clock.ms()
+    api.seed_history("classic", Product.UM, 20, now - 9 * DAY, now - 60_000, 1)
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
+    metrics = Metrics(CollectorRegistry())
+    config = _config(emulator, (_classic_futures(),), recv_window_ms=60_000, weight_share=1.0)
+    try:
+        async with running_accounts(config, pool, metrics, clock):
+            await _until(lambda: _settled(pg, 4))
+            await _minutes_pass(clock, 3)
+    finally:
+        await pool.close()
+    assert await _keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
+    assert (api.stats.rate_limited_429, api.stats.banned_418) == (0, 0)
+    assert metrics.rest_weight_limit.labels("fapi_dapi")._value.get() == 600
+    assert 500 <= api.stats.max_used_weight["futures"] <= 600
+
+
+@pytest.mark.clock_rate(20)
+@pytest.mark.parametrize("emulator", [{"market": {"weight_limit_1m": 600}}], indirect=True)
+async def test_two_processes_at_half_share_one_limit_without_429(
+    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection, clock: SharedClock
+) -> None:
+    """Two collectors at weight_share 0.5 on one IP (each with its own budget, both reading
+    the shared used-weight header) poll as fast as they can for three minutes: together they
+    never pass 600 and draw no 429 or 418."""
+    api = account_api(emulator)
+    _accounts(api)
+    now = clock.ms()
+    api.seed_history("classic", Product.UM, 20, now - 9 * DAY, now - 60_000, 1)
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=6)
+    first, second = Metrics(CollectorRegistry()), Metrics(CollectorRegistry())
+    config = _config(emulator, (_classic_futures(),), recv_window_ms=60_000, weight_share=0.5)
+    try:
+        async with (
+            running_accounts(config, pool, first, clock),
+            running_accounts(config, pool, second, clock),
+        ):
+            await _until(lambda: _settled(pg, 4))
+            await _minutes_pass(clock, 3)
+    finally:
+        await pool.close()
+    assert await _keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
+    assert (api.stats.rate_limited_429, api.stats.banned_418) == (0, 0)
+    assert first.rest_weight_limit.labels("fapi_dapi")._value.get() == 300
+    assert api.stats.max_used_weight["futures"] <= 600
+
+
+@pytest.mark.parametrize("emulator", [{"signed_log_size": 100_000}], indirect=True)
+async def test_a_server_clock_jump_costs_one_resync_per_family_and_no_row(
+    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection, clock: SharedClock
+) -> None:
+    """Binance's clock jumps 8 s ahead mid-run (beyond the 5 s recvWindow): each API family
+    resyncs once, only requests already signed with the old offset are rejected (-1021), and
+    every order, including those placed after the jump, is stored."""
+    api = account_api(emulator)
+    _accounts(api)
+    now = clock.ms()
+    api.seed_history("classic", Product.UM, 5, now - DAY, now - 60_000, 1)
+    api.seed_history("classic", Product.CM, 5, now - DAY, now - 60_000, 2)
+    api.seed_history("classic", Product.MARGIN_CLASSIC, 5, now - DAY, now - 60_000, 3)
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
+    metrics = Metrics(CollectorRegistry())
+    classic = AccountConfig("classic", "classic", Secret("CLASSICKEY"), Secret(SECRET_C),
+                            isolated_symbols=("ETHUSDT",), backfill_days=2)  # fmt: skip
+    config = _config(emulator, (classic,), poll_interval_s=1.0, weight_share=1.0)
+    time_paths = ("/fapi/v1/time", "/dapi/v1/time", "/api/v3/time")
+    try:
+        async with running_accounts(config, pool, metrics, clock):
+            await _until(lambda: _settled(pg, 6))
+            syncs_before = {p: api.stats.requests[p] for p in time_paths}
+            api.configure(skew_ms={"fapi": 8000, "dapi": 8000, "sapi": 8000})
+            after = [
+                api.add_force_order("classic", Product.UM, symbol="BTCUSDT",
+                                    time=clock.ms() + 8000 - 500, autoCloseType="LIQUIDATION"),
+                api.add_force_order("classic", Product.CM, symbol="BTCUSD_PERP",
+                                    time=clock.ms() + 8000 - 500, autoCloseType="ADL"),
+            ]  # fmt: skip
+            for order in after:
+                await _until(lambda o=order: _has(pg, "classic", o.order_id))  # type: ignore[misc]
+    finally:
+        await pool.close()
+    assert await _keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
+    assert {p: api.stats.requests[p] - syncs_before[p] for p in time_paths} == dict.fromkeys(
+        time_paths, 1
+    )
+    rejected = {h: sum(1 for r in api.stats.signed if r.host == h and r.code == -1021)
+                for h in ("fapi", "dapi", "sapi")}  # fmt: skip
+    # One per request in flight when the clock jumped: at most one per scope of the family.
+    assert 1 <= rejected["fapi"] <= 2
+    assert 1 <= rejected["dapi"] <= 2
+    assert rejected["sapi"] <= 2

@@ -1,5 +1,5 @@
 """Options and counters of the account REST emulator: every documented default, and every ⚠
-(undocumented) point of shared/binance-protocol.md as a switch, so tests can exercise each reading.
+(undocumented) point of docs/binance.md as a switch, so tests can exercise each reading.
 
 Pure data: `account_rest` applies the options and fills the counters.
 """
@@ -33,7 +33,7 @@ class TimeField(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class AccountOptions:
-    """How the account endpoints behave. Defaults follow the digest; ⚠ items are switchable."""
+    """How the account endpoints behave. Defaults follow docs/binance.md; ⚠ items are switchable."""
 
     clock: Clock = wall_clock_ms
     """"Now" in ms for server time, minute windows, bans, retention and late rows."""

@@ -3,7 +3,7 @@ sapi with Binance's signing, timing, weight limits (429 → 418) and scripted fa
 
 Install with `Emulator(options, extensions=[install_account_api])` (or
 `account_extension(AccountOptions(...))`) and script it through `account_api(emulator)`.
-Behaviour follows shared/binance-protocol.md §2-§5; every point the digest marks ⚠ is an
+Behaviour follows docs/binance.md §2-§5; every point docs/binance.md marks ⚠ is an
 `AccountOptions` field (`account_options`), so tests can exercise each reading. This module is
 the I/O shell; the pure parts are `account_auth` (keys, signatures, timestamps, error bodies),
 `account_queries` (which rows a request gets), `account_orders` (stored orders, wire shapes,
@@ -132,7 +132,7 @@ Access = Callable[[AccountKind, frozenset[Permission]], bool]
 
 
 def _futures_access(kind: AccountKind, permissions: frozenset[Permission]) -> bool:
-    # §4.4 [A2]: Portfolio Margin restricts fapi/dapi user-data endpoints (§7 pitfall 14).
+    # §4.4: Portfolio Margin restricts fapi/dapi user-data endpoints.
     return kind is AccountKind.CLASSIC and Permission.FUTURES in permissions
 
 
@@ -563,7 +563,7 @@ class AccountEmulator:
                 stats.minutes_429[pool.name].add(now_ms // MINUTE_MS)
             stats.errors[-1003] += 1
             response = json_response({"code": -1003, "msg": decision.msg}, status=decision.status)
-            # Spot docs promise Retry-After (§3.2 [G1]); the futures docs do not (⚠).
+            # Spot docs promise Retry-After (§3.2); the futures docs do not (⚠).
             if not pool.can_ban or self._options.is_futures_retry_after_sent:
                 response.headers["Retry-After"] = str(decision.retry_after_s)
         else:

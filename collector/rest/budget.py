@@ -1,4 +1,4 @@
-"""Request-weight budgets, one per Binance limit pool (binance-protocol.md §3).
+"""Request-weight budgets, one per Binance limit pool (docs/binance.md §3).
 
 fapi and dapi share one 2400/min IP budget since the 2026 merge; papi has its own (limit not
 documented, assumed 2400); every sapi endpoint has an independent 12000/min. This process uses at
@@ -16,9 +16,11 @@ waits are slept in slices, so a clock that jumps (a test's, or a corrected one) 
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from collector.metrics import Metrics
 from collector.retry import sleep_or_stop
@@ -46,6 +48,47 @@ def pool_for(family: str, path: str) -> str:
     if family == "papi":
         return PAPI_POOL
     return f"sapi:{path}"
+
+
+async def _wait_or_stop(event: asyncio.Event, stop: asyncio.Event) -> bool:
+    """Wait for `event`; True if `stop` was set first (or is set)."""
+    if event.is_set() or stop.is_set():
+        return stop.is_set()
+    waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    return stop.is_set()
+
+
+def pool_family(pool: str) -> str:
+    """The API family whose server clock pool `pool` counts its minutes on."""
+    if pool == FAPI_DAPI_POOL:
+        return "fapi"
+    if pool == PAPI_POOL:
+        return "papi"
+    return "sapi"
+
+
+def request_weight_limit_1m(exchange_info: object) -> int | None:
+    """The per-minute REQUEST_WEIGHT limit that an exchangeInfo response announces in
+    `rateLimits` (docs/binance.md §3.1), or None when it announces none."""
+    if not isinstance(exchange_info, dict):
+        return None
+    limits = exchange_info.get("rateLimits")
+    found = [
+        entry["limit"]
+        for entry in (limits if isinstance(limits, list) else [])
+        if isinstance(entry, dict)
+        and entry.get("rateLimitType") == "REQUEST_WEIGHT"
+        and entry.get("interval") == "MINUTE"
+        and entry.get("intervalNum") == 1
+        and isinstance(entry.get("limit"), int)
+        and entry["limit"] > 0
+    ]
+    return min(found) if found else None
 
 
 def pool_limit_1m(pool: str) -> int:
@@ -128,8 +171,21 @@ class WeightPool:
         self.blocked_until = max(self.blocked_until, self._clock() + seconds)
 
 
+@dataclass(slots=True)
+class _Turns:
+    """Who may ask a pool next: first in, first out, fresh reads before backfill."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    fresh_waiting: int = 0
+    no_fresh_waiting: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 class Budget:
-    """Every limit pool of this process, plus the IP-wide ban after a 418."""
+    """Every limit pool of this process, plus the IP-wide ban after a 418.
+
+    Each pool counts on Binance's minute: `clock` is this host's time and `offset_s(pool)` the
+    server's lead over it for the API family of that pool (0 until a time sync says otherwise).
+    """
 
     def __init__(
         self,
@@ -138,25 +194,49 @@ class Budget:
         *,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        offset_s: Callable[[str], float] | None = None,
     ) -> None:
         self.share = share
         self.metrics = metrics
         self.banned_until = 0.0
         self._pools: dict[str, WeightPool] = {}
-        self._turns: dict[str, asyncio.Lock] = {}
+        self._turns: dict[str, _Turns] = {}
         self._clock = clock
+        self._offset_s = offset_s or (lambda _pool: 0.0)
         self._rng = rng or random.Random()
+        self._announcements_due: dict[str, float] = {}
+        self.announcement_lock = asyncio.Lock()
 
     def pool(self, name: str) -> WeightPool:
         """The pool called `name`, created (and its limit gauge set) on first use."""
         pool = self._pools.get(name)
         if pool is None:
-            pool = WeightPool(
-                name, pool_limit_1m(name), self.share, clock=self._clock, rng=self._rng
-            )
+            clock = functools.partial(self.server_clock, name)
+            pool = WeightPool(name, pool_limit_1m(name), self.share, clock=clock, rng=self._rng)
             self._pools[name] = pool
             self.metrics.rest_weight_limit.labels(name).set(pool.allowed_1m)
         return pool
+
+    def server_clock(self, name: str) -> float:
+        """Binance's time (Unix seconds) as the API family of pool `name` tells it."""
+        return self._clock() + self._offset_s(name)
+
+    def announcement_due(self, name: str) -> bool:
+        """Whether pool `name`'s announced limit should be read (again) now."""
+        return self._clock() >= self._announcements_due.get(name, 0.0)
+
+    def announce(self, name: str, limit_1m: int | None, next_in_s: float) -> None:
+        """Binance announced `limit_1m` (exchangeInfo `rateLimits`) for pool `name`: it replaces
+        the documented figure and whatever a 429 taught since the last announcement. None: the
+        announcement could not be read; the pool keeps what it knows. Read again in
+        `next_in_s`."""
+        self._announcements_due[name] = self._clock() + next_in_s
+        if limit_1m is None:
+            return
+        pool = self.pool(name)
+        pool.limit_1m = limit_1m
+        pool.allowed_1m = max(1, int(limit_1m * self.share))
+        self.metrics.rest_weight_limit.labels(name).set(pool.allowed_1m)
 
     def reserve(self, name: str, weight: int) -> float:
         """Like `WeightPool.reserve`, but every pool waits while the IP is banned (418)."""
@@ -168,20 +248,39 @@ class Budget:
         self.metrics.rest_weight_used.labels(name).set(pool.used)
         return delay
 
-    async def acquire(self, name: str, weight: int, stop: asyncio.Event) -> bool:
+    async def acquire(
+        self, name: str, weight: int, stop: asyncio.Event, *, is_backfill: bool = False
+    ) -> bool:
         """Wait until `weight` fits in pool `name` and charge it; False if `stop` came first.
 
         Requests are served in the order they asked (asyncio.Lock wakes its waiters first in,
-        first out), so no poller of a busy pool starves while others keep asking.
+        first out), so no poller of a busy pool starves while others keep asking. A backfill
+        request (`is_backfill`) also gives way to every fresh one, waiting or arriving: the
+        backfill spends only what the recent windows leave.
         """
-        async with self._turns.setdefault(name, asyncio.Lock()):
+        turns = self._turns.get(name)
+        if turns is None:
+            turns = self._turns[name] = _Turns()
+            turns.no_fresh_waiting.set()
+        if not is_backfill:
+            turns.fresh_waiting += 1
+            turns.no_fresh_waiting.clear()
+        try:
             while not stop.is_set():
-                delay = self.reserve(name, weight)
-                if delay <= 0:
-                    return True
-                if await sleep_or_stop(min(delay, _MAX_SLEEP_S), stop):
-                    break
+                if is_backfill and await _wait_or_stop(turns.no_fresh_waiting, stop):
+                    return False
+                async with turns.lock:
+                    while not stop.is_set() and not (is_backfill and turns.fresh_waiting):
+                        delay = self.reserve(name, weight)
+                        if delay <= 0:
+                            return True
+                        await sleep_or_stop(min(delay, _MAX_SLEEP_S), stop)
             return False
+        finally:
+            if not is_backfill:
+                turns.fresh_waiting -= 1
+                if not turns.fresh_waiting:
+                    turns.no_fresh_waiting.set()
 
     def observe_used(self, name: str, used_1m: int) -> None:
         """Feed a used-weight header into pool `name`."""
