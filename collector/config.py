@@ -292,6 +292,9 @@ class RestConfig:
     retry_max_s: float = 60.0
     # How long an account that failed authentication waits before trying again.
     auth_failure_backoff_s: float = 900.0
+    # A failed poll of a scope is retried after poll_interval_s, doubling per further failure
+    # (jittered) up to this; a successful poll resets it.
+    poll_failure_backoff_max_s: float = 900.0
     enrich_margin_orders: bool = True
     # Margin order lookups (weight 10 each) per poll of one margin endpoint, so enrichment
     # never crowds out the force-order polls that share its budget.
@@ -638,6 +641,7 @@ _RANGES: dict[tuple[str | None, str], _Range] = {
     ("rest", "retry_initial_s"): _Range(0, 3600, above=True),
     ("rest", "retry_max_s"): _Range(0, _DAY, above=True),
     ("rest", "auth_failure_backoff_s"): _Range(0, _WEEK, above=True),
+    ("rest", "poll_failure_backoff_max_s"): _Range(0, _WEEK, above=True),
     ("rest", "enrich_per_poll"): _Range(0, 1000),
     (None, "shutdown_grace_s"): _Range(0, 3600, above=True),
 }

@@ -191,14 +191,16 @@ class Metrics:
         )
         self.account_rows = Counter(
             "collector_account_rows_total",
-            "Account force-order rows by result (new, updated, unchanged).",
+            "Account force-order rows by result (new, updated, unchanged, rejected by Postgres).",
             ["account", "endpoint", "result"],
             registry=r,
         )
-        self.account_healthy = Gauge(
-            "collector_account_healthy",
-            "1 while an account's credentials work, 0 after an auth or permission error.",
-            ["account"],
+        self.account_state = Gauge(
+            "collector_account_state",
+            "1 for the state an account endpoint is in, 0 for the others: ok (its last poll "
+            "succeeded), failing (polls fail: 5xx, 404, timeouts, rejected parameters) or "
+            "credentials_rejected (auth or permission error).",
+            ["account", "endpoint", "state"],
             registry=r,
         )
         self.account_backfill_complete = Gauge(
@@ -216,6 +218,20 @@ class Metrics:
         self.account_poll_lag = Gauge(
             "collector_account_poll_lag_seconds",
             "Seconds between now and the end of the last complete poll window.",
+            ["account", "endpoint"],
+            registry=r,
+        )
+        self.account_windows_truncated = Counter(
+            "collector_account_windows_truncated_total",
+            "Windows of one millisecond or two still holding a full page: the page was kept, the "
+            "rest of its rows could not be read and the window was dead-lettered.",
+            ["account", "endpoint"],
+            registry=r,
+        )
+        self.account_windows_unavailable = Counter(
+            "collector_account_windows_unavailable_total",
+            "Windows Binance can only reject (older than it keeps, a span it never accepts), "
+            "skipped and dead-lettered instead of retried.",
             ["account", "endpoint"],
             registry=r,
         )

@@ -28,3 +28,20 @@ async def running_accounts(
     finally:
         stop.set()
         await asyncio.gather(*tasks)
+
+
+def account_state(metrics: Metrics, account: str, endpoint: str) -> str | None:
+    """The state `collector_account_state` shows for one account endpoint: the one state at 1
+    (the others at 0), or None while it has no series."""
+    values = {
+        state: metrics.registry.get_sample_value(
+            "collector_account_state", {"account": account, "endpoint": endpoint, "state": state}
+        )
+        for state in ("ok", "failing", "credentials_rejected")
+    }
+    if all(v is None for v in values.values()):
+        return None
+    on = [state for state, v in values.items() if v == 1]
+    assert len(on) == 1, values
+    assert sum(v or 0 for v in values.values()) == 1, values
+    return on[0]

@@ -106,7 +106,7 @@ def test_alerts_and_health_dashboard_use_only_exported_metrics() -> None:
         "collector_events_received_total", "collector_last_event_age_seconds",
         "collector_ws_reconnects_total", "collector_queue_depth", "collector_write_seconds_bucket",
         "collector_rest_weight_used", "collector_rest_weight_limit",
-        "collector_rest_rate_limited_total", "collector_account_healthy",
+        "collector_rest_rate_limited_total", "collector_account_state",
         "collector_account_backfill_complete",
     }  # fmt: skip
 
@@ -117,7 +117,7 @@ def test_every_alert_has_a_severity_and_a_summary() -> None:
     assert {a["alert"] for a in alerts} >= {
         "CollectorDown", "CollectorNoEvents", "CollectorReconnectStorm", "CollectorQueueNearFull",
         "CollectorWriteErrors", "CollectorRateLimited", "CollectorIpBanned",
-        "CollectorAccountUnhealthy", "CollectorBackfillStalled",
+        "CollectorAccountUnhealthy", "CollectorAccountFailing", "CollectorBackfillStalled",
     }  # fmt: skip
     for alert in alerts:
         assert alert["labels"]["severity"] in ("critical", "warning"), alert["alert"]
@@ -143,7 +143,7 @@ async def promtool(*args: str, stdin: bytes | None = None) -> tuple[int, str]:
 async def test_promtool_accepts_the_rules_and_the_config() -> None:
     """`promtool check rules` and `promtool check config` pass on the shipped files."""
     rc, out = await promtool("check", "rules", "alerts.yml")
-    assert (rc, "SUCCESS: 20 rules found" in out) == (0, True), out
+    assert (rc, "SUCCESS: 21 rules found" in out) == (0, True), out
     rc, out = await promtool("check", "config", "prometheus.yml")
     assert rc == 0, out
 

@@ -4,11 +4,16 @@ documented account endpoints): exactly-once storage, limits, clock skew, key iso
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
+import structlog
 from prometheus_client import CollectorRegistry
 
 from collector.config import AccountConfig, BinanceConfig, Config, RestConfig, Secret
@@ -21,8 +26,9 @@ from collector.emulator.account_rest import (
     account_extension,
 )
 from collector.metrics import Metrics
-from tests.accounts import running_accounts
+from tests.accounts import account_state, running_accounts
 from tests.clocks import SharedClock
+from tests.conftest import OwnPostgres
 
 DAY = 86_400_000
 SECRET_C = "classicsecret0123456789"
@@ -259,22 +265,303 @@ async def test_a_bad_key_isolates_one_account(
                          products=("um",), backfill_days=2)  # fmt: skip
     pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
     metrics = Metrics(CollectorRegistry())
-    healthy = metrics.account_healthy
+    rejected = (("wrongkind", "/fapi/v1/forceOrders"), ("wrongsecret", "/papi/v1/um/forceOrders"))
     try:
         config = _config(emulator, (good, wrong_kind, wrong_secret))
         async with running_accounts(config, pool, metrics, clock):
             await _until(lambda: _settled(pg, 2))
-            await _until(lambda: _zero(healthy, "wrongkind", "wrongsecret"))
+            await _until(lambda: _true(all(account_state(metrics, *r) == "credentials_rejected"
+                                           for r in rejected)))  # fmt: skip
     finally:
         await pool.close()
     assert await _keys(pg) == {k for k in _expected(api) if k[0] == "pm"}
-    assert healthy.labels("pm")._value.get() == 1
+    assert account_state(metrics, "pm", "/papi/v1/um/forceOrders") == "ok"
     assert (api.stats.errors[-2015], api.stats.errors[-1022]) == (2, 2)
     del accounts
 
 
-async def _zero(gauge: Any, *names: str) -> bool:
-    return all(gauge.labels(n)._value.get() == 0 for n in names)
+@pytest.mark.clock_rate(20)  # bisecting a week down to 2 ms spends a few minutes' weight
+async def test_more_rows_in_one_millisecond_than_a_page_dead_letters_the_window(
+    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection, clock: SharedClock
+) -> None:
+    """105 liquidations in one millisecond: the page of 100 is stored, the 2 ms window is
+    dead-lettered once and counted, and the scope completes its backfill."""
+    api = account_api(emulator)
+    _accounts(api)
+    now = clock.ms()
+    burst_ms = now - 2 * DAY
+    burst = [api.add_force_order("classic", Product.UM, time=burst_ms, autoCloseType="LIQUIDATION")
+             for _ in range(105)]  # fmt: skip
+    other = api.add_force_order("classic", Product.UM, time=now - DAY, autoCloseType="ADL")
+    classic = AccountConfig("classic", "classic", Secret("CLASSICKEY"), Secret(SECRET_C),
+                            products=("um",), backfill_days=3)  # fmt: skip
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
+    metrics = Metrics(CollectorRegistry())
+    try:
+        async with running_accounts(_config(emulator, (classic,)), pool, metrics, clock):
+            await _until(lambda: _settled(pg, 2), 60)
+    finally:
+        await pool.close()
+    endpoint = "/fapi/v1/forceOrders"
+    first_page = sorted(o.order_id for o in burst)[:100]
+    assert await _keys(pg) == {("classic", "um", "BTCUSDT", i, "LIQUIDATION", endpoint)
+                               for i in first_page} | {
+        ("classic", "um", "BTCUSDT", other.order_id, "ADL", endpoint)}  # fmt: skip
+    dead = await pg.fetch("SELECT source, reason, convert_from(raw, 'UTF8')::jsonb AS raw "
+                          "FROM dead_letters")  # fmt: skip
+    assert len(dead) == 1
+    assert (dead[0]["source"], dead[0]["reason"]) == (f"account:classic:{endpoint}",
+                                                      "window_truncated")  # fmt: skip
+    window = orjson.loads(dead[0]["raw"])
+    assert window["endTime"] - window["startTime"] <= 2
+    assert window["startTime"] <= burst_ms <= window["endTime"]
+    assert (window["scope"], window["limit"], window["received"]) == ("LIQUIDATION", 100, 100)
+    assert metrics.account_windows_truncated.labels("classic", endpoint)._value.get() == 1
+    assert metrics.dead_letters.labels("account_window_truncated")._value.get() == 1
+
+
+def _timed(_: Any, __: str, event_dict: structlog.typing.EventDict) -> Any:
+    """Stamp captured events with the monotonic time they were logged at."""
+    event_dict["at"] = time.monotonic()
+    return event_dict
+
+
+def _failures(logs: list[dict[str, Any]], scope: str) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == "account.poll_failed" and e["scope"] == scope]
+
+
+async def _logged(logs: list[dict[str, Any]], check: Callable[[], bool]) -> None:
+    async with asyncio.timeout(30):
+        # A condition with a deadline: the log is where the retry schedule shows.
+        while not check():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.clock_rate(20)  # each failed poll is 5 requests of weight 50
+async def test_failed_polls_back_off_and_a_success_resets_the_backoff(
+    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection, clock: SharedClock
+) -> None:
+    """Every poll answered 503 waits the doubling delay it logs (0.2 s jittered, capped at
+    0.8 s) before the next one; after a successful poll the next failure starts over."""
+    api = account_api(emulator)
+    _accounts(api)
+    path = "/fapi/v1/forceOrders"
+    api.fail_next(path, 10_000)
+    classic = AccountConfig("classic", "classic", Secret("CLASSICKEY"), Secret(SECRET_C),
+                            products=("um",), backfill_days=1)  # fmt: skip
+    config = _config(emulator, (classic,), poll_failure_backoff_max_s=0.8)
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
+    metrics = Metrics(CollectorRegistry())
+    scopes = ("LIQUIDATION", "ADL")
+    try:
+        with structlog.testing.capture_logs(processors=[_timed]) as logs:
+            async with running_accounts(config, pool, metrics, clock):
+                await _logged(logs, lambda: all(len(_failures(logs, s)) >= 5 for s in scopes))
+                api.clear_faults()
+                await _until(lambda: _settled(pg, 2))
+                seen = {s: len(_failures(logs, s)) for s in scopes}
+                api.fail_next(path, 10_000)
+                await _logged(logs, lambda: all(len(_failures(logs, s)) > seen[s] for s in scopes))
+    finally:
+        await pool.close()
+    bounds = [(0.1, 0.2), (0.2, 0.4), (0.4, 0.8), (0.4, 0.8), (0.4, 0.8)]
+    for scope in scopes:
+        failed = _failures(logs, scope)
+        assert [e["failures"] for e in failed[:5]] == [1, 2, 3, 4, 5]
+        for event, (low, high) in zip(failed[:5], bounds, strict=True):
+            assert low <= event["retry_in_s"] <= high
+        for event, after in itertools.pairwise(failed[:5]):
+            assert after["at"] - event["at"] >= event["retry_in_s"]
+        restarted = failed[seen[scope]]
+        assert restarted["failures"] == 1
+        assert 0.1 <= restarted["retry_in_s"] <= 0.2
+
+
+@pytest.mark.clock_rate(20)
+@pytest.mark.parametrize("emulator", [{"um_retention_days": 5, "is_retention_error": True}],
+                         indirect=True)  # fmt: skip
+async def test_a_window_binance_can_only_reject_is_skipped_with_its_reason(
+    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection, clock: SharedClock
+) -> None:
+    """A 10-day backfill of an endpoint that keeps 5 days and answers -1130 before that stores
+    every kept order, records the rejected range in the checkpoint and dead letters, and never
+    asks for it again."""
+    api = account_api(emulator)
+    _accounts(api)
+    now = clock.ms()
+    api.seed_history("classic", Product.UM, 20, now - 4 * DAY, now - 60_000, 1, adl_share=0.3)
+    classic = AccountConfig("classic", "classic", Secret("CLASSICKEY"), Secret(SECRET_C),
+                            products=("um",), backfill_days=10)  # fmt: skip
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
+    metrics = Metrics(CollectorRegistry())
+    path = "/fapi/v1/forceOrders"
+    try:
+        async with running_accounts(_config(emulator, (classic,)), pool, metrics, clock):
+            await _until(lambda: _settled(pg, 2))
+            rejected = api.stats.errors[-1130]
+            polled = api.stats.requests[path]
+            await _until(lambda: _true(api.stats.requests[path] >= polled + 10))
+            assert api.stats.errors[-1130] == rejected
+    finally:
+        await pool.close()
+    assert await _keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
+    assert 2 <= rejected <= 2 * 9  # per scope: the window, then at most 8 halvings to 1 h
+    reasons = await pg.fetch("SELECT scope, horizon_at, unavailable_reason "
+                             "FROM account_poll_checkpoints ORDER BY scope")  # fmt: skip
+    assert [r["scope"] for r in reasons] == ["ADL", "LIQUIDATION"]
+    dead = await pg.fetch("SELECT source, reason, detail, raw_text AS raw FROM dead_letters_text "
+                          "ORDER BY raw_text::jsonb->>'scope'")  # fmt: skip
+    assert len(dead) == 2
+    for checkpoint, letter in zip(reasons, dead, strict=True):
+        window = orjson.loads(letter["raw"])
+        assert (letter["source"], letter["reason"]) == (f"account:classic:{path}",
+                                                        "window_unavailable")  # fmt: skip
+        assert letter["detail"] == checkpoint["unavailable_reason"]
+        assert checkpoint["unavailable_reason"] == (
+            f"[{window['startTime']}, {window['endTime']}] ms unavailable: {path}: HTTP 400 "
+            "code -1130: Data sent for parameter 'startTime' is not valid."
+        )
+        assert window["startTime"] == round(checkpoint["horizon_at"].timestamp() * 1000)
+        # The kept 5 days start within the last hour skipped (the clock runs 20x meanwhile).
+        assert 5 * DAY <= window["endTime"] - window["startTime"] <= 5 * DAY + 3_600_000 + 600_000
+    unavailable = metrics.account_windows_unavailable.labels("classic", path)
+    assert unavailable._value.get() == 2
+
+
+@pytest.mark.clock_rate(20)
+async def test_a_row_postgres_rejects_is_dead_lettered_once_and_the_rest_commits(
+    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection, clock: SharedClock
+) -> None:
+    """A force order whose clientOrderId holds a NUL (it parses; Postgres text refuses it) is
+    dead-lettered once, however often the overlap re-reads it, and every other order of its
+    window and the checkpoint commit."""
+    api = account_api(emulator)
+    _accounts(api)
+    now = clock.ms()
+    api.seed_history("classic", Product.UM, 10, now - DAY, now - 120_000, 1, adl_share=0.0)
+    bad = api.add_force_order("classic", Product.UM, time=now - 60_000,
+                              clientOrderId="autoclose-\x00-1")  # fmt: skip
+    classic = AccountConfig("classic", "classic", Secret("CLASSICKEY"), Secret(SECRET_C),
+                            products=("um",), backfill_days=2)  # fmt: skip
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
+    metrics = Metrics(CollectorRegistry())
+    path = "/fapi/v1/forceOrders"
+    try:
+        async with running_accounts(_config(emulator, (classic,)), pool, metrics, clock):
+            await _until(lambda: _settled(pg, 2))
+            polled = api.stats.requests[path]
+            await _until(lambda: _true(api.stats.requests[path] >= polled + 10))
+    finally:
+        await pool.close()
+    expected = {k for k in _expected(api) if k[0] == "classic"}
+    assert await _keys(pg) == expected - {("classic", "um", bad.symbol, bad.order_id,
+                                           "LIQUIDATION", path)}  # fmt: skip
+    dead = await pg.fetch("SELECT source, reason, detail, raw_text FROM dead_letters_text")
+    assert len(dead) == 1
+    assert (dead[0]["source"], dead[0]["reason"], dead[0]["detail"]) == (
+        f"account:classic:{path}", "db_rejected",
+        '22021: invalid byte sequence for encoding "UTF8": 0x00',
+    )  # fmt: skip
+    raw = orjson.loads(dead[0]["raw_text"])
+    assert (raw["orderId"], raw["clientOrderId"]) == (bad.order_id, "autoclose-\x00-1")
+    assert metrics.dead_letters.labels("account_row_rejected")._value.get() == 1
+    assert metrics.account_rows.labels("classic", path, "new")._value.get() == 10
+
+
+@pytest.mark.clock_rate(20)
+async def test_pollers_wait_for_a_stopped_database_and_lose_nothing(
+    emulator: core.Emulator, own_postgres: OwnPostgres, clock: SharedClock
+) -> None:
+    """With Postgres stopped the pollers log that they wait (no traceback, no crash) and,
+    once it is back, store the order that appeared meanwhile."""
+    api = account_api(emulator)
+    _accounts(api)
+    now = clock.ms()
+    api.seed_history("classic", Product.UM, 3, now - DAY, now - 120_000, 1, adl_share=0.0)
+    classic = AccountConfig("classic", "classic", Secret("CLASSICKEY"), Secret(SECRET_C),
+                            products=("um",), backfill_days=2)  # fmt: skip
+    pool = await asyncpg.create_pool(own_postgres.dsn, min_size=1, max_size=4)
+    metrics = Metrics(CollectorRegistry())
+    path = "/fapi/v1/forceOrders"
+    waiting = ("account.database_unavailable", "warning")
+    try:
+        with structlog.testing.capture_logs() as logs:
+            async with running_accounts(_config(emulator, (classic,)), pool, metrics, clock):
+                async with _connected(own_postgres.dsn) as pg:
+                    await _until(lambda: _settled(pg, 2))
+                await own_postgres.stop()
+                late = api.add_force_order("classic", Product.UM, time=clock.ms() - 1000)
+                await _logged(logs, lambda: {e["scope"] for e in logs
+                                             if (e["event"], e["log_level"]) == waiting}
+                              == {"LIQUIDATION", "ADL"})  # fmt: skip
+                await own_postgres.start()
+                async with _connected(own_postgres.dsn) as pg:
+                    await _until(lambda: _has(pg, "classic", late.order_id))
+        async with _connected(own_postgres.dsn) as pg:
+            assert await _keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
+    finally:
+        await pool.close()
+    assert [e for e in logs if "exc_info" in e or e["log_level"] in ("error", "critical")] == []
+    assert metrics.account_rows.labels("classic", path, "new")._value.get() == 4
+
+
+@pytest.mark.clock_rate(20)
+async def test_endpoints_answering_5xx_or_404_show_failing_and_log_one_backfill_start(
+    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection, clock: SharedClock
+) -> None:
+    """fapi answering 503 and dapi 404 show `failing` for those endpoints (not ok), another
+    account's endpoint shows ok, each scope logs backfill_started once however often it
+    retries, and both endpoints show ok once they answer again."""
+    api = account_api(emulator)
+    _accounts(api)
+    api.fail_next("/fapi/v1/forceOrders", 100_000, 503)
+    api.fail_next("/dapi/v1/forceOrders", 100_000, 404)
+    classic = AccountConfig("classic", "classic", Secret("CLASSICKEY"), Secret(SECRET_C),
+                            products=("um", "cm"), backfill_days=1)  # fmt: skip
+    pm = AccountConfig("pm", "portfolio_margin", Secret("PMKEY"), Secret(SECRET_P),
+                       products=("um",), backfill_days=1)  # fmt: skip
+    config = _config(emulator, (classic, pm), poll_failure_backoff_max_s=0.4)
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
+    metrics = Metrics(CollectorRegistry())
+    failing = [(e, s) for e in ("/fapi/v1/forceOrders", "/dapi/v1/forceOrders")
+               for s in ("LIQUIDATION", "ADL")]  # fmt: skip
+
+    def retried(logs: list[dict[str, Any]]) -> bool:
+        return all(sum(1 for e in logs if e["event"] == "account.poll_failed"
+                       and (e["endpoint"], e["scope"]) == key) >= 3 for key in failing)  # fmt: skip
+
+    try:
+        with structlog.testing.capture_logs() as logs:
+            async with running_accounts(config, pool, metrics, clock):
+                await _logged(logs, lambda: retried(logs))
+                states = {e: account_state(metrics, "classic", e) for e, _ in failing}
+                pm_state = account_state(metrics, "pm", "/papi/v1/um/forceOrders")
+                api.clear_faults()
+                await _until(lambda: _settled(pg, 6))
+                recovered = {e: account_state(metrics, "classic", e) for e, _ in failing}
+    finally:
+        await pool.close()
+    assert states == {"/fapi/v1/forceOrders": "failing", "/dapi/v1/forceOrders": "failing"}
+    assert pm_state == "ok"
+    assert recovered == {"/fapi/v1/forceOrders": "ok", "/dapi/v1/forceOrders": "ok"}
+    started = [(e["account"], e["endpoint"], e["scope"]) for e in logs
+               if e["event"] == "account.backfill_started"]  # fmt: skip
+    assert sorted(started) == sorted([("classic", e, s) for e, s in failing]
+                                     + [("pm", "/papi/v1/um/forceOrders", "LIQUIDATION"),
+                                        ("pm", "/papi/v1/um/forceOrders", "ADL")])  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def _connected(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 def _classic_futures(name: str = "classic") -> AccountConfig:

@@ -158,6 +158,12 @@ def test_split_window_overlaps_one_millisecond() -> None:
     assert split_window((10, 11)) is None
 
 
+def test_split_window_never_returns_the_window_itself() -> None:
+    """A 2 ms window is unsplittable (its first half would be itself); 3 ms still splits."""
+    assert split_window((0, 2)) is None
+    assert split_window((0, 3)) == ((0, 2), (1, 3))
+
+
 def test_next_window_caps_span_and_stops_at_now() -> None:
     """Windows are at most max span wide and stop at now."""
     assert next_window(0, 1000, 300) == (0, 300)

@@ -17,7 +17,9 @@ from prometheus_client import CollectorRegistry
 
 from collector.config import AccountConfig, BinanceConfig, Config, RestConfig, Secret
 from collector.metrics import Metrics
-from tests.accounts import running_accounts
+from collector.rest.client import RequestRejected
+from collector.rest.pollers import MIN_WINDOW_MS, can_only_fail
+from tests.accounts import account_state, running_accounts
 from tests.clocks import SharedClock
 
 DAY = 86_400_000
@@ -243,7 +245,7 @@ async def test_every_order_stored_once_after_backfill_polling_and_restart(
         first_run_requests = len(fb.requests)
         rows_new = metrics.account_rows.labels("classic", "/fapi/v1/forceOrders", "new")
         assert rows_new._value.get() == 151
-        assert metrics.account_healthy.labels("classic")._value.get() == 1
+        assert account_state(metrics, "classic", "/fapi/v1/forceOrders") == "ok"
 
         # Restart: one new order and one later version of a recent one (within the overlap);
         # history is not downloaded again.
@@ -279,7 +281,8 @@ async def _status(pg: asyncpg.Connection, account: str, order_id: int, status: s
 async def test_a_bad_key_isolates_one_account(
     fake: tuple[FakeBinance, str], pg_dsn: str, pg: asyncpg.Connection
 ) -> None:
-    """An account whose key is rejected is marked unhealthy while the other one is collected."""
+    """An account whose key is rejected shows credentials_rejected while the other one is
+    collected and shows ok."""
     fb, url = fake
     fb.keys = {"GOODKEY": "good"}
     fb.futures["/fapi/v1/forceOrders"] = [futures_row(1, fb.clock.ms() - DAY, "ADL")]
@@ -290,11 +293,13 @@ async def test_a_bad_key_isolates_one_account(
     pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
     metrics = Metrics(CollectorRegistry())
     try:
-        healthy = metrics.account_healthy
+        path = "/fapi/v1/forceOrders"
         async with running_accounts(_config(url, (good, bad)), pool, metrics, fb.clock):
             await _until(lambda: _complete(pg, 2))
-            await _until(lambda: _true(healthy.labels("bad")._value.get() == 0))
-            assert healthy.labels("good")._value.get() == 1
+            await _until(
+                lambda: _true(account_state(metrics, "bad", path) == "credentials_rejected")
+            )
+            assert account_state(metrics, "good", path) == "ok"
         assert await _keys(pg) == {("good", "um", "BTCUSDT", 1, "ADL", "/fapi/v1/forceOrders")}
         outcome = metrics.rest_requests.labels("/fapi/v1/forceOrders", "auth_error")
         assert outcome._value.get() == 2  # one per scope, then the long backoff
@@ -304,3 +309,25 @@ async def test_a_bad_key_isolates_one_account(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+def test_only_rejections_of_the_window_itself_count_as_unavailable() -> None:
+    """-1127 at the narrowest window, -1130 naming a time and -4166 can only fail; a wider
+    -1127, -1130 on another parameter, a 404 and -1104 are retried."""
+    path = "/fapi/v1/forceOrders"
+    never = [
+        (RequestRejected(path, 400, -1127, "More than 1 hours between startTime and endTime."),
+         MIN_WINDOW_MS),
+        (RequestRejected(path, 400, -1130, "Data sent for parameter 'startTime' is not valid."),
+         WEEK),
+        (RequestRejected(path, 400, -4166, "Search window is restricted."), WEEK),
+    ]  # fmt: skip
+    retried = [
+        (RequestRejected(path, 400, -1127, "More than 168 hours between startTime and endTime."),
+         2 * MIN_WINDOW_MS),
+        (RequestRejected(path, 400, -1130, "Data sent for parameter 'limit' is not valid."), WEEK),
+        (RequestRejected(path, 404, None, "404: Not Found"), WEEK),
+        (RequestRejected(path, 400, -1104, "Not all sent parameters were read."), WEEK),
+    ]  # fmt: skip
+    assert [can_only_fail(exc, window) for exc, window in never] == [True, True, True]
+    assert [can_only_fail(exc, window) for exc, window in retried] == [False] * 4

@@ -186,9 +186,9 @@ class FaultPlan:
         self._stalls: dict[str, deque[Stall]] = {}
 
     def fail_next(self, path: str, count: int, status: int) -> None:
-        """Answer the next `count` requests to `path` with HTTP `status` (a 5xx)."""
-        if not 500 <= status <= 599:
-            raise ValueError("status must be a 5xx")
+        """Answer the next `count` requests to `path` with HTTP `status` (a 5xx, or 404)."""
+        if not (500 <= status <= 599 or status == 404):
+            raise ValueError("status must be a 5xx or 404")
         self._failures.setdefault(path, deque()).extend([status] * count)
 
     def stall_next(self, path: str, count: int, seconds: float | None) -> None:

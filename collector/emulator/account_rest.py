@@ -191,8 +191,11 @@ def _symbol_weight(request: web.Request) -> int:
 
 
 def _fault_response(status: int) -> web.Response:
-    """A scripted 5xx: JSON bodies for the statuses Binance itself answers, a proxy's HTML page
-    for 502/504, so clients cannot assume an error body is JSON."""
+    """A scripted failure: JSON bodies for the statuses Binance itself answers, a proxy's HTML
+    page for 502/504, and a bare 404 (a retired route, a wrong base URL), so clients cannot
+    assume an error body is JSON."""
+    if status == 404:
+        return web.Response(status=404, text="404: Not Found", content_type="text/plain")
     if status in (502, 504):
         text = "Bad Gateway" if status == 502 else "Gateway Time-out"
         return web.Response(
@@ -444,7 +447,8 @@ class AccountEmulator:
     def fail_next(self, path: str, count: int = 1, status: int = 503) -> None:
         """Answer the next `count` requests to route `path` (e.g. "/fapi/v1/forceOrders"; "*" =
         any route) with `status`: 503 `{"code":-1001,"msg":"Service Unavailable."}`, 500 -1000,
-        502/504 an HTML page. Scripted failures cost no weight (§3.2) and carry no weight header.
+        502/504 an HTML page, 404 a plain-text "404: Not Found". Scripted failures cost no
+        weight (§3.2) and carry no weight header.
         """
         self._faults.fail_next(path, count, status)
 

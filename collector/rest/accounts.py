@@ -23,7 +23,7 @@ from collector.rest.budget import Budget, pool_family
 from collector.rest.client import Credentials, RestClient
 from collector.rest.clock import ServerClocks
 from collector.rest.endpoints import order_lookup_for, scopes_for
-from collector.rest.pollers import AccountState, PollerContext, ScopePoller
+from collector.rest.pollers import AccountState, Health, PollerContext, ScopePoller
 from collector.rest.signing import make_signer
 
 if TYPE_CHECKING:
@@ -41,14 +41,15 @@ async def run_account(
     clocks: ServerClocks,
     stop: asyncio.Event,
 ) -> None:
-    """Poll every scope of `account` until `stop`. A key that cannot be loaded marks the
-    account unhealthy and idles it (restarting the process after fixing it is the cure)."""
+    """Poll every scope of `account` until `stop`. A key that cannot be loaded marks every
+    endpoint of the account `credentials_rejected` and idles it (restarting the process after
+    fixing it is the cure)."""
     state = AccountState(account.name, metrics)
-    metrics.account_healthy.labels(account.name).set(1)
     try:
         signer = make_signer(account.key_type, account.api_secret, account.name)
     except ConfigError as exc:
-        state.auth_failed("key")
+        for scope in scopes_for(account):
+            state.set(scope.spec.path, scope.name, Health.CREDENTIALS_REJECTED)
         # No traceback: it could quote the key material.
         log.error("account.key_unusable", account=account.name, problem=exc.problems[0])  # noqa: TRY400
         await stop.wait()

@@ -10,13 +10,23 @@ Limit-style endpoints: explicit startTime+endTime; a full page means the window 
 truncated, so it is bisected until no sub-window is full (independent of the undocumented sort
 order). Page-style endpoints: endTime frozen for the pass, `current` = 1, 2, ... until a short
 page or `total` rows.
+
+A scope never stalls on one window: a full page in a window too narrow to split is kept and the
+window dead-lettered (`window_truncated`); a window Binance can only reject (see
+`_can_only_fail`) is narrowed to the part it accepts and the rest dead-lettered and recorded in
+the checkpoint (`window_unavailable`); any other failure retries the whole poll with backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TypeVar
 
 import asyncpg
 import orjson
@@ -43,37 +53,87 @@ from collector.rest.endpoints import (
 )
 from collector.rest.parse import AccountForceOrder, parse_margin_order, parse_rows
 from collector.rest.windows import Window, next_window, split_window
-from collector.retry import sleep_or_stop
+from collector.retry import Backoff, sleep_or_stop
+from collector.sink.writer import is_transient
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 # Stay this far inside a documented retention, so the oldest window never asks for expired data.
 RETENTION_MARGIN_MS = 3_600_000
 # -1127 "More than %s hours between startTime and endTime": halve the span, down to this.
 MIN_WINDOW_MS = 3_600_000
 WINDOW_TOO_WIDE = -1127
+INVALID_VALUE = -1130
+# Other codes with which an endpoint rejects the time range itself, whatever else is sent.
+TIME_RANGE_CODES = frozenset({-4166})
+_NAMES_A_TIME = re.compile(r"\b(startTime|endTime)\b")
+TRUNCATED = "window_truncated"
+UNAVAILABLE = "window_unavailable"
+# Dead-letter kind -> the `collector_dead_letters_total` reason (prefixed `account_`).
+_DEAD_LETTER_REASON = {"malformed": "row_malformed", "db_rejected": "row_rejected",
+                       TRUNCATED: TRUNCATED, UNAVAILABLE: UNAVAILABLE}  # fmt: skip
+
+
+def can_only_fail(exc: RequestRejected, window_ms: int) -> bool:
+    """Whether Binance rejected the window itself, so asking again can only fail: a span too
+    wide (-1127) even at the narrowest window sent, a time it does not serve (-1130 naming
+    startTime or endTime, e.g. beyond its retention), or another time-range code. Anything else
+    (a 404, another parameter, no code) may be transient or a problem of the endpoint as a
+    whole, and is retried with backoff."""
+    if exc.code == WINDOW_TOO_WIDE:
+        return window_ms <= MIN_WINDOW_MS
+    if exc.code == INVALID_VALUE:
+        return _NAMES_A_TIME.search(exc.msg) is not None
+    return exc.code in TIME_RANGE_CODES
+
+
+@dataclass(slots=True)
+class Fetched:
+    """What reading one window gave: the rows, and what to dead-letter beside them."""
+
+    orders: list[AccountForceOrder]
+    dead: list[store.BadRow]
+    unavailable: str | None = None  # why part of the window was skipped, if it was
+
+    def extend(self, other: Fetched) -> None:
+        """Add the outcome of a sub-window."""
+        self.orders.extend(other.orders)
+        self.dead.extend(other.dead)
+
+
+class Health(StrEnum):
+    """The state of an account endpoint, worst first."""
+
+    CREDENTIALS_REJECTED = "credentials_rejected"
+    FAILING = "failing"
+    OK = "ok"
 
 
 @dataclass(slots=True)
 class AccountState:
-    """Health shared by an account's scopes: unhealthy while any scope has an auth error."""
+    """Health of an account's endpoints: each endpoint is in the worst state of its scopes, as
+    `collector_account_state{account, endpoint, state}` (1 for that state, 0 for the others)."""
 
     name: str
     metrics: Metrics
-    failing: set[str] = field(default_factory=set)
+    scopes: dict[str, tuple[str, Health]] = field(default_factory=dict)
 
-    def ok(self, scope: str) -> None:
-        """A scope's request succeeded."""
-        self.failing.discard(scope)
-        self._publish()
+    def set(self, endpoint: str, scope: str, health: Health) -> None:
+        """Scope `scope` of `endpoint` is in state `health` now."""
+        if self.scopes.get(scope) == (endpoint, health):
+            return
+        self.scopes[scope] = (endpoint, health)
+        worst = self.of(endpoint)
+        for state in Health:
+            self.metrics.account_state.labels(self.name, endpoint, state.value).set(
+                int(state is worst)
+            )
 
-    def auth_failed(self, scope: str) -> None:
-        """A scope got an auth or permission error."""
-        self.failing.add(scope)
-        self._publish()
-
-    def _publish(self) -> None:
-        self.metrics.account_healthy.labels(self.name).set(0 if self.failing else 1)
+    def of(self, endpoint: str) -> Health | None:
+        """The state of `endpoint`: the worst of its scopes' (None before any outcome)."""
+        states = {health for e, health in self.scopes.values() if e == endpoint}
+        return next((state for state in Health if state in states), None)
 
 
 @dataclass(slots=True)
@@ -99,11 +159,17 @@ class ScopePoller:
         self.spec = scope.spec
         self.window_ms = scope.spec.max_window_ms
         self.label = f"{scope.spec.path}#{scope.name}"
+        self._backfill_logged = False
         self._log = log.bind(account=ctx.account.name, endpoint=scope.spec.path, scope=scope.name)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll every `poll_interval_s` (fixed rate) until `stop`; isolate every REST failure."""
+        """Poll every `poll_interval_s` (fixed rate) until `stop`; isolate every REST failure.
+        A failed poll is retried after a capped, jittered, doubling delay (reset by a success),
+        and the log says that delay."""
         rest = self.ctx.rest
+        failures = Backoff(
+            rest.poll_interval_s, max(rest.poll_interval_s, rest.poll_failure_backoff_max_s)
+        )
         while not stop.is_set():
             started = time.monotonic()
             delay: float | None = None
@@ -111,10 +177,12 @@ class ScopePoller:
                 await self.poll_once(stop)
                 if self.spec.product == "margin" and rest.enrich_margin_orders:
                     await self.enrich(stop)
+                failures.reset()
+                self._health(Health.OK)
             except RestStopped:
                 return
             except AuthError as exc:
-                self.ctx.state.auth_failed(self.label)
+                self._health(Health.CREDENTIALS_REJECTED)
                 self._log.error(
                     "account.auth_failed", code=exc.code, status=exc.status, msg=exc.msg,
                     hint="check the API key, its type, IP whitelist and read permission",
@@ -122,12 +190,38 @@ class ScopePoller:
                 )  # fmt: skip
                 delay = rest.auth_failure_backoff_s
             except (TransientRestError, RequestRejected, MalformedPayload) as exc:
-                self._log.warning("account.poll_failed", error=str(exc),
-                                  retry_in_s=rest.poll_interval_s)  # fmt: skip
+                self._health(Health.FAILING)
+                delay = failures.next_delay()
+                self._log.warning("account.poll_failed", error=str(exc), failures=failures.attempt,
+                                  retry_in_s=round(delay, 3))  # fmt: skip
             if delay is None:
                 delay = max(0.0, rest.poll_interval_s - (time.monotonic() - started))
             if await sleep_or_stop(delay, stop):
                 return
+
+    def _health(self, health: Health) -> None:
+        self.ctx.state.set(self.spec.path, self.label, health)
+
+    async def _db(self, operation: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
+        """Run a database operation, waiting out a database that is down or restarting (capped,
+        jittered backoff) with what was fetched kept in memory; other errors propagate."""
+        rest = self.ctx.rest
+        backoff = Backoff(rest.retry_initial_s, rest.retry_max_s)
+        while True:
+            try:
+                result = await operation()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                delay = backoff.next_delay()
+                self._log.warning("account.database_unavailable", error=type(exc).__name__,
+                                  detail=str(exc)[:200], retry_in_s=round(delay, 3))  # fmt: skip
+                if await sleep_or_stop(delay, stop):
+                    raise RestStopped("database") from None
+                continue
+            if backoff.attempt:
+                self._log.info("account.database_available")
+            return result
 
     async def _now_ms(self, stop: asyncio.Event) -> int:
         family = self.spec.family
@@ -144,13 +238,17 @@ class ScopePoller:
         ctx, account = self.ctx, self.ctx.account.name
         now_ms = await self._now_ms(stop)
         floor = self._retention_floor_ms(now_ms)
-        cp = await store.load_checkpoint(ctx.pool, account, self.spec.path, self.scope.name)
+        cp = await self._db(
+            lambda: store.load_checkpoint(ctx.pool, account, self.spec.path, self.scope.name), stop
+        )
         if cp is None:
             horizon = now_ms - int(depth_days(self.spec, ctx.account.backfill_days) * DAY_MS)
             if floor is not None:
                 horizon = max(horizon, floor)
             cp = store.Checkpoint(horizon, horizon, backfill_complete=False)
-            self._log.info("account.backfill_started", horizon_ms=horizon)
+            if not self._backfill_logged:  # once per scope, not once per failed first poll
+                self._backfill_logged = True
+                self._log.info("account.backfill_started", horizon_ms=horizon)
         labels = (account, self.spec.path)
         ctx.metrics.account_backfill_horizon.labels(*labels).set(cp.horizon_ms / 1000)
         ctx.metrics.account_backfill_complete.labels(*labels).set(int(cp.backfill_complete))
@@ -162,27 +260,36 @@ class ScopePoller:
             cursor = floor
         while (window := next_window(cursor, now_ms, self.window_ms)) is not None:
             try:
-                orders, bad = await self._fetch(window, stop)
+                fetched = await self._fetch(window, stop)
             except RequestRejected as exc:
                 if exc.code == WINDOW_TOO_WIDE and self.window_ms > MIN_WINDOW_MS:
                     self.window_ms = max(MIN_WINDOW_MS, self.window_ms // 2)
                     self._log.warning("account.window_shrunk", window_ms=self.window_ms)
                     continue
-                raise
+                if not self._can_only_fail(exc):
+                    raise
+                fetched = await self._read_what_is_available(window, exc, stop)
             cursor = window[1]
             was_complete = cp.backfill_complete
             complete = was_complete or cursor >= now_ms
-            cp = store.Checkpoint(cp.horizon_ms, max(cp.covered_until_ms, cursor), complete)
-            counts = await store.commit_window(
-                ctx.pool, account, self.spec.path, self.scope.name, orders, cp,
-                bad_rows=[store.BadRow(orjson.dumps(raw), why) for raw, why in bad],
+            cp = store.Checkpoint(cp.horizon_ms, max(cp.covered_until_ms, cursor), complete,
+                                  fetched.unavailable)  # fmt: skip
+            commit = functools.partial(
+                store.commit_window, ctx.pool, account, self.spec.path, self.scope.name,
+                fetched.orders, cp, bad_rows=fetched.dead,
             )  # fmt: skip
-            ctx.state.ok(self.label)
+            counts = await self._db(commit, stop)
+            self._health(Health.OK)
             for result, n in (("new", counts.new), ("updated", counts.updated),
-                              ("unchanged", counts.unchanged)):  # fmt: skip
+                              ("unchanged", counts.unchanged),
+                              ("rejected", counts.rejected)):  # fmt: skip
                 ctx.metrics.account_rows.labels(account, self.spec.path, result).inc(n)
-            if bad:
-                ctx.metrics.dead_letters.labels("account_row_malformed").inc(len(bad))
+            for dead in counts.dead_lettered:
+                ctx.metrics.dead_letters.labels(f"account_{_DEAD_LETTER_REASON[dead.kind]}").inc()
+                if dead.kind == TRUNCATED:
+                    ctx.metrics.account_windows_truncated.labels(*labels).inc()
+                elif dead.kind == UNAVAILABLE:
+                    ctx.metrics.account_windows_unavailable.labels(*labels).inc()
             ctx.metrics.account_backfill_complete.labels(*labels).set(int(complete))
             lag_s = max(0.0, (ctx.client.clocks.now_ms(self.spec.family) - cursor) / 1000)
             ctx.metrics.account_poll_lag.labels(*labels).set(lag_s)
@@ -190,11 +297,41 @@ class ScopePoller:
                 self._log.info("account.backfill_complete", horizon_ms=cp.horizon_ms)
         self._log.debug("account.poll_done", covered_until_ms=cp.covered_until_ms)
 
-    async def _fetch(
-        self, window: Window, stop: asyncio.Event
-    ) -> tuple[list[AccountForceOrder], list[tuple[object, str]]]:
+    def _can_only_fail(self, exc: RequestRejected) -> bool:
+        return can_only_fail(exc, self.window_ms)
+
+    async def _read_what_is_available(
+        self, window: Window, rejected: RequestRejected, stop: asyncio.Event
+    ) -> Fetched:
+        """Binance can only reject `window`: find (by bisection on the start, to
+        MIN_WINDOW_MS) the latest part `(cut, end)` it accepts, read that, and dead-letter
+        `[start, cut]` as unavailable with the reason."""
+        start, end = window
+        low, cut = start, end  # (low, end) is rejected; (cut, end) accepted, or cut == end
+        fetched = Fetched([], [])
+        reason = rejected
+        while cut - low > MIN_WINDOW_MS:
+            mid = (low + cut) // 2
+            try:
+                got = await self._fetch((mid, end), stop)
+            except RequestRejected as exc:
+                if not self._can_only_fail(exc):
+                    raise
+                low, reason = mid, exc
+                continue
+            fetched, cut = got, mid
+        why = f"[{start}, {cut}] ms unavailable: {reason}"
+        self._log.warning("account.window_unavailable", start_ms=start, end_ms=cut,
+                          code=reason.code, msg=reason.msg)  # fmt: skip
+        detail = {"scope": self.scope.name, "startTime": start, "endTime": cut,
+                  "status": reason.status, "code": reason.code, "msg": reason.msg}  # fmt: skip
+        fetched.dead.append(store.BadRow(orjson.dumps(detail), why, UNAVAILABLE))
+        fetched.unavailable = why
+        return fetched
+
+    async def _fetch(self, window: Window, stop: asyncio.Event) -> Fetched:
         if self.spec.paging is Paging.LIMIT:
-            return await self._fetch_limit(window, stop)
+            return await self._fetch_limit(window, stop, set())
         return await self._fetch_pages(window, stop)
 
     async def _get(self, params: list[tuple[str, str | int]], stop: asyncio.Event) -> object:
@@ -203,35 +340,47 @@ class ScopePoller:
             self.spec.weight, self.ctx.credentials, stop,
         )  # fmt: skip
 
+    def _bad_rows(self, bad: list[tuple[object, str]]) -> list[store.BadRow]:
+        return [store.BadRow(orjson.dumps(raw), why) for raw, why in bad]
+
     async def _fetch_limit(
-        self, window: Window, stop: asyncio.Event
-    ) -> tuple[list[AccountForceOrder], list[tuple[object, str]]]:
-        """One window, bisected while a response is a full page."""
+        self, window: Window, stop: asyncio.Event, truncated_pages: set[frozenset[object]]
+    ) -> Fetched:
+        """One window, bisected while a response is a full page. A window too narrow to split
+        that is still full (more than a page of rows in one millisecond) keeps the page it got
+        and is dead-lettered once (the overlapping halves may reach the same rows twice), so the
+        scope moves on."""
         start, end = window
-        payload = await self._get(
-            [("startTime", start), ("endTime", end), ("limit", self.spec.page_size)], stop
-        )
+        limit = self.spec.page_size
+        payload = await self._get([("startTime", start), ("endTime", end), ("limit", limit)], stop)
         page = parse_rows(payload, self.ctx.account.name, self.scope)
-        if page.received < self.spec.page_size:
-            return page.orders, page.bad
+        if page.received < limit:
+            return Fetched(page.orders, self._bad_rows(page.bad))
         halves = split_window(window)
         if halves is None:
-            self._log.warning("account.window_unsplittable", start_ms=start, end_ms=end)
-            return page.orders, page.bad
-        orders, bad = [], []
+            keys = frozenset(order.key for order in page.orders)
+            if keys in truncated_pages:
+                return Fetched(page.orders, self._bad_rows(page.bad))
+            truncated_pages.add(keys)
+            self._log.warning("account.window_truncated", start_ms=start, end_ms=end, limit=limit)
+            detail = {"scope": self.scope.name, "startTime": start, "endTime": end,
+                      "limit": limit, "received": page.received}  # fmt: skip
+            truncated = store.BadRow(
+                orjson.dumps(detail),
+                f"a full page of {limit} rows in [{start}, {end}] ms, too narrow to split: "
+                "rows beyond the page were not read",
+                TRUNCATED,
+            )
+            return Fetched(page.orders, [*self._bad_rows(page.bad), truncated])
+        fetched = Fetched([], [])
         for half in halves:
-            more, more_bad = await self._fetch_limit(half, stop)
-            orders.extend(more)
-            bad.extend(more_bad)
-        return orders, bad
+            fetched.extend(await self._fetch_limit(half, stop, truncated_pages))
+        return fetched
 
-    async def _fetch_pages(
-        self, window: Window, stop: asyncio.Event
-    ) -> tuple[list[AccountForceOrder], list[tuple[object, str]]]:
+    async def _fetch_pages(self, window: Window, stop: asyncio.Event) -> Fetched:
         """Every page of one frozen window."""
         start, end = window
-        orders: list[AccountForceOrder] = []
-        bad: list[tuple[object, str]] = []
+        fetched = Fetched([], [])
         current = received = 0
         while True:
             current += 1
@@ -240,18 +389,20 @@ class ScopePoller:
                  ("size", self.spec.page_size)], stop,
             )  # fmt: skip
             page = parse_rows(payload, self.ctx.account.name, self.scope)
-            orders.extend(page.orders)
-            bad.extend(page.bad)
+            fetched.extend(Fetched(page.orders, self._bad_rows(page.bad)))
             received += page.received
             if page.received < self.spec.page_size or received >= page.total:
-                return orders, bad
+                return fetched
 
     async def enrich(self, stop: asyncio.Event) -> None:
         """Look up the full order of up to `enrich_per_poll` margin force orders not yet
         enriched. Rows stay whatever happens; a final failure is written to the row."""
         ctx, account = self.ctx, self.ctx.account.name
-        pending = await store.pending_enrichment(
-            ctx.pool, account, self.spec.path, ctx.rest.enrich_per_poll
+        pending = await self._db(
+            lambda: store.pending_enrichment(
+                ctx.pool, account, self.spec.path, ctx.rest.enrich_per_poll
+            ),
+            stop,
         )
         outcome = ctx.metrics.account_enrichment
         for symbol, order_id, is_isolated in pending:
@@ -266,7 +417,10 @@ class ScopePoller:
                 enrichment = parse_margin_order(payload)
             except (RequestRejected, MalformedPayload) as exc:
                 outcome.labels(account, "failed").inc()
-                await store.store_enrichment_error(ctx.pool, account, symbol, order_id, str(exc))
+                failed = functools.partial(
+                    store.store_enrichment_error, ctx.pool, account, symbol, order_id, str(exc)
+                )
+                await self._db(failed, stop)
                 continue
             except AuthError as exc:
                 outcome.labels(account, "auth_error").inc()
@@ -276,7 +430,12 @@ class ScopePoller:
                 outcome.labels(account, "retry_later").inc()
                 self._log.warning("account.enrichment_deferred", error=str(exc))
                 return
-            await store.store_enrichment(ctx.pool, account, symbol, order_id, enrichment)
+            await self._db(
+                functools.partial(
+                    store.store_enrichment, ctx.pool, account, symbol, order_id, enrichment
+                ),
+                stop,
+            )
             outcome.labels(account, "ok").inc()
 
     @property

@@ -14,8 +14,12 @@ from datetime import UTC, datetime
 
 import asyncpg
 import orjson
+import structlog
 
 from collector.rest.parse import AccountForceOrder, Enrichment
+from collector.sink.writer import is_data_error
+
+log = structlog.get_logger(__name__)
 
 _UPSERT = """
 INSERT INTO account_force_orders AS t (
@@ -58,22 +62,30 @@ RETURNING (xmax = 0) AS inserted
 """
 
 _LOAD_CHECKPOINT = """
-SELECT horizon_at, covered_until, backfill_complete FROM account_poll_checkpoints
+SELECT horizon_at, covered_until, backfill_complete, unavailable_reason
+  FROM account_poll_checkpoints
  WHERE account = $1 AND endpoint = $2 AND scope = $3
 """
 
 _SAVE_CHECKPOINT = """
-INSERT INTO account_poll_checkpoints (account, endpoint, scope, horizon_at, covered_until,
-                                      backfill_complete, last_poll_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+INSERT INTO account_poll_checkpoints AS t (account, endpoint, scope, horizon_at, covered_until,
+                                           backfill_complete, last_poll_at, updated_at,
+                                           unavailable_reason)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)
 ON CONFLICT (account, endpoint, scope) DO UPDATE SET
     horizon_at = EXCLUDED.horizon_at, covered_until = EXCLUDED.covered_until,
     backfill_complete = EXCLUDED.backfill_complete, last_poll_at = EXCLUDED.last_poll_at,
-    updated_at = EXCLUDED.updated_at
+    updated_at = EXCLUDED.updated_at,
+    unavailable_reason = COALESCE(EXCLUDED.unavailable_reason, t.unavailable_reason)
 """
 
+# Once per (source, reason, raw): a window re-read by a later poll (the overlap) does not
+# dead-letter the same row or window again.
 _DEAD_LETTER = """
-INSERT INTO dead_letters (received_at, source, reason, detail, raw) VALUES ($1, $2, $3, $4, $5)
+INSERT INTO dead_letters (received_at, source, reason, detail, raw)
+SELECT $1, $2, $3, $4, $5
+ WHERE NOT EXISTS (SELECT 1 FROM dead_letters
+                    WHERE source LIKE 'account:%' AND source = $2 AND reason = $3 AND raw = $5)
 """
 
 _PENDING_ENRICHMENT = """
@@ -119,23 +131,32 @@ class Checkpoint:
     horizon_ms: int
     covered_until_ms: int
     backfill_complete: bool
+    # Why the last window skipped as unavailable was; a save without one keeps the saved one.
+    unavailable_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class WriteCounts:
-    """Outcome of one window's upserts."""
+    """Outcome of one window's upserts, and the dead letters it added (a repeat adds none)."""
 
     new: int = 0
     updated: int = 0
     unchanged: int = 0
+    rejected: int = 0  # rows Postgres refused, dead-lettered as `db_rejected`
+    dead_lettered: tuple[BadRow, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class BadRow:
-    """A row that did not parse: dead-lettered with the reason."""
+    """Something a person should look at, dead-lettered with the reason: a row that did not
+    parse (`malformed`) or that Postgres refused (`db_rejected`), or a window that could not be
+    read whole (`raw` is the window as JSON): `window_truncated` (more rows in one millisecond
+    than a page holds) or `window_unavailable` (Binance can only reject it: older than it
+    keeps, a span it never accepts)."""
 
     raw: bytes
     reason: str
+    kind: str = "malformed"
 
 
 def latest_per_key(rows: Iterable[AccountForceOrder]) -> list[AccountForceOrder]:
@@ -158,8 +179,9 @@ async def load_checkpoint(
     if row is None:
         return None
     return Checkpoint(
-        dt_to_ms(row["horizon_at"]), dt_to_ms(row["covered_until"]), row["backfill_complete"]
-    )
+        dt_to_ms(row["horizon_at"]), dt_to_ms(row["covered_until"]), row["backfill_complete"],
+        row["unavailable_reason"],
+    )  # fmt: skip
 
 
 async def commit_window(
@@ -173,31 +195,29 @@ async def commit_window(
     bad_rows: Sequence[BadRow] = (),
     now: datetime | None = None,
 ) -> WriteCounts:
-    """Upsert `rows` and save `checkpoint` in one transaction; return the row outcomes."""
+    """Upsert `rows`, dead-letter `bad_rows` and save `checkpoint` in one transaction; return
+    the row outcomes. A row Postgres rejects (SQLSTATE class 22/23: a NUL in a string, an
+    out-of-range value) is isolated by retrying the rows one by one and dead-lettered, so the
+    rest of the window and the checkpoint still commit."""
     now = now or datetime.now(tz=UTC)
     unique = latest_per_key(rows)
-    new = updated = 0
+    source = f"account:{account}:{endpoint}"
     async with pool.acquire() as conn, conn.transaction():
-        for r in unique:
-            result = await conn.fetchrow(
-                _UPSERT,
-                r.account, r.product, r.symbol, r.order_id, r.endpoint, r.auto_close_type,
-                r.side, r.position_side, r.status, r.order_type, r.orig_type, r.time_in_force,
-                r.client_order_id, r.price, r.avg_price, r.orig_qty, r.executed_qty,
-                r.cum_quote, r.cum_base, r.pair, r.is_isolated, r.order_time, r.update_time,
-                r.notional, r.notional_asset, now, orjson.dumps(dict(r.raw)).decode(),
-            )  # fmt: skip
-            if result is None:
-                continue
-            if result["inserted"]:
-                new += 1
-            else:
-                updated += 1
-        for bad in bad_rows:
-            await conn.execute(
-                _DEAD_LETTER, now, f"account:{account}:{endpoint}", "malformed", bad.reason,
-                bad.raw,
-            )  # fmt: skip
+        try:
+            async with conn.transaction():  # a savepoint: a rejected row costs only a retry
+                results: list[bool | BadRow | None] = [await _upsert(conn, r, now) for r in unique]
+        except Exception as exc:
+            if not is_rejected_row(exc):
+                raise
+            results = [await _upsert_isolated(conn, r, now) for r in unique]
+        rejected: list[BadRow] = [r for r in results if isinstance(r, BadRow)]
+        dead: list[BadRow] = []
+        for bad in [*bad_rows, *rejected]:
+            status = await conn.execute(
+                _DEAD_LETTER, now, source, bad.kind, _nul_free(bad.reason), bad.raw
+            )
+            if status.endswith(" 1"):
+                dead.append(bad)
         await conn.execute(
             _SAVE_CHECKPOINT,
             account,
@@ -207,8 +227,55 @@ async def commit_window(
             ms_to_dt(checkpoint.covered_until_ms),
             checkpoint.backfill_complete,
             now,
+            checkpoint.unavailable_reason,
         )
-    return WriteCounts(new, updated, len(unique) - new - updated)
+    new = sum(1 for r in results if r is True)
+    updated = sum(1 for r in results if r is False)
+    unchanged = len(unique) - new - updated - len(rejected)
+    return WriteCounts(new, updated, unchanged, len(rejected), tuple(dead))
+
+
+def is_rejected_row(exc: BaseException) -> bool:
+    """Whether `exc` says the row itself cannot be stored: Postgres refused its data (SQLSTATE
+    class 22 or 23), or asyncpg could not encode an argument."""
+    if isinstance(exc, asyncpg.InterfaceError):
+        return isinstance(exc, ValueError)  # asyncpg's own DataError: invalid query input
+    return is_data_error(exc)
+
+
+def _nul_free(text: str) -> str:
+    """Postgres text cannot hold NUL; a dead letter's reason may quote input that does."""
+    return text.replace("\x00", "\\u0000")
+
+
+async def _upsert(conn: asyncpg.Connection, r: AccountForceOrder, now: datetime) -> bool | None:
+    """Upsert one row: True inserted, False updated, None unchanged."""
+    result = await conn.fetchrow(
+        _UPSERT,
+        r.account, r.product, r.symbol, r.order_id, r.endpoint, r.auto_close_type,
+        r.side, r.position_side, r.status, r.order_type, r.orig_type, r.time_in_force,
+        r.client_order_id, r.price, r.avg_price, r.orig_qty, r.executed_qty,
+        r.cum_quote, r.cum_base, r.pair, r.is_isolated, r.order_time, r.update_time,
+        r.notional, r.notional_asset, now, orjson.dumps(dict(r.raw)).decode(),
+    )  # fmt: skip
+    return None if result is None else bool(result["inserted"])
+
+
+async def _upsert_isolated(
+    conn: asyncpg.Connection, r: AccountForceOrder, now: datetime
+) -> bool | BadRow | None:
+    """Upsert one row in its own savepoint; a rejected row comes back as its dead letter."""
+    try:
+        async with conn.transaction():
+            return await _upsert(conn, r, now)
+    except Exception as exc:
+        if not is_rejected_row(exc):
+            raise
+        log.warning("account.row_rejected", account=r.account, endpoint=r.endpoint,
+                    symbol=r.symbol, order_id=r.order_id, sqlstate=getattr(exc, "sqlstate", None),
+                    error=str(exc)[:200])  # fmt: skip
+        reason = f"{getattr(exc, 'sqlstate', None) or type(exc).__name__}: {exc}"[:1000]
+        return BadRow(orjson.dumps(dict(r.raw)), reason, "db_rejected")
 
 
 async def pending_enrichment(

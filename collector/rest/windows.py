@@ -12,9 +12,10 @@ Window = tuple[int, int]
 
 def split_window(window: Window) -> tuple[Window, Window] | None:
     """Halve a window that returned a full page: `[s, m+1]` and `[m, e]`; None when it is too
-    narrow to split (fewer than 3 ms)."""
+    narrow to split, i.e. when a half would be the window itself (`end - start` below 3: the
+    halves of `(0, 2)` would be `(0, 2)` and `(1, 2)`)."""
     start, end = window
-    if end - start < 2:
+    if end - start < 3:
         return None
     mid = (start + end) // 2
     return (start, mid + 1), (mid, end)
