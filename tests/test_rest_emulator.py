@@ -226,15 +226,16 @@ async def test_forced_429_lowers_the_limit_so_no_second_429_follows(
     api = account_api(emulator)
     _accounts(api)
     now = clock.ms()
-    api.seed_history("classic", Product.UM, 20, now - 9 * DAY, now - 60_000, 1)
+    api.seed_history("classic", Product.UM, 20, now - 5 * DAY, now - 60_000, 1)
     pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
     metrics = Metrics(CollectorRegistry())
     classic = AccountConfig("classic", "classic", Secret("CLASSICKEY"), Secret(SECRET_C),
-                            products=("um", "cm"), backfill_days=10)  # fmt: skip
+                            products=("um", "cm"), backfill_days=6)  # fmt: skip
     config = _config(emulator, (classic,), recv_window_ms=60_000)
     try:
         async with running_accounts(config, pool, metrics, clock):
-            await _until(lambda: _settled(pg, 4))
+            # After the 429 the limit is about 150: fresh reads take three grants in four.
+            await _until(lambda: _settled(pg, 4), 90)
     finally:
         await pool.close()
     assert await _keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
@@ -565,8 +566,9 @@ async def _true(value: bool) -> bool:
 
 
 def _classic_futures(name: str = "classic") -> AccountConfig:
+    """USD-M and COIN-M of the classic account, six days deep: one window per scope."""
     return AccountConfig(name, "classic", Secret("CLASSICKEY"), Secret(SECRET_C),
-                         products=("um", "cm"), backfill_days=10)  # fmt: skip
+                         products=("um", "cm"), backfill_days=6)  # fmt: skip
 
 
 async def _minutes_pass(clock: SharedClock, minutes: float) -> None:
@@ -586,7 +588,7 @@ async def test_the_announced_limit_is_used_and_never_exceeded(
     api = account_api(emulator)
     _accounts(api)
     now = clock.ms()
-    api.seed_history("classic", Product.UM, 20, now - 9 * DAY, now - 60_000, 1)
+    api.seed_history("classic", Product.UM, 20, now - 5 * DAY, now - 60_000, 1)
     pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
     metrics = Metrics(CollectorRegistry())
     config = _config(emulator, (_classic_futures(),), recv_window_ms=60_000, weight_share=1.0)
@@ -613,7 +615,7 @@ async def test_two_processes_at_half_share_one_limit_without_429(
     api = account_api(emulator)
     _accounts(api)
     now = clock.ms()
-    api.seed_history("classic", Product.UM, 20, now - 9 * DAY, now - 60_000, 1)
+    api.seed_history("classic", Product.UM, 20, now - 5 * DAY, now - 60_000, 1)
     pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=6)
     first, second = Metrics(CollectorRegistry()), Metrics(CollectorRegistry())
     config = _config(emulator, (_classic_futures(),), recv_window_ms=60_000, weight_share=0.5)
@@ -677,3 +679,41 @@ async def test_a_server_clock_jump_costs_one_resync_per_family_and_no_row(
     assert 1 <= rejected["fapi"] <= 2
     assert 1 <= rejected["dapi"] <= 2
     assert rejected["sapi"] <= 2
+
+
+@pytest.mark.clock_rate(20)
+async def test_a_new_force_order_is_stored_while_a_long_backfill_runs(
+    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection, clock: SharedClock
+) -> None:
+    """During a 180-day backfill of two accounts (minutes of weight at the default share), a
+    force order that happens now is stored by the next poll's fresh read, long before the
+    backfill of its scope is done."""
+    api = account_api(emulator)
+    accounts = _accounts(api, backfill_days=180)
+    now = clock.ms()
+    for seed, product in enumerate((Product.UM, Product.CM)):
+        api.seed_history("classic", product, 200, now - 170 * DAY, now - 60_000, seed)
+        api.seed_history("pm", product, 200, now - 170 * DAY, now - 60_000, seed + 10)
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
+    metrics = Metrics(CollectorRegistry())
+    config = _config(emulator, accounts, poll_interval_s=1.0, recv_window_ms=60_000)
+    try:
+        async with running_accounts(config, pool, metrics, clock):
+            await _until(lambda: _backfilling(pg, "pm", "/papi/v1/um/forceOrders"))
+            fresh = api.add_force_order(
+                "pm", Product.UM, symbol="BTCUSDT", time=clock.ms() - 500,
+                autoCloseType="LIQUIDATION",
+            )  # fmt: skip
+            await _until(lambda: _has(pg, "pm", fresh.order_id))
+            assert await _backfilling(pg, "pm", "/papi/v1/um/forceOrders", "LIQUIDATION")
+    finally:
+        await pool.close()
+
+
+async def _backfilling(
+    pg: asyncpg.Connection, account: str, endpoint: str, scope: str | None = None
+) -> bool:
+    """Whether a scope of `endpoint` has a checkpoint and has not finished its backfill."""
+    rows = await pg.fetch("SELECT scope, backfill_complete FROM account_poll_checkpoints "
+                          "WHERE account = $1 AND endpoint = $2", account, endpoint)  # fmt: skip
+    return any(not r["backfill_complete"] for r in rows if scope in (None, r["scope"]))

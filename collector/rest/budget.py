@@ -38,6 +38,8 @@ _BURST_FRACTION = 0.25
 # The whole allowance is released this far into the minute, so that the last of it is not lost at
 # the boundary and a clock a few seconds off Binance's never spends two allowances in its minute.
 _RELEASED_BY_S = 50.0
+# While a backfill request waits, at most this many fresh requests are served before it.
+_FRESH_PER_BACKFILL = 3
 # The longest single sleep while waiting for weight: the clock is looked at again after it.
 _MAX_SLEEP_S = 1.0
 
@@ -183,11 +185,29 @@ class WeightPool:
 
 @dataclass(slots=True)
 class _Turns:
-    """Who may ask a pool next: first in, first out, fresh reads before backfill."""
+    """Who may ask a pool next: first in, first out, fresh reads before backfill, but never
+    more than `_FRESH_PER_BACKFILL` fresh grants in a row while a backfill request waits."""
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     fresh_waiting: int = 0
-    no_fresh_waiting: asyncio.Event = field(default_factory=asyncio.Event)
+    backfill_waiting: int = 0
+    fresh_streak: int = 0  # fresh grants since a backfill request was last served
+    backfill_may_go: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def update(self) -> None:
+        """Open or close the way for backfill requests after a change."""
+        if not self.fresh_waiting or self.fresh_streak >= _FRESH_PER_BACKFILL:
+            self.backfill_may_go.set()
+        else:
+            self.backfill_may_go.clear()
+
+    def granted(self, *, is_backfill: bool) -> None:
+        """One request was charged."""
+        if is_backfill:
+            self.fresh_streak = 0
+        elif self.backfill_waiting:
+            self.fresh_streak += 1
+        self.update()
 
 
 class Budget:
@@ -265,32 +285,37 @@ class Budget:
 
         Requests are served in the order they asked (asyncio.Lock wakes its waiters first in,
         first out), so no poller of a busy pool starves while others keep asking. A backfill
-        request (`is_backfill`) also gives way to every fresh one, waiting or arriving: the
-        backfill spends only what the recent windows leave.
+        request (`is_backfill`) also gives way to fresh ones, waiting or arriving: the backfill
+        spends what the recent windows leave, yet at least one grant in
+        `_FRESH_PER_BACKFILL + 1` while it waits, so history completes even when fresh reads
+        alone would use the whole allowance.
         """
         turns = self._turns.get(name)
         if turns is None:
             turns = self._turns[name] = _Turns()
-            turns.no_fresh_waiting.set()
-        if not is_backfill:
+        if is_backfill:
+            turns.backfill_waiting += 1
+        else:
             turns.fresh_waiting += 1
-            turns.no_fresh_waiting.clear()
+        turns.update()
         try:
             while not stop.is_set():
-                if is_backfill and await _wait_or_stop(turns.no_fresh_waiting, stop):
+                if is_backfill and await _wait_or_stop(turns.backfill_may_go, stop):
                     return False
                 async with turns.lock:
-                    while not stop.is_set() and not (is_backfill and turns.fresh_waiting):
+                    while not stop.is_set() and (not is_backfill or turns.backfill_may_go.is_set()):
                         delay = self.reserve(name, weight)
                         if delay <= 0:
+                            turns.granted(is_backfill=is_backfill)
                             return True
                         await sleep_or_stop(min(delay, _MAX_SLEEP_S), stop)
             return False
         finally:
-            if not is_backfill:
+            if is_backfill:
+                turns.backfill_waiting -= 1
+            else:
                 turns.fresh_waiting -= 1
-                if not turns.fresh_waiting:
-                    turns.no_fresh_waiting.set()
+            turns.update()
 
     def observe_used(self, name: str, used_1m: int) -> None:
         """Feed a used-weight header into pool `name`."""

@@ -163,12 +163,17 @@ class RestClient:
         weight: int,
         credentials: Credentials,
         stop: asyncio.Event,
+        *,
+        is_backfill: bool = False,
     ) -> Any:
-        """GET `path` on `family` signed with `credentials`; returns the decoded JSON."""
+        """GET `path` on `family` signed with `credentials`; returns the decoded JSON.
+        `is_backfill`: history or enrichment, which gives way to fresh reads for weight."""
         if pool_for(family, path) == FAPI_DAPI_POOL:
             await self.limits_ready(stop)
         await self.clock_ready(family, stop)
-        return await self._request(family, path, params, weight, credentials, stop)
+        return await self._request(
+            family, path, params, weight, credentials, stop, is_backfill=is_backfill
+        )
 
     async def limits_ready(self, stop: asyncio.Event) -> None:
         """Read the fapi + dapi weight limit that exchangeInfo announces, at the first request
@@ -218,6 +223,7 @@ class RestClient:
         stop: asyncio.Event,
         *,
         timing: list[float] | None = None,
+        is_backfill: bool = False,
     ) -> Any:
         """The request loop. `timing`, if given, receives our wall clock (ms) when the
         successful attempt was sent and when its answer was read."""
@@ -225,7 +231,7 @@ class RestClient:
         backoff = Backoff(self.rest.retry_initial_s, self.rest.retry_max_s)
         attempts = clock_retries = 0
         while True:
-            if not await self.budget.acquire(pool, weight, stop):
+            if not await self.budget.acquire(pool, weight, stop, is_backfill=is_backfill):
                 raise RestStopped(path)
             url = f"{base_url(self.binance, family)}{path}"
             headers: dict[str, str] = {}

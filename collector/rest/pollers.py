@@ -64,6 +64,8 @@ RETENTION_MARGIN_MS = 3_600_000
 # -1127 "More than %s hours between startTime and endTime": halve the span, down to this.
 MIN_WINDOW_MS = 3_600_000
 WINDOW_TOO_WIDE = -1127
+# One backfill progress line per scope per this many seconds.
+_PROGRESS_EVERY_S = 60.0
 INVALID_VALUE = -1130
 # Other codes with which an endpoint rejects the time range itself, whatever else is sent.
 TIME_RANGE_CODES = frozenset({-4166})
@@ -160,6 +162,12 @@ class ScopePoller:
         self.window_ms = scope.spec.max_window_ms
         self.label = f"{scope.spec.path}#{scope.name}"
         self._backfill_logged = False
+        # True while this poller reads history (or enriches): its requests give way to every
+        # scope's fresh reads for weight (Budget.acquire).
+        self._is_backfill = False
+        # (monotonic time, cursor) of the last progress line and of the first backfill window.
+        self._progress_at: tuple[float, int] | None = None
+        self._progress_from = (0.0, 0)
         self._log = log.bind(account=ctx.account.name, endpoint=scope.spec.path, scope=scope.name)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -258,7 +266,21 @@ class ScopePoller:
         if floor is not None and cursor < floor:
             self._log.warning("account.retention_gap", lost_until_ms=floor)
             cursor = floor
+        started, interval_s, windows = time.monotonic(), ctx.rest.poll_interval_s, 0
+        if not cp.backfill_complete:
+            # Fresh first: the recent window (the overlap before now) is read before any
+            # history, so a liquidation that happens during a long backfill is stored within a
+            # poll interval. Its rows commit; the checkpoint stays where the history is.
+            fresh_from = max(cursor, now_ms - int(ctx.rest.overlap_s * 1000),
+                             now_ms - self.window_ms)  # fmt: skip
+            if fresh_from > cursor:
+                await self._commit(await self._fetch((fresh_from, now_ms), stop), cp, labels, stop)
         while (window := next_window(cursor, now_ms, self.window_ms)) is not None:
+            backfilling = not cp.backfill_complete
+            if backfilling and windows and time.monotonic() - started >= interval_s:
+                break  # the rest of the history after the next poll's fresh read
+            self._is_backfill = backfilling
+            windows += 1
             try:
                 fetched = await self._fetch(window, stop)
             except RequestRejected as exc:
@@ -269,33 +291,64 @@ class ScopePoller:
                 if not self._can_only_fail(exc):
                     raise
                 fetched = await self._read_what_is_available(window, exc, stop)
+            finally:
+                self._is_backfill = False
             cursor = window[1]
             was_complete = cp.backfill_complete
             complete = was_complete or cursor >= now_ms
             cp = store.Checkpoint(cp.horizon_ms, max(cp.covered_until_ms, cursor), complete,
                                   fetched.unavailable)  # fmt: skip
-            commit = functools.partial(
-                store.commit_window, ctx.pool, account, self.spec.path, self.scope.name,
-                fetched.orders, cp, bad_rows=fetched.dead,
-            )  # fmt: skip
-            counts = await self._db(commit, stop)
-            self._health(Health.OK)
-            for result, n in (("new", counts.new), ("updated", counts.updated),
-                              ("unchanged", counts.unchanged),
-                              ("rejected", counts.rejected)):  # fmt: skip
-                ctx.metrics.account_rows.labels(account, self.spec.path, result).inc(n)
-            for dead in counts.dead_lettered:
-                ctx.metrics.dead_letters.labels(f"account_{_DEAD_LETTER_REASON[dead.kind]}").inc()
-                if dead.kind == TRUNCATED:
-                    ctx.metrics.account_windows_truncated.labels(*labels).inc()
-                elif dead.kind == UNAVAILABLE:
-                    ctx.metrics.account_windows_unavailable.labels(*labels).inc()
+            await self._commit(fetched, cp, labels, stop)
             ctx.metrics.account_backfill_complete.labels(*labels).set(int(complete))
             lag_s = max(0.0, (ctx.client.clocks.now_ms(self.spec.family) - cursor) / 1000)
             ctx.metrics.account_poll_lag.labels(*labels).set(lag_s)
             if complete and not was_complete:
                 self._log.info("account.backfill_complete", horizon_ms=cp.horizon_ms)
+            elif not complete:
+                self._progress(cp, cursor, now_ms)
         self._log.debug("account.poll_done", covered_until_ms=cp.covered_until_ms)
+
+    def _progress(self, cp: store.Checkpoint, cursor_ms: int, now_ms: int) -> None:
+        """During a backfill, one log line per scope per minute: days done of the total, and
+        when it should end at the pace since this process started it."""
+        at = time.monotonic()
+        if self._progress_at is None:
+            self._progress_at, self._progress_from = (at, cursor_ms), (at, cursor_ms)
+            return
+        if at - self._progress_at[0] < _PROGRESS_EVERY_S:
+            return
+        self._progress_at = (at, cursor_ms)
+        began_at, began_ms = self._progress_from
+        pace_ms_per_s = (cursor_ms - began_ms) / max(at - began_at, 1e-9)
+        eta_s = (now_ms - cursor_ms) / pace_ms_per_s if pace_ms_per_s > 0 else None
+        self._log.info(
+            "account.backfill_progress",
+            days_done=round((cursor_ms - cp.horizon_ms) / DAY_MS, 1),
+            days_total=round((now_ms - cp.horizon_ms) / DAY_MS, 1),
+            eta_s=None if eta_s is None else round(eta_s),
+        )
+
+    async def _commit(
+        self, fetched: Fetched, cp: store.Checkpoint, labels: tuple[str, str], stop: asyncio.Event
+    ) -> None:
+        """Commit `fetched` with checkpoint `cp` (waiting out a database outage); count it."""
+        ctx, account = self.ctx, self.ctx.account.name
+        commit = functools.partial(
+            store.commit_window, ctx.pool, account, self.spec.path, self.scope.name,
+            fetched.orders, cp, bad_rows=fetched.dead,
+        )  # fmt: skip
+        counts = await self._db(commit, stop)
+        self._health(Health.OK)
+        for result, n in (("new", counts.new), ("updated", counts.updated),
+                          ("unchanged", counts.unchanged),
+                          ("rejected", counts.rejected)):  # fmt: skip
+            ctx.metrics.account_rows.labels(account, self.spec.path, result).inc(n)
+        for dead in counts.dead_lettered:
+            ctx.metrics.dead_letters.labels(f"account_{_DEAD_LETTER_REASON[dead.kind]}").inc()
+            if dead.kind == TRUNCATED:
+                ctx.metrics.account_windows_truncated.labels(*labels).inc()
+            elif dead.kind == UNAVAILABLE:
+                ctx.metrics.account_windows_unavailable.labels(*labels).inc()
 
     def _can_only_fail(self, exc: RequestRejected) -> bool:
         return can_only_fail(exc, self.window_ms)
@@ -337,7 +390,7 @@ class ScopePoller:
     async def _get(self, params: list[tuple[str, str | int]], stop: asyncio.Event) -> object:
         return await self.ctx.client.get_signed(
             self.spec.family, self.spec.path, [*self.scope.params, *params],
-            self.spec.weight, self.ctx.credentials, stop,
+            self.spec.weight, self.ctx.credentials, stop, is_backfill=self._is_backfill,
         )  # fmt: skip
 
     def _bad_rows(self, bad: list[tuple[object, str]]) -> list[store.BadRow]:
@@ -412,7 +465,7 @@ class ScopePoller:
             try:
                 payload = await ctx.client.get_signed(
                     ctx.lookup.family, ctx.lookup.path, params, ctx.lookup.weight,
-                    ctx.credentials, stop,
+                    ctx.credentials, stop, is_backfill=True,  # after every fresh read
                 )  # fmt: skip
                 enrichment = parse_margin_order(payload)
             except (RequestRejected, MalformedPayload) as exc:
