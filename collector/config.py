@@ -103,10 +103,13 @@ class BinanceConfig:
     # Make-before-break rotation ahead of Binance's 24 h cut.
     rotate_after_s: float = 23 * 3600.0
     rotate_handover_timeout_s: float = 30.0
+    # Backoff over consecutive failed attempts (connect, upgrade, subscribe); a confirmed
+    # connection resets it.
     reconnect_initial_s: float = 1.0
     reconnect_max_s: float = 60.0
-    # A connection that stayed up this long resets the backoff.
-    healthy_after_s: float = 30.0
+    # A confirmed connection that ends (for any reason) is replaced after a random delay in
+    # [0, this], not after a backoff.
+    reconnect_jitter_s: float = 0.25
     # Control messages (SUBSCRIBE, LIST, pongs) per second per connection; Binance allows 10.
     control_messages_per_s: float = 4.0
     exchange_info_refresh_s: float = 3600.0
@@ -210,6 +213,12 @@ class Config:
     accounts: tuple[AccountConfig, ...] = ()
 
 
+# Settings that older files may still hold; accepted and ignored.
+_RETIRED: dict[str, frozenset[str]] = {
+    # The backoff now resets when a connection is confirmed, however long it then lives.
+    "binance": frozenset({"healthy_after_s"}),
+}
+
 _SECTIONS: dict[str, type[Any]] = {
     "database": DatabaseConfig,
     "binance": BinanceConfig,
@@ -288,7 +297,7 @@ def _build_section(
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     for key in toml:
-        if key not in known:
+        if key not in known and key not in _RETIRED.get(name, ()):
             problems.append(f"[{name}] {key}: unknown setting (known: {', '.join(sorted(known))})")
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
@@ -454,6 +463,8 @@ def _validate(config: Config, problems: list[str]) -> None:
         problems.append("[binance] rotate_after_s: must be above 60")
     if b.reconnect_initial_s <= 0 or b.reconnect_max_s < b.reconnect_initial_s:
         problems.append("[binance] reconnect_initial_s/reconnect_max_s: need 0 < initial <= max")
+    if b.reconnect_jitter_s < 0:
+        problems.append("[binance] reconnect_jitter_s: must be 0 or more")
     if w.queue_max < 1 or w.batch_max_rows < 1 or w.writers < 1:
         problems.append("[writer] queue_max, batch_max_rows and writers: must be at least 1")
     if w.batch_max_age_s <= 0:

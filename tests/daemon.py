@@ -30,7 +30,6 @@ def make_config(emulator: Emulator, dsn: str, **binance: Any) -> Config:
         sapi_url=emulator.sapi_url,
         reconnect_initial_s=0.05,
         reconnect_max_s=0.2,
-        healthy_after_s=1.0,
         heartbeat_s=0.2,
         control_messages_per_s=9.0,
         open_timeout_s=3.0,

@@ -52,6 +52,15 @@ def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
     assert str(info.value).startswith("invalid configuration (5 problem(s)):\n  - [binance] bogus")
 
 
+def test_a_retired_setting_in_an_old_file_is_accepted_and_ignored(tmp_path: Path) -> None:
+    """`healthy_after_s` (replaced by resetting the backoff on confirmation) still loads."""
+    toml = tmp_path / "c.toml"
+    toml.write_text("[binance]\nhealthy_after_s = 30.0\nreconnect_jitter_s = 0.1\n")
+    config = load_config({}, toml)
+    assert config.binance.reconnect_jitter_s == 0.1
+    assert not hasattr(config.binance, "healthy_after_s")
+
+
 def test_secrets_come_from_files_and_never_print(tmp_path: Path) -> None:
     """A DSN from a *_FILE variable is used but prints as <SECRET>."""
     secret_file = tmp_path / "dsn"

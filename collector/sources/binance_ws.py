@@ -1,9 +1,10 @@
 """Binance forceOrder websocket streams into the writer, with a ledger of when we listened.
 
 `plan_shards` spreads the configured streams over connections within Binance's per-connection
-limits. A `Shard` owns one logical connection: it connects (with capped, jittered backoff that
-resets after a healthy connection), rotates make-before-break ahead of the 24 h cut, and records
-every session in the coverage ledger. A `Connection` is one websocket session: it reads frames,
+limits. A `Shard` owns one logical connection: it connects (with capped, jittered backoff over
+failed attempts; at once after a confirmed connection ends), rotates make-before-break ahead of
+the 24 h cut, and records every session in the coverage ledger. A `Connection` is one
+websocket session: it reads frames,
 answers each ping with a pong carrying its payload (../shared/binance-protocol.md §1.4), routes
 control replies apart from data (§1.5), dead-letters what it cannot parse, and on close
 UNSUBSCRIBEs first so no frame already sent to it is dropped.
@@ -14,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -48,6 +51,8 @@ _MAX_URL_STREAMS = 50
 _SUBSCRIBE_CHUNK = 100
 _MAX_ANOMALY_KEYS = 10_000
 _ROTATION_RETRY_S = 60.0
+
+Pause = Callable[[float, asyncio.Event], Awaitable[bool]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -536,6 +541,9 @@ class Shard:
         metrics: Metrics,
         catalog: SymbolCatalog,
         config: BinanceConfig,
+        *,
+        rng: random.Random | None = None,
+        pause: Pause = sleep_or_stop,
     ) -> None:
         self.spec = spec
         self._http = http
@@ -544,6 +552,10 @@ class Shard:
         self._catalog = catalog
         self._config = config
         self._anomalies: set[tuple[str, str]] = set()
+        self._rng = rng or random.Random()
+        # Waits `delay` seconds unless `stop` is set first (True then); tests record the delays.
+        self._pause = pause
+        self.backoff = Backoff(config.reconnect_initial_s, config.reconnect_max_s, rng=self._rng)
         self.current: Connection | None = None
         self.log = log.bind(connection=spec.name)
 
@@ -559,8 +571,14 @@ class Shard:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until `stop` is set; then close the live session and return."""
-        backoff = Backoff(self._config.reconnect_initial_s, self._config.reconnect_max_s)
+        """Run until `stop` is set; then close the live session and return.
+
+        A confirmed connection (subscribed, or it delivered an event) that ends for any reason
+        is replaced at once, after a jitter of at most `reconnect_jitter_s`: the server cutting
+        a good session says nothing about the next attempt. Only consecutive failed attempts
+        (connect, upgrade, subscribe, or a session that ended unconfirmed) back off; a
+        confirmed connection resets the backoff.
+        """
         try:
             while not stop.is_set():
                 conn = self._new_connection()
@@ -568,34 +586,39 @@ class Shard:
                     await conn.open()
                 except ConnectionClosed as exc:
                     self._metrics.ws_reconnects.labels(self.spec.host, exc.reason).inc()
-                    delay = backoff.next_delay()
+                    delay = self.backoff.next_delay()
                     self.log.warning(
                         "ws.connect_failed",
                         reason=exc.reason,
                         error=str(exc.__cause__)[:300] if exc.__cause__ else None,
                         retry_in_s=round(delay, 3),
                     )
-                    await sleep_or_stop(delay, stop)
+                    await self._pause(delay, stop)
                     continue
                 self.current = conn
-                reason = await self._hold(conn, stop)
-                if reason is None:  # stopping
+                if conn.subscribed.is_set():
+                    self.backoff.reset()
+                ended = await self._hold(conn, stop)
+                if ended is None:  # stopping
                     return
-                lived = time.monotonic() - conn.opened_monotonic
-                if lived >= self._config.healthy_after_s:
-                    backoff.reset()
-                self._metrics.ws_reconnects.labels(self.spec.host, reason).inc()
-                delay = backoff.next_delay()
-                self.log.warning("ws.reconnect_scheduled", reason=reason, delay_s=round(delay, 3))
-                await sleep_or_stop(delay, stop)
+                self._metrics.ws_reconnects.labels(self.spec.host, ended.close_reason).inc()
+                if ended.subscribed.is_set() or ended.delivered.is_set():
+                    self.backoff.reset()
+                    delay = self._rng.random() * self._config.reconnect_jitter_s
+                else:
+                    delay = self.backoff.next_delay()
+                self.log.warning(
+                    "ws.reconnect_scheduled", reason=ended.close_reason, delay_s=round(delay, 3)
+                )
+                await self._pause(delay, stop)
         finally:
             if self.current is not None:
                 await self.current.close("shutdown")
 
-    async def _hold(self, conn: Connection, stop: asyncio.Event) -> str | None:
+    async def _hold(self, conn: Connection, stop: asyncio.Event) -> Connection | None:
         """Keep `conn` (and its successors after rotation) until it closes or we stop.
 
-        Returns the close reason, or None when `stop` was set.
+        Returns the connection that closed, or None when `stop` was set.
         """
         rotate_at = conn.opened_monotonic + self._config.rotate_after_s
         while True:
@@ -614,7 +637,7 @@ class Shard:
             if stop.is_set():
                 return None
             if conn.closed.is_set():
-                return conn.close_reason
+                return conn
             successor = await self._rotate(conn)
             if successor is None:  # the old connection keeps the stream covered; retry soon
                 rotate_at = time.monotonic() + _ROTATION_RETRY_S

@@ -1,0 +1,168 @@
+"""One shard against the emulator and a real writer: when it reconnects, and what the ledger and
+readiness say about connections that ended."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import random
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import asyncpg
+
+from collector.emulator import Emulator, EmulatorOptions
+from collector.metrics import Metrics
+from collector.retry import Backoff, sleep_or_stop
+from collector.sink.writer import Writer
+from collector.sources.binance_ws import Connection, Shard, plan_shards
+from collector.sources.catalog import SymbolCatalog
+from tests.daemon import count_rows, eventually, make_config
+from tests.factories import um_event
+
+SEED = 7
+
+
+@dataclasses.dataclass
+class Harness:
+    """A running shard, the delays it paused for (with when each pause ended) and its metrics."""
+
+    shard: Shard
+    pauses: list[tuple[float, float]]
+    metrics: Metrics
+    writer: Writer
+
+    def sample(self, name: str, labels: dict[str, str]) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else float(value)
+
+
+@contextlib.asynccontextmanager
+async def shard_running(
+    emu: Emulator, pg_dsn: str, *, catalog: SymbolCatalog | None = None, **binance: object
+) -> AsyncIterator[Harness]:
+    """Run the first planned shard with a seeded jitter and recorded pauses; stop it on exit."""
+    config = make_config(emu, pg_dsn, **binance)
+    metrics = Metrics()
+    writer = Writer(lambda: asyncpg.connect(pg_dsn), config.writer, metrics)
+    writer_task = asyncio.create_task(writer.run())
+    pauses: list[tuple[float, float]] = []
+
+    async def pause(delay: float, stop: asyncio.Event) -> bool:
+        stopped = await sleep_or_stop(delay, stop)
+        pauses.append((delay, time.monotonic()))
+        return stopped
+
+    stop = asyncio.Event()
+    async with aiohttp.ClientSession() as http:
+        spec = plan_shards(config.binance)[0]
+        shard = Shard(
+            spec,
+            http,
+            writer,
+            metrics,
+            catalog or SymbolCatalog(),
+            config.binance,
+            rng=random.Random(SEED),
+            pause=pause,
+        )
+        task = asyncio.create_task(shard.run(stop))
+        try:
+            yield Harness(shard, pauses, metrics, writer)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            await asyncio.wait_for(writer.flush(), 10)
+            writer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer_task
+
+
+async def confirmed_after(shard: Shard, previous: Connection | None) -> Connection:
+    """Wait until the shard holds a confirmed connection other than `previous`."""
+
+    def probe() -> Connection | None:
+        conn = shard.current
+        ok = conn is not None and conn is not previous and conn.subscribed.is_set()
+        return conn if ok and not conn.closed.is_set() else None
+
+    conn = await eventually(lambda: asyncio.sleep(0, probe()), lambda c: c is not None)
+    assert conn is not None
+    return conn
+
+
+async def test_ten_server_cuts_reconnect_at_once_without_backoff(
+    pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """Ten cuts of good sessions (drops and close frames) are each replaced within the 250 ms
+    jitter, and the backoff never grows."""
+    async with (
+        Emulator(EmulatorOptions()) as emu,
+        shard_running(emu, pg_dsn, reconnect_initial_s=0.5, reconnect_max_s=8.0) as h,
+    ):
+        conn = await confirmed_after(h.shard, None)
+        gaps: list[float] = []
+        for i in range(10):
+            await emu.wait_until(
+                lambda: [c.streams for c in emu.connections] == [{"!forceOrder@arr"}]
+            )
+            assert await emu.publish(um_event("BTCUSDT", 1_795_000_000_000 + i)) == 1
+            await eventually(count_rows(pg), lambda n, i=i: n == i + 1)
+            cut = time.monotonic()
+            assert (await emu.drop_connections() if i % 2 else emu.close_connections()) == 1
+            conn = await confirmed_after(h.shard, conn)
+            gaps.append(h.pauses[-1][1] - cut)
+            assert h.shard.backoff.attempt == 0
+        jitter = random.Random(SEED)
+        assert [d for d, _ in h.pauses] == [jitter.random() * 0.25 for _ in range(10)]
+        # Each attempt started within its jitter (<= 250 ms) plus the time to see the cut.
+        assert all(gap < 0.25 + 0.25 for gap in gaps), gaps
+        assert (
+            h.sample(
+                "collector_ws_reconnects_total", {"host": "fstream", "reason": "server_closed"}
+            )
+            == 10
+        )
+        assert h.sample("collector_ws_connects_total", {"host": "fstream"}) == 11
+    sessions = await pg.fetch(
+        "SELECT events_received, close_reason FROM ws_sessions ORDER BY opened_at"
+    )
+    assert [tuple(s) for s in sessions] == [(1, "server_closed")] * 10 + [(0, "shutdown")]
+    print(
+        f"cut -> next attempt: max {max(gaps) * 1000:.1f} ms, mean {sum(gaps) / 10 * 1000:.1f} ms"
+    )
+
+
+async def test_refused_upgrades_back_off_and_a_confirmed_connection_resets_it(
+    pg_dsn: str,
+) -> None:
+    """Five 503s back off with growing, capped delays; the confirmed connection resets the
+    backoff, so its cut is replaced at once and the next 503 starts from the initial delay."""
+    async with Emulator(EmulatorOptions()) as emu:
+        emu.fail_upgrades(5)
+        async with shard_running(emu, pg_dsn, reconnect_initial_s=0.05, reconnect_max_s=0.4) as h:
+            conn = await confirmed_after(h.shard, None)
+            assert h.shard.backoff.attempt == 0
+            emu.fail_upgrades(1)
+            assert emu.close_connections() == 1
+            await confirmed_after(h.shard, conn)
+            assert h.shard.backoff.attempt == 0
+            assert emu.stats.upgrades_failed == 6
+            assert (
+                h.sample("collector_ws_reconnects_total", {"host": "fstream", "reason": "http_503"})
+                == 6
+            )
+    rng = random.Random(SEED)
+    expected = Backoff(0.05, 0.4, rng=rng)
+    backoffs = [expected.next_delay() for _ in range(5)]
+    quick = rng.random() * 0.25
+    expected.reset()
+    after_reset = expected.next_delay()
+    delays = [d for d, _ in h.pauses]
+    assert delays == [*backoffs, quick, after_reset]
+    # Growing until the cap: each within [d/2, d] of 0.05, 0.1, 0.2, 0.4, 0.4.
+    for delay, cap in zip(backoffs, (0.05, 0.1, 0.2, 0.4, 0.4), strict=True):
+        assert cap / 2 <= delay <= cap
+    assert backoffs[0] < backoffs[1] < backoffs[2] < backoffs[3]
