@@ -17,9 +17,10 @@ from collector.emulator import Emulator, EmulatorOptions
 from collector.metrics import Metrics
 from collector.retry import Backoff, sleep_or_stop
 from collector.sink.writer import Writer
-from collector.sources.binance_ws import Connection, Shard, plan_shards
+from collector.sources.binance_ws import Connection, Shard, plan_shards, run_ws_sources
 from collector.sources.catalog import SymbolCatalog
-from tests.daemon import count_rows, eventually, make_config
+from collector.supervisor import Component, Runtime
+from tests.daemon import count_rows, eventually, make_config, running, subscribed
 from tests.factories import um_event
 
 SEED = 7
@@ -166,3 +167,45 @@ async def test_refused_upgrades_back_off_and_a_confirmed_connection_resets_it(
     for delay, cap in zip(backoffs, (0.05, 0.1, 0.2, 0.4, 0.4), strict=True):
         assert cap / 2 <= delay <= cap
     assert backoffs[0] < backoffs[1] < backoffs[2] < backoffs[3]
+
+
+async def test_a_restarted_ws_component_leaves_no_dead_shards_in_readiness(pg_dsn: str) -> None:
+    """After the supervisor restarts a failed ws component, readiness sees only the new shards."""
+    async with Emulator(EmulatorOptions()) as emu:
+        config = make_config(emu, pg_dsn)
+        runs = 0
+
+        def components(runtime: Runtime) -> dict[str, Component]:
+            async def ws(stop: asyncio.Event) -> None:
+                nonlocal runs
+                runs += 1
+                own_stop = asyncio.Event() if runs == 1 else stop
+                sources = asyncio.create_task(
+                    run_ws_sources(
+                        config.binance,
+                        runtime.writer,
+                        runtime.metrics,
+                        runtime.catalog,
+                        own_stop,
+                        runtime.shards,
+                    )
+                )
+                if runs == 1:
+                    await subscribed(emu)
+                    own_stop.set()
+                    await sources
+                    raise RuntimeError("the ws component failed")
+                await sources
+
+            return {"ws": ws}
+
+        async with running(config, components) as daemon:
+            await eventually(lambda: asyncio.sleep(0, runs), lambda n: n == 2)
+            health = daemon.runtime.health
+            ok, failing = await eventually(health.run_checks, lambda r: not r[1], timeout=15)
+            assert (ok, failing) == (["database", "event_age", "streams"], {})
+            assert [s.spec.name for s in daemon.runtime.shards] == ["fstream/market#0"]
+            restarts = daemon.runtime.metrics.registry.get_sample_value(
+                "collector_component_restarts_total", {"component": "ws"}
+            )
+            assert restarts == 1

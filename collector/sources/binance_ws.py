@@ -669,11 +669,14 @@ async def run_ws_sources(
     stop: asyncio.Event,
     shards_out: list[Shard] | None = None,
 ) -> None:
-    """Run every shard until `stop`; each closes its session in the ledger on the way out."""
+    """Run every shard until `stop`; each closes its session in the ledger on the way out.
+
+    `shards_out` (readiness reads it) is set to this run's shards, replacing a failed run's.
+    """
     async with aiohttp.ClientSession() as http:
         shards = [Shard(s, http, writer, metrics, catalog, config) for s in plan_shards(config)]
         if shards_out is not None:
-            shards_out.extend(shards)
+            shards_out[:] = shards
         async with asyncio.TaskGroup() as group:
             for shard in shards:
                 group.create_task(shard.run(stop), name=f"shard {shard.spec.name}")
