@@ -15,6 +15,7 @@ import asyncpg
 
 from collector.emulator import Emulator, EmulatorOptions
 from collector.metrics import Metrics
+from collector.model import Market
 from collector.retry import Backoff, sleep_or_stop
 from collector.sink.writer import Writer
 from collector.sources.binance_ws import Connection, Shard, plan_shards, run_ws_sources
@@ -209,3 +210,58 @@ async def test_a_restarted_ws_component_leaves_no_dead_shards_in_readiness(pg_ds
                 "collector_component_restarts_total", {"component": "ws"}
             )
             assert restarts == 1
+
+
+class FaultyCatalog(SymbolCatalog):
+    """A catalog with a bug: looking up BOOMUSDT raises (any failure of our own code)."""
+
+    def is_known(self, market: Market, symbol: str) -> bool | None:
+        if symbol == "BOOMUSDT":
+            raise RuntimeError("a bug in the catalog")
+        return super().is_known(market, symbol)
+
+
+def heartbeats() -> list[str]:
+    """Names of the heartbeat tasks alive in this loop."""
+    return sorted(t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("ws-beat"))
+
+
+async def test_a_reader_failure_closes_the_session_at_its_last_frame_and_reconnects(
+    pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """A reader killed by a bug ends its session at the last received frame, is counted, takes
+    its heartbeat down with it, and a new connection carries the stream on."""
+    async with (
+        Emulator(EmulatorOptions()) as emu,
+        shard_running(emu, pg_dsn, catalog=FaultyCatalog()) as h,
+    ):
+        first = await confirmed_after(h.shard, None)
+        await emu.wait_until(lambda: [c.streams for c in emu.connections] == [{"!forceOrder@arr"}])
+        await emu.publish(um_event("BTCUSDT", 1_795_000_000_001))
+        await emu.publish(um_event("BOOMUSDT", 1_795_000_000_002))
+        second = await confirmed_after(h.shard, first)
+        assert heartbeats() == ["ws-beat fstream/market#0"]
+        assert first.close_reason == "reader_failed"
+        await emu.wait_until(lambda: [c.streams for c in emu.connections] == [{"!forceOrder@arr"}])
+        await emu.publish(um_event("BTCUSDT", 1_795_000_000_003))
+        await eventually(count_rows(pg), lambda n: n == 3)
+        assert h.sample("collector_ws_reader_failures_total", {"host": "fstream"}) == 1
+        assert (
+            h.sample(
+                "collector_ws_reconnects_total", {"host": "fstream", "reason": "reader_failed"}
+            )
+            == 1
+        )
+        assert h.sample("collector_ws_connections", {"host": "fstream"}) == 1
+        assert not second.closed.is_set()
+    sessions = await pg.fetch(
+        "SELECT closed_at, close_reason, events_received FROM ws_sessions ORDER BY opened_at"
+    )
+    assert [(s["close_reason"], s["events_received"]) for s in sessions] == [
+        ("reader_failed", 2),
+        ("shutdown", 1),
+    ]
+    boom_received = await pg.fetchval(
+        "SELECT received_at FROM market_liquidations WHERE symbol = 'BOOMUSDT'"
+    )
+    assert sessions[0]["closed_at"] == boom_received

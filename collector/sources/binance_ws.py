@@ -155,8 +155,7 @@ class Connection:
         self._pacer = Pacer(config.control_messages_per_s)
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._pending: dict[int, asyncio.Future[ControlReply]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._heartbeat: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None  # `_run`: owns the reader and the heartbeat
         self._record: SessionRecord | None = None
         self._request_ids = itertools.count(1)
         self.subscribed = asyncio.Event()  # LIST_SUBSCRIPTIONS answered, or an event arrived
@@ -169,6 +168,7 @@ class Connection:
         self._last_event_at: datetime | None = None
         self._source_by_stream: dict[str | None, Source] = {}
         self._last_frame_monotonic = time.monotonic()
+        self._last_frame_at: datetime | None = None
         # Symbols exchangeInfo (at `_checked_version`) lists; unknown ones are counted each time.
         self._checked_symbols: set[str] = set()
         self._checked_version = -1
@@ -211,8 +211,7 @@ class Connection:
         await self._writer.put(self._record)
         self._metrics.ws_connects.labels(self.spec.host).inc()
         self._metrics.ws_connections.labels(self.spec.host).inc()
-        self._task = asyncio.create_task(self._read(), name=f"ws-read {self.spec.name}")
-        self._heartbeat = asyncio.create_task(self._beat(), name=f"ws-beat {self.spec.name}")
+        self._task = asyncio.create_task(self._run(), name=f"ws-conn {self.spec.name}")
         self.log.info("ws.opened", url=self.spec.url, streams=len(self.spec.streams))
         try:
             async with asyncio.timeout(self._config.open_timeout_s):
@@ -332,20 +331,42 @@ class Connection:
                 await self._ws.close()
         # Let the reader finish what it read (it may be waiting for queue space) rather than
         # cancel it mid-put; cancel only if it does not end.
-        reader = self._task
-        if reader is not None and reader is not asyncio.current_task():
-            _, pending = await asyncio.wait({reader}, timeout=self._config.open_timeout_s)
+        run = self._task
+        if run is not None and run is not asyncio.current_task():
+            _, pending = await asyncio.wait({run}, timeout=self._config.open_timeout_s)
             for task in pending:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
         await self._finish()
 
-    async def _finish(self) -> None:
+    async def _run(self) -> None:
+        """Read and beat under one owner, so neither outlives the other; then finish.
+
+        Anything but the socket's own errors escaping either (a bug, say) ends the session
+        too: it is counted, and closed in the ledger at its last received frame, since nothing
+        after that was read.
+        """
+        failure: BaseException | None = None
+        try:
+            async with asyncio.TaskGroup() as group:
+                beat = group.create_task(self._beat(), name=f"ws-beat {self.spec.name}")
+                reader = group.create_task(self._read(), name=f"ws-read {self.spec.name}")
+                reader.add_done_callback(lambda _: beat.cancel())
+        except* Exception as failures:
+            failure = failures.exceptions[0]
+        if failure is None:
+            await self._finish()
+            return
+        self.close_reason = self.close_reason or "reader_failed"
+        self._metrics.ws_reader_failures.labels(self.spec.host).inc()
+        self.log.error("ws.reader_failed", error=repr(failure), exc_info=failure)
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+        await self._finish(closed_at=self._last_frame_at)
+
+    async def _finish(self, closed_at: datetime | None = None) -> None:
         if self.closed.is_set():
             return
         self.closed.set()
@@ -355,8 +376,8 @@ class Connection:
         if self._record is None:
             return
         self._metrics.ws_connections.labels(self.spec.host).dec()
-        now = datetime.now(UTC)
-        await self._snapshot(closed_at=now, close_reason=self.close_reason)
+        closed_at = closed_at or datetime.now(UTC)
+        await self._snapshot(closed_at=closed_at, close_reason=self.close_reason)
         self.log.info(
             "ws.closed",
             reason=self.close_reason,
@@ -376,10 +397,9 @@ class Connection:
     async def _snapshot(self, **changes: Any) -> None:
         self._publish_metrics()
         assert self._record is not None
-        now = datetime.now(UTC)
         self._record = replace(
             self._record,
-            last_alive_at=now,
+            last_alive_at=datetime.now(UTC),
             first_event_at=self._first_event_at,
             last_event_at=self._last_event_at,
             events_received=self.events_received,
@@ -415,8 +435,9 @@ class Connection:
             while True:
                 msg = await ws.receive()
                 self._last_frame_monotonic = time.monotonic()
+                self._last_frame_at = received_at = datetime.now(UTC)
                 if msg.type is text_type:
-                    await self._on_text(msg.data)
+                    await self._on_text(msg.data, received_at)
                 elif msg.type is ping_type:
                     await ws.pong(msg.data)  # "a pong with a copy of ping's payload" (§1.4)
                 elif msg.type is pong_type:
@@ -436,13 +457,9 @@ class Connection:
             self.close_reason = reason
         with contextlib.suppress(Exception):
             await ws.close()
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-        await self._finish()
 
-    async def _on_text(self, text: str) -> None:
-        received_at = datetime.now(UTC)
-        received_mono = time.monotonic()
+    async def _on_text(self, text: str, received_at: datetime) -> None:
+        received_mono = self._last_frame_monotonic
         try:
             frame = decode_frame(text)
         except MalformedPayload as exc:
@@ -577,7 +594,8 @@ class Shard:
         is replaced at once, after a jitter of at most `reconnect_jitter_s`: the server cutting
         a good session says nothing about the next attempt. Only consecutive failed attempts
         (connect, upgrade, subscribe, or a session that ended unconfirmed) back off; a
-        confirmed connection resets the backoff.
+        confirmed connection resets the backoff. A session our own reader failed (a bug) backs
+        off too, so a frame that kills every session cannot make us hammer the server.
         """
         try:
             while not stop.is_set():
@@ -602,7 +620,8 @@ class Shard:
                 if ended is None:  # stopping
                     return
                 self._metrics.ws_reconnects.labels(self.spec.host, ended.close_reason).inc()
-                if ended.subscribed.is_set() or ended.delivered.is_set():
+                confirmed = ended.subscribed.is_set() or ended.delivered.is_set()
+                if confirmed and ended.close_reason != "reader_failed":
                     self.backoff.reset()
                     delay = self._rng.random() * self._config.reconnect_jitter_s
                 else:
