@@ -117,7 +117,8 @@ class BinanceConfig:
     # No frame at all (not even Binance's 3-minute ping) for this long means the link is dead.
     # Data silence alone never is: liquidation feeds can be quiet for minutes.
     idle_timeout_s: float = 600.0
-    # The ledger's per-session liveness mark (`last_alive_at`) is refreshed this often.
+    # The ledger's per-session liveness mark (`last_alive_at`) is refreshed this often, to the
+    # last moment the reader was caught up (not while it waits for writer queue space).
     heartbeat_s: float = 5.0
 
 

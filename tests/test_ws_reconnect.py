@@ -9,6 +9,7 @@ import dataclasses
 import random
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import aiohttp
 import asyncpg
@@ -265,3 +266,58 @@ async def test_a_reader_failure_closes_the_session_at_its_last_frame_and_reconne
         "SELECT received_at FROM market_liquidations WHERE symbol = 'BOOMUSDT'"
     )
     assert sessions[0]["closed_at"] == boom_received
+
+
+async def test_a_reader_held_up_by_a_full_queue_does_not_mark_the_session_alive(
+    pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """While a slow database keeps the queue full and frames wait unread, the ledger's
+    last_alive_at does not pass the moment the reader stopped reading; once all is read it
+    advances."""
+    await pg.execute(
+        "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM pg_sleep(0.02); RETURN NEW; END $$"
+    )
+    await pg.execute(
+        "CREATE TRIGGER slow BEFORE INSERT ON market_liquidations "
+        "FOR EACH ROW EXECUTE FUNCTION slow_insert()"
+    )
+    burst, queue_max = 150, 5
+    async with Emulator(EmulatorOptions()) as emu:
+        config = make_config(emu, pg_dsn, heartbeat_s=0.05)
+        config = dataclasses.replace(
+            config,
+            writer=dataclasses.replace(
+                config.writer, queue_max=queue_max, writers=1, batch_max_rows=1
+            ),
+        )
+        async with running(config) as daemon:
+            await subscribed(emu)
+            for i in range(burst):
+                assert await emu.publish(um_event("BTCUSDT", 1_795_000_000_000 + i)) == 1
+            # From the moment the queue is full the reader waits for space with the rest of the
+            # burst buffered unread (sent before now).
+            queue = daemon.runtime.writer.queue
+            await eventually(lambda: asyncio.sleep(0, queue.full()), lambda full: full)
+            sent_by = datetime.now(UTC)
+            seen: list[tuple[int, datetime | None]] = []
+
+            async def probe() -> int:
+                row = await pg.fetchrow(
+                    "SELECT (SELECT count(*) FROM market_liquidations) AS n, "
+                    "(SELECT last_alive_at FROM ws_sessions) AS alive"
+                )
+                assert row is not None
+                seen.append((row["n"], row["alive"]))
+                return int(row["n"])
+
+            await eventually(probe, lambda n: n == burst, timeout=30)
+            # Rows stored < burst - (queue + the batch in flight + the reader's own + one):
+            # some frame sent before `sent_by` is still unread.
+            unread = [(n, alive) for n, alive in seen if n < burst - queue_max - 3]
+            assert len(unread) >= 10
+            assert [(n, a) for n, a in unread if a is not None and a > sent_by] == []
+            await eventually(
+                lambda: pg.fetchval("SELECT last_alive_at FROM ws_sessions"),
+                lambda alive: alive is not None and alive > sent_by,
+            )

@@ -169,6 +169,10 @@ class Connection:
         self._source_by_stream: dict[str | None, Source] = {}
         self._last_frame_monotonic = time.monotonic()
         self._last_frame_at: datetime | None = None
+        # Whether the reader is waiting on the socket (everything that arrived has been read),
+        # and the last moment it was seen so: the ledger's liveness mark.
+        self._receiving = False
+        self._read_through_at: datetime | None = None
         # Symbols exchangeInfo (at `_checked_version`) lists; unknown ones are counted each time.
         self._checked_symbols: set[str] = set()
         self._checked_version = -1
@@ -198,6 +202,7 @@ class Connection:
             raise ConnectionClosed("connect_failed") from exc
         now = datetime.now(UTC)
         self.opened_monotonic = time.monotonic()
+        self._read_through_at = now
         self._record = SessionRecord(
             session_id=uuid.uuid4(),
             connection=self.spec.name,
@@ -364,7 +369,7 @@ class Connection:
         if self._ws is not None:
             with contextlib.suppress(Exception):
                 await self._ws.close()
-        await self._finish(closed_at=self._last_frame_at)
+        await self._finish(closed_at=self._last_frame_at or self._read_through_at)
 
     async def _finish(self, closed_at: datetime | None = None) -> None:
         if self.closed.is_set():
@@ -394,12 +399,20 @@ class Connection:
             )
         self._unpublished.clear()
 
+    def _read_through(self) -> datetime:
+        """Until when everything the server sent is known to be read: now while the reader
+        waits on the socket, else the last moment it was seen waiting. (A reader held up by a
+        full writer queue has frames buffered unread; time it did not read is not covered.)"""
+        if self._receiving or self._read_through_at is None:
+            self._read_through_at = datetime.now(UTC)
+        return self._read_through_at
+
     async def _snapshot(self, **changes: Any) -> None:
         self._publish_metrics()
         assert self._record is not None
         self._record = replace(
             self._record,
-            last_alive_at=datetime.now(UTC),
+            last_alive_at=self._read_through(),
             first_event_at=self._first_event_at,
             last_event_at=self._last_event_at,
             events_received=self.events_received,
@@ -433,7 +446,11 @@ class Connection:
         )
         try:
             while True:
-                msg = await ws.receive()
+                self._receiving = True
+                try:
+                    msg = await ws.receive()
+                finally:
+                    self._receiving = False
                 self._last_frame_monotonic = time.monotonic()
                 self._last_frame_at = received_at = datetime.now(UTC)
                 if msg.type is text_type:
