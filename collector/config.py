@@ -464,6 +464,11 @@ def _validate(config: Config, problems: list[str]) -> None:
         problems.append("[binance] rotate_after_s: must be above 60")
     if b.reconnect_initial_s <= 0 or b.reconnect_max_s < b.reconnect_initial_s:
         problems.append("[binance] reconnect_initial_s/reconnect_max_s: need 0 < initial <= max")
+    if not 0 < b.heartbeat_s <= 10:
+        problems.append(
+            "[binance] heartbeat_s: must be above 0 and at most 10 (the ledger counts an open "
+            "session live for 30 s after its last mark)"
+        )
     if b.reconnect_jitter_s < 0:
         problems.append("[binance] reconnect_jitter_s: must be 0 or more")
     if w.queue_max < 1 or w.batch_max_rows < 1 or w.writers < 1:

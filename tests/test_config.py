@@ -61,6 +61,16 @@ def test_a_retired_setting_in_an_old_file_is_accepted_and_ignored(tmp_path: Path
     assert not hasattr(config.binance, "healthy_after_s")
 
 
+def test_a_heartbeat_slower_than_the_ledger_grace_allows_is_refused() -> None:
+    """heartbeat_s above 10 s would let live sessions look dead to the ledger (30 s grace)."""
+    with pytest.raises(ConfigError) as info:
+        load_config({"COLLECTOR_BINANCE_HEARTBEAT_S": "30"})
+    assert info.value.problems == [
+        "[binance] heartbeat_s: must be above 0 and at most 10 (the ledger counts an open "
+        "session live for 30 s after its last mark)"
+    ]
+
+
 def test_secrets_come_from_files_and_never_print(tmp_path: Path) -> None:
     """A DSN from a *_FILE variable is used but prints as <SECRET>."""
     secret_file = tmp_path / "dsn"
