@@ -110,6 +110,9 @@ class BinanceConfig:
     # A confirmed connection that ends (for any reason) is replaced after a random delay in
     # [0, this], not after a backoff.
     reconnect_jitter_s: float = 0.25
+    # Connection attempts (all shards) per 5 minutes. Binance documents 300 per IP for Spot and
+    # nothing for futures; this keeps a server that cuts every session from getting us banned.
+    connection_attempts_per_5min: int = 300
     # Control messages (SUBSCRIBE, LIST, pongs) per second per connection; Binance allows 10.
     control_messages_per_s: float = 4.0
     exchange_info_refresh_s: float = 3600.0
@@ -469,6 +472,8 @@ def _validate(config: Config, problems: list[str]) -> None:
             "[binance] heartbeat_s: must be above 0 and at most 10 (the ledger counts an open "
             "session live for 30 s after its last mark)"
         )
+    if b.connection_attempts_per_5min < 1:
+        problems.append("[binance] connection_attempts_per_5min: must be at least 1")
     if b.reconnect_jitter_s < 0:
         problems.append("[binance] reconnect_jitter_s: must be 0 or more")
     if w.queue_max < 1 or w.batch_max_rows < 1 or w.writers < 1:

@@ -17,7 +17,7 @@ import asyncpg
 from collector.emulator import Emulator, EmulatorOptions
 from collector.metrics import Metrics
 from collector.model import Market
-from collector.retry import Backoff, sleep_or_stop
+from collector.retry import AttemptBudget, Backoff, sleep_or_stop
 from collector.sink.writer import Writer
 from collector.sources.binance_ws import Connection, Shard, plan_shards, run_ws_sources
 from collector.sources.catalog import SymbolCatalog
@@ -44,7 +44,12 @@ class Harness:
 
 @contextlib.asynccontextmanager
 async def shard_running(
-    emu: Emulator, pg_dsn: str, *, catalog: SymbolCatalog | None = None, **binance: object
+    emu: Emulator,
+    pg_dsn: str,
+    *,
+    catalog: SymbolCatalog | None = None,
+    budget: AttemptBudget | None = None,
+    **binance: object,
 ) -> AsyncIterator[Harness]:
     """Run the first planned shard with a seeded jitter and recorded pauses; stop it on exit."""
     config = make_config(emu, pg_dsn, **binance)
@@ -70,6 +75,7 @@ async def shard_running(
             config.binance,
             rng=random.Random(SEED),
             pause=pause,
+            budget=budget,
         )
         task = asyncio.create_task(shard.run(stop))
         try:
@@ -321,3 +327,22 @@ async def test_a_reader_held_up_by_a_full_queue_does_not_mark_the_session_alive(
                 lambda: pg.fetchval("SELECT last_alive_at FROM ws_sessions"),
                 lambda alive: alive is not None and alive > sent_by,
             )
+
+
+async def test_quick_reconnects_stay_within_the_attempt_budget(pg_dsn: str) -> None:
+    """With three attempts per 1.5 s, the fourth quick reconnect waits for the first to age out
+    of the window (a server that cuts every session cannot make us exceed the budget)."""
+    async with (
+        Emulator(EmulatorOptions()) as emu,
+        shard_running(emu, pg_dsn, budget=AttemptBudget(3, 1.5)) as h,
+    ):
+        conn = await confirmed_after(h.shard, None)
+        for _ in range(4):
+            assert emu.close_connections() == 1
+            conn = await confirmed_after(h.shard, conn)
+        delays = [d for d, _ in h.pauses]
+        jitter = random.Random(SEED)
+        assert delays[:3] == [jitter.random() * 0.25 for _ in range(3)]
+        assert delays[3] > 0.25
+        assert h.pauses[3][1] - h.pauses[0][1] >= 1.45
+        assert h.shard.backoff.attempt == 0

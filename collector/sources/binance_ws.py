@@ -31,7 +31,7 @@ from collector.config import BinanceConfig
 from collector.exceptions import MalformedPayload
 from collector.metrics import Metrics
 from collector.model import DeadLetter, SessionRecord
-from collector.retry import Backoff, sleep_or_stop
+from collector.retry import AttemptBudget, Backoff, sleep_or_stop
 from collector.sink.writer import Writer
 from collector.sources.binance_parse import (
     ControlReply,
@@ -578,6 +578,7 @@ class Shard:
         *,
         rng: random.Random | None = None,
         pause: Pause = sleep_or_stop,
+        budget: AttemptBudget | None = None,
     ) -> None:
         self.spec = spec
         self._http = http
@@ -589,6 +590,8 @@ class Shard:
         self._rng = rng or random.Random()
         # Waits `delay` seconds unless `stop` is set first (True then); tests record the delays.
         self._pause = pause
+        # Shared by the shards of one process: connection attempts per 5 minutes.
+        self._budget = budget or AttemptBudget(config.connection_attempts_per_5min, 300.0)
         self.backoff = Backoff(config.reconnect_initial_s, config.reconnect_max_s, rng=self._rng)
         self.current: Connection | None = None
         self.log = log.bind(connection=spec.name)
@@ -628,7 +631,7 @@ class Shard:
                         error=str(exc.__cause__)[:300] if exc.__cause__ else None,
                         retry_in_s=round(delay, 3),
                     )
-                    await self._pause(delay, stop)
+                    await self._pause(self._within_budget(delay), stop)
                     continue
                 self.current = conn
                 if conn.subscribed.is_set():
@@ -643,6 +646,7 @@ class Shard:
                     delay = self._rng.random() * self._config.reconnect_jitter_s
                 else:
                     delay = self.backoff.next_delay()
+                delay = self._within_budget(delay)
                 self.log.warning(
                     "ws.reconnect_scheduled", reason=ended.close_reason, delay_s=round(delay, 3)
                 )
@@ -650,6 +654,13 @@ class Shard:
         finally:
             if self.current is not None:
                 await self.current.close("shutdown")
+
+    def _within_budget(self, delay: float) -> float:
+        """`delay`, lengthened if the attempt after it would exceed the attempt budget."""
+        now = time.monotonic()
+        at = now + delay
+        booked = self._budget.reserve(at)
+        return delay if booked == at else booked - now
 
     async def _hold(self, conn: Connection, stop: asyncio.Event) -> Connection | None:
         """Keep `conn` (and its successors after rotation) until it closes or we stop.
@@ -710,7 +721,11 @@ async def run_ws_sources(
     `shards_out` (readiness reads it) is set to this run's shards, replacing a failed run's.
     """
     async with aiohttp.ClientSession() as http:
-        shards = [Shard(s, http, writer, metrics, catalog, config) for s in plan_shards(config)]
+        budget = AttemptBudget(config.connection_attempts_per_5min, 300.0)
+        shards = [
+            Shard(s, http, writer, metrics, catalog, config, budget=budget)
+            for s in plan_shards(config)
+        ]
         if shards_out is not None:
             shards_out[:] = shards
         async with asyncio.TaskGroup() as group:
