@@ -110,8 +110,11 @@ class BinanceConfig:
     # A confirmed connection that ends (for any reason) is replaced after a random delay in
     # [0, this], not after a backoff.
     reconnect_jitter_s: float = 0.25
-    # Connection attempts (all shards) per 5 minutes. Binance documents 300 per IP for Spot and
-    # nothing for futures; this keeps a server that cuts every session from getting us banned.
+    # Connection attempts (all shards) per 5 minutes, so a server that cuts every session
+    # cannot get the IP banned. Spot documents "300 connections per attempt every 5 minutes
+    # per IP" (https://developers.binance.com/docs/binance-spot-api-docs/web-socket-streams);
+    # futures document no number, only that "IPs that are repeatedly disconnected may be
+    # banned" (https://developers.binance.com/docs/derivatives/usds-margined-futures/websocket-market-streams).
     connection_attempts_per_5min: int = 300
     # Control messages (SUBSCRIBE, LIST, pongs) per second per connection; Binance allows 10.
     control_messages_per_s: float = 4.0
