@@ -1,9 +1,10 @@
-"""The `collector` command: run, migrate, check, simulate."""
+"""The `collector` command: run, migrate, check, sql, simulate."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
 import urllib.error
 import urllib.request
@@ -15,6 +16,7 @@ import structlog
 from collector import __version__, logs
 from collector.config import Config, load_from_process
 from collector.exceptions import CollectorError, ConfigError
+from collector.sql import add_parser as add_sql_parser
 
 log = structlog.get_logger(__name__)
 
@@ -46,12 +48,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     """Apply pending migrations and exit."""
     config = _load(args)
     logs.configure(config.log.level, config.log.format)
+    from collector.database import connect_checked, database_dsn  # noqa: PLC0415
     from collector.sink.migrate import migrate  # noqa: PLC0415
-    from collector.supervisor import connect, database_dsn  # noqa: PLC0415
 
     async def main() -> int:
         async with database_dsn(config) as dsn:
-            conn = await connect(dsn, config)
+            conn = await connect_checked(dsn, config)
             try:
                 applied = await migrate(conn)
             finally:
@@ -88,7 +90,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     logs.configure("info", "auto")
     from collector.emulator import EmulatorOptions  # noqa: PLC0415
     from collector.emulator.core import run_simulator  # noqa: PLC0415
+    from collector.health import listen  # noqa: PLC0415
 
+    problems = []
+    if not (math.isfinite(args.rate) and args.rate >= 0):
+        problems.append(f"--rate: must be a finite number of events per second >= 0, "
+                        f"got {args.rate:g}")  # fmt: skip
+    if not (args.port_base == 0 or 1 <= args.port_base <= 65535 - 5):
+        problems.append(f"--port-base: must be 0 (free ports) or 1..65530 (six consecutive "
+                        f"ports), got {args.port_base}")  # fmt: skip
+    if problems:
+        raise ConfigError(problems)
     options = EmulatorOptions.for_rate(args.rate, seed=args.seed)
     ports = {
         "fstream": args.port_base, "dstream": args.port_base + 1, "fapi": args.port_base + 2,
@@ -97,6 +109,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.port_base == 0:
         ports = dict.fromkeys(ports, 0)
     else:
+        for name, port in ports.items():  # taken ports: a message now, not a traceback later
+            for sock in listen("127.0.0.1", port, setting=f"--port-base ({name})",
+                               fix="choose another --port-base, or 0 for free ports"):  # fmt: skip
+                sock.close()
         b = "127.0.0.1"
         print(
             f"COLLECTOR_BINANCE_FSTREAM_URL=ws://{b}:{ports['fstream']} "
@@ -165,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default=None, help="full URL to probe instead of the configured one")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
     p.set_defaults(func=cmd_check)
+
+    add_sql_parser(sub, with_config)
 
     p = sub.add_parser(
         "simulate",

@@ -10,8 +10,12 @@ environment variables or files that the TOML names, never from the TOML itself.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import difflib
+import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -19,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote_plus, urlencode, urlsplit
 
 from collector.exceptions import ConfigError
 
@@ -53,18 +57,134 @@ class Secret:
         return bool(self._value)
 
 
+# libpq's connection keywords (PostgreSQL 17); asyncpg reads the same names from a URI's query.
+# A redacted DSN shows the values of these, except the secret ones; any other key's value is
+# masked too (it may be a misspelt `password`, or a piece of a password with an unencoded `&`).
+_DSN_KEYWORDS = frozenset((
+    "host", "hostaddr", "port", "dbname", "database", "user", "password", "passfile",
+    "require_auth", "channel_binding", "connect_timeout", "client_encoding", "options",
+    "application_name", "fallback_application_name", "keepalives", "keepalives_idle",
+    "keepalives_interval", "keepalives_count", "tcp_user_timeout", "replication", "gssencmode",
+    "sslmode", "sslnegotiation", "sslcompression", "sslcert", "sslkey", "sslpassword",
+    "sslcertmode", "sslrootcert", "sslcrl", "sslcrldir", "sslsni", "requirepeer",
+    "ssl_min_protocol_version", "ssl_max_protocol_version", "krbsrvname", "gsslib",
+    "gssdelegation", "service", "target_session_attrs", "load_balance_hosts",
+))  # fmt: skip
+_MASK = "***"
+UNPARSEABLE_DSN = "<unparseable dsn>"
+_URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_KEYWORD = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)[ \t\r\n\f\v]*=[ \t\r\n\f\v]*")
+
+
+def _is_secret_key(name: str) -> bool:
+    # password, sslpassword, passfile, and any future pass-something.
+    return "pass" in name.lower()
+
+
+def _redact_query(query: str) -> str:
+    """Mask the values of a URI query's secret and unknown keys (`&`-separated)."""
+    out: list[str] = []
+    in_secret = False  # segments after a secret, up to the next known key, are its pieces
+    for segment in query.split("&"):
+        key, eq, _ = segment.partition("=")
+        name = unquote_plus(key)
+        if eq and _is_secret_key(name):
+            out.append(f"{key}={_MASK}")
+            in_secret = True
+        elif eq and name in _DSN_KEYWORDS:
+            out.append(segment)
+            in_secret = False
+        elif in_secret:
+            continue
+        elif eq:
+            out.append(f"{key}={_MASK}")
+        else:
+            out.append(_MASK)
+    return "&".join(out)
+
+
+def _redact_uri(dsn: str) -> str:
+    scheme, _, rest = dsn.partition("://")
+    # A password may hold unencoded `@`, `/`, `?` or `:`; only the last `@` surely ends it. If
+    # a `:` comes before that `@`, everything from the first `:` to it is masked (with an `@` in
+    # the query this masks too much, never too little).
+    userinfo, at, hostpart = rest.rpartition("@")
+    if at and ":" in userinfo:
+        user = userinfo.partition(":")[0]
+        prefix = f"{scheme}://{user}:{_MASK}@"
+    else:
+        userinfo, at, hostpart = rest.partition("@")
+        prefix = f"{scheme}://{userinfo}{at}"
+    path, question, query = hostpart.partition("?")
+    return f"{prefix}{path}{question}{_redact_query(query) if question else ''}"
+
+
+def _keyword_value_end(dsn: str, pos: int) -> int | None:
+    """Where the libpq keyword value starting at `pos` ends (None: an unterminated quote)."""
+    if dsn.startswith("'", pos):
+        i = pos + 1
+        while i < len(dsn):
+            if dsn[i] == "\\":
+                i += 2
+            elif dsn[i] == "'":
+                return i + 1
+            else:
+                i += 1
+        return None
+    i = pos
+    while i < len(dsn) and not dsn[i].isspace():
+        i += 2 if dsn[i] == "\\" else 1
+    return min(i, len(dsn))
+
+
+def _redact_keywords(dsn: str) -> str:
+    """Redact libpq's `key=value key='quoted value'` form."""
+    out: list[str] = []
+    in_secret = False
+    pos = 0
+    while True:
+        while pos < len(dsn) and dsn[pos].isspace():
+            pos += 1
+        if pos >= len(dsn):
+            return " ".join(out)
+        match = _KEYWORD.match(dsn, pos)
+        if match is None:
+            if not in_secret:
+                return UNPARSEABLE_DSN  # not a keyword DSN: nothing in it is known to be safe
+            while pos < len(dsn) and not dsn[pos].isspace():  # a piece of an unquoted password
+                pos += 1
+            continue
+        name = match.group(1)
+        end = _keyword_value_end(dsn, match.end())
+        if end is None:  # the rest of the string is one unterminated value
+            if not in_secret:
+                out.append(f"{name}={_MASK}")
+            return " ".join(out)
+        if _is_secret_key(name):
+            out.append(f"{name}={_MASK}")
+            in_secret = True
+        elif name in _DSN_KEYWORDS:
+            out.append(f"{name}={dsn[match.end() : end]}")
+            in_secret = False
+        elif not in_secret:
+            out.append(f"{name}={_MASK}")
+        pos = end
+
+
 def redact_dsn(dsn: str) -> str:
-    """Return `dsn` with any password replaced by `***`, safe for logs."""
+    """Return `dsn` safe for logs: every password (and anything that may be one) is `***`.
+
+    Handles URIs (a password in the userinfo, even with unencoded `@`, `/` or `:`; `password`,
+    `sslpassword` and `passfile` query parameters) and libpq's keyword form. The values of
+    unknown keys are masked too. A string that is neither yields `<unparseable dsn>`, never
+    itself. Never raises.
+    """
     try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return "<unparseable dsn>"
-    if parts.password is None:
-        return dsn
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+        if _URI_SCHEME.match(dsn):
+            return _redact_uri(dsn)
+        return _redact_keywords(dsn)
+    except Exception:  # a redactor that fails must not echo its input
+        return UNPARSEABLE_DSN
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +199,10 @@ class DatabaseConfig:
     migrate_on_start: bool = True
     # The dashboards' per-minute/hour/day rollups are brought up to date this often.
     rollup_interval_s: float = 30.0
+    # `collector_database_up` follows a `SELECT 1` through the pool this often, each bounded by
+    # `ping_timeout_s` (besides the writer's own commits and failures).
+    ping_interval_s: float = 10.0
+    ping_timeout_s: float = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,17 +399,23 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
             return False
         problems.append(f"{where}: expected true or false, got {value!r}")
         return None
-    if tp in (int, float):
-        if isinstance(value, bool):
-            problems.append(f"{where}: expected a number, got {value!r}")
-            return None
-        try:
-            return tp(value)
-        except (TypeError, ValueError):
-            problems.append(
-                f"{where}: expected {'an integer' if tp is int else 'a number'}, got {value!r}"
-            )
-            return None
+    if tp is int:
+        # Only whole numbers: 2.7 (TOML) or "2.7" (environment) is an error, never truncated.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return int(value.strip())
+        problems.append(f"{where}: expected an integer, got {value!r}")
+        return None
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return float(value.strip())
+        problems.append(f"{where}: expected a number, got {value!r}")
+        return None
     if tp is str:
         if not isinstance(value, str):
             problems.append(f"{where}: expected a string, got {value!r}")
@@ -308,23 +438,40 @@ def _build_section(
             problems.append(f"[{name}] {key}: unknown setting (known: {', '.join(sorted(known))})")
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
-        env_name = f"{ENV_PREFIX}{name.upper()}_{f.name.upper()}"
-        raw: Any = dataclasses.MISSING
-        where = f"[{name}] {f.name}"
-        if f.name in toml:
-            raw = toml[f.name]
-        if env_name + "_FILE" in environ:
-            where = f"{env_name}_FILE"
-            content = _read_secret_file(environ[env_name + "_FILE"], where, problems)
-            raw = dataclasses.MISSING if content is None else content
-        if env_name in environ:
-            raw, where = environ[env_name], env_name
+        raw, where = _raw_setting(toml, f.name, name, environ, problems)
         if raw is dataclasses.MISSING:
             continue
         value = _coerce(raw, hints[f.name], where, problems)
         if value is not None or raw in ("", None):
             values[f.name] = value
     return cls(**values)
+
+
+def _env_name(section: str | None, key: str) -> str:
+    return f"{ENV_PREFIX}{section.upper()}_{key.upper()}" if section else ENV_PREFIX + key.upper()
+
+
+def _raw_setting(
+    toml: Mapping[str, Any],
+    key: str,
+    section: str | None,
+    environ: Mapping[str, str],
+    problems: list[str],
+) -> tuple[Any, str]:
+    """The raw value of one setting and where it came from: the environment variable wins over
+    its `_FILE` variant, which wins over the TOML file. MISSING when none sets it."""
+    env_name = _env_name(section, key)
+    raw: Any = dataclasses.MISSING
+    where = f"[{section}] {key}" if section else key
+    if key in toml:
+        raw = toml[key]
+    if env_name + "_FILE" in environ:
+        where = f"{env_name}_FILE"
+        content = _read_secret_file(environ[env_name + "_FILE"], where, problems)
+        raw = dataclasses.MISSING if content is None else content
+    if env_name in environ:
+        raw, where = environ[env_name], env_name
+    return raw, where
 
 
 def _credential(
@@ -419,8 +566,11 @@ def _build_accounts(
         backfill = _coerce(
             table.get("backfill_days"), float | None, f"{where} backfill_days", problems
         )
-        if backfill is not None and backfill <= 0:
-            problems.append(f"{where} backfill_days: must be positive")
+        if backfill is not None and not _BACKFILL_DAYS.holds(backfill):
+            problems.append(
+                f"{where} backfill_days: {_BACKFILL_DAYS.describe()} (or unset: all Binance "
+                f"keeps), got {backfill!r}"
+            )
         enabled = _coerce(table.get("enabled", True), bool, f"{where} enabled", problems)
         key = _credential(table, "api_key", where, environ, problems)
         secret = _credential(table, "api_secret", where, environ, problems)
@@ -442,8 +592,81 @@ def _build_accounts(
     return tuple(accounts)
 
 
+@dataclass(frozen=True, slots=True)
+class _Range:
+    """Allowed values of a numeric setting: `low..high`; above `low` (not at it) when `above`."""
+
+    low: float
+    high: float
+    above: bool = False
+
+    def holds(self, value: float) -> bool:
+        # Written so that NaN fails every comparison and is refused.
+        low_ok = value > self.low if self.above else value >= self.low
+        return low_ok and value <= self.high and not math.isnan(value)
+
+    def describe(self) -> str:
+        low, high = _number(self.low), _number(self.high)
+        return f"must be above {low} and at most {high}" if self.above else f"must be {low}..{high}"
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+_DAY = 86400.0
+_WEEK = 7 * _DAY
+# Every numeric setting, section None meaning top level. Durations are above 0 (a zero or
+# negative interval would spin); the maxima catch unit mistakes (ms for s) and typos.
+_RANGES: dict[tuple[str | None, str], _Range] = {
+    ("database", "pool_min_size"): _Range(1, 100),
+    ("database", "pool_max_size"): _Range(1, 100),
+    ("database", "connect_timeout_s"): _Range(0, 600, above=True),
+    ("database", "ping_interval_s"): _Range(0, 3600, above=True),
+    ("database", "ping_timeout_s"): _Range(0, 600, above=True),
+    ("database", "rollup_interval_s"): _Range(0, _DAY, above=True),
+    ("binance", "max_streams_per_connection_usdm"): _Range(1, 1024),
+    ("binance", "max_streams_per_connection_coinm"): _Range(1, 200),
+    ("binance", "rotate_after_s"): _Range(60, _DAY, above=True),
+    ("binance", "rotate_handover_timeout_s"): _Range(0, 3600, above=True),
+    ("binance", "reconnect_initial_s"): _Range(0, 3600, above=True),
+    ("binance", "reconnect_max_s"): _Range(0, _DAY, above=True),
+    ("binance", "reconnect_jitter_s"): _Range(0, 60),
+    ("binance", "connection_attempts_per_5min"): _Range(1, 10_000),
+    ("binance", "exchange_info_refresh_s"): _Range(0, _WEEK, above=True),
+    ("binance", "open_timeout_s"): _Range(0, 600, above=True),
+    ("binance", "idle_timeout_s"): _Range(0, _DAY, above=True),
+    ("binance", "heartbeat_s"): _Range(0, 10, above=True),
+    ("writer", "queue_max"): _Range(1, 10_000_000),
+    ("writer", "batch_max_rows"): _Range(1, 1_000_000),
+    ("writer", "batch_max_age_s"): _Range(0, 60, above=True),
+    ("writer", "writers"): _Range(1, 64),
+    ("writer", "retry_initial_s"): _Range(0, 3600, above=True),
+    ("writer", "retry_max_s"): _Range(0, 3600, above=True),
+    ("writer", "dedup_window"): _Range(0, 10_000_000),
+    ("http", "port"): _Range(0, 65535),
+    ("http", "max_event_age_s"): _Range(0, _WEEK),
+    ("rest", "poll_interval_s"): _Range(0, _DAY, above=True),
+    ("rest", "weight_share"): _Range(0, 1, above=True),
+    ("rest", "overlap_s"): _Range(0, _WEEK),
+    ("rest", "recv_window_ms"): _Range(1, 60000),
+    ("rest", "request_timeout_s"): _Range(0, 600, above=True),
+    ("rest", "time_sync_interval_s"): _Range(0, _DAY, above=True),
+    ("rest", "retry_initial_s"): _Range(0, 3600, above=True),
+    ("rest", "retry_max_s"): _Range(0, _DAY, above=True),
+    ("rest", "auth_failure_backoff_s"): _Range(0, _WEEK, above=True),
+    ("rest", "enrich_per_poll"): _Range(0, 1000),
+    (None, "shutdown_grace_s"): _Range(0, 3600, above=True),
+}
+_BACKFILL_DAYS = _Range(0, 3650, above=True)
+_NOTES: dict[tuple[str | None, str], str] = {
+    ("rest", "recv_window_ms"): " (Binance's maximum)",
+    ("binance", "heartbeat_s"): " (the ledger counts an open session live for 30 s after its mark)",
+}
+
+
 def _validate(config: Config, problems: list[str]) -> None:
-    b, w, h = config.binance, config.writer, config.http
+    b, w = config.binance, config.writer
     for name in ("fstream_url", "dstream_url"):
         url = getattr(b, name)
         if urlsplit(url).scheme not in ("ws", "wss"):
@@ -457,49 +680,237 @@ def _validate(config: Config, problems: list[str]) -> None:
             "[binance]: no stream selected (all_market, coin_m_all_market, "
             "usdm_symbols or coinm_symbols)"
         )
-    if not 1 <= b.max_streams_per_connection_usdm <= 1024:
-        problems.append("[binance] max_streams_per_connection_usdm: must be 1..1024")
-    if not 1 <= b.max_streams_per_connection_coinm <= 200:
-        problems.append("[binance] max_streams_per_connection_coinm: must be 1..200")
+    for (section, key), allowed in _RANGES.items():
+        value = getattr(getattr(config, section) if section else config, key)
+        if not allowed.holds(value):
+            name = f"[{section}] {key}" if section else key
+            note = _NOTES.get((section, key), "")
+            problems.append(f"{name}: {allowed.describe()}{note}, got {value!r}")
     if not 0 < b.control_messages_per_s < 10:
         problems.append(
             "[binance] control_messages_per_s: must be above 0 and below 10 "
             "(Binance disconnects at 10 messages/s)"
         )
-    if b.rotate_after_s <= 60:
-        problems.append("[binance] rotate_after_s: must be above 60")
-    if b.reconnect_initial_s <= 0 or b.reconnect_max_s < b.reconnect_initial_s:
-        problems.append("[binance] reconnect_initial_s/reconnect_max_s: need 0 < initial <= max")
-    if not 0 < b.heartbeat_s <= 10:
-        problems.append(
-            "[binance] heartbeat_s: must be above 0 and at most 10 (the ledger counts an open "
-            "session live for 30 s after its last mark)"
-        )
-    if b.connection_attempts_per_5min < 1:
-        problems.append("[binance] connection_attempts_per_5min: must be at least 1")
-    if b.reconnect_jitter_s < 0:
-        problems.append("[binance] reconnect_jitter_s: must be 0 or more")
-    if w.queue_max < 1 or w.batch_max_rows < 1 or w.writers < 1:
-        problems.append("[writer] queue_max, batch_max_rows and writers: must be at least 1")
-    if w.batch_max_age_s <= 0:
-        problems.append("[writer] batch_max_age_s: must be positive")
-    if not 0 <= h.port <= 65535:
-        problems.append(f"[http] port: must be 0..65535, got {h.port}")
+    for section, cfg in (("binance", b), ("writer", w), ("rest", config.rest)):
+        initial = getattr(cfg, "reconnect_initial_s" if section == "binance" else "retry_initial_s")
+        maximum = getattr(cfg, "reconnect_max_s" if section == "binance" else "retry_max_s")
+        if initial > maximum:
+            pair = "reconnect" if section == "binance" else "retry"
+            problems.append(
+                f"[{section}] {pair}_initial_s/{pair}_max_s: need initial <= max, "
+                f"got {initial!r} > {maximum!r}"
+            )
     if config.log.level.lower() not in ("debug", "info", "warning", "error"):
         problems.append("[log] level: must be debug, info, warning or error")
     if config.log.format not in ("auto", "json", "console"):
         problems.append("[log] format: must be auto, json or console")
-    if not 0 < config.rest.weight_share <= 1:
-        problems.append("[rest] weight_share: must be in (0, 1]")
-    if config.rest.enrich_per_poll < 0:
-        problems.append("[rest] enrich_per_poll: must be 0 or more")
-    if not 0 < config.rest.recv_window_ms <= 60000:
-        problems.append("[rest] recv_window_ms: must be 1..60000 (Binance's maximum)")
-    if config.shutdown_grace_s <= 0:
-        problems.append("shutdown_grace_s: must be positive")
     d = config.database
-    if not 1 <= d.pool_min_size <= d.pool_max_size:
-        problems.append("[database] pool_min_size/pool_max_size: need 1 <= min <= max")
+    if d.pool_min_size > d.pool_max_size:
+        problems.append(
+            "[database] pool_min_size/pool_max_size: need min <= max, "
+            f"got {d.pool_min_size} > {d.pool_max_size}"
+        )
+
+
+# COLLECTOR_* variables that are not settings but are read by the collector, its tests or its
+# deployment scripts.
+_OTHER_VARIABLES = frozenset(
+    {
+        "COLLECTOR_CONFIG",  # the TOML file
+        "COLLECTOR_MIGRATIONS_DIR",  # collector.sink.migrate
+        "COLLECTOR_TEST_DSN",  # the test suite's database
+        "COLLECTOR_DB_PASSWORD",  # deploy/postgres/init: the collector role's password
+    }
+)
+
+
+# Kubernetes injects these for every Service whose name starts with "collector" (unless the pod
+# sets enableServiceLinks: false, as deploy/k8s does): COLLECTOR_METRICS_SERVICE_HOST,
+# COLLECTOR_METRICS_PORT_9108_TCP_ADDR and so on. They are not misspelled settings.
+_SERVICE_LINK = re.compile(
+    r"COLLECTOR(?:_[A-Z0-9_]+)?_(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?"
+    r"|PORT(?:_[0-9]+_(?:TCP|UDP|SCTP)(?:_(?:PROTO|PORT|ADDR))?)?)"
+)
+
+
+def _setting_variables() -> set[str]:
+    names = {_env_name(None, "shutdown_grace_s")}
+    for section, cls in _SECTIONS.items():
+        names.update(_env_name(section, f.name) for f in dataclasses.fields(cls))
+        names.update(_env_name(section, key) for key in _RETIRED.get(section, ()))
+    return names | {n + "_FILE" for n in names}
+
+
+def _check_environment(environ: Mapping[str, str], accounts: Any, problems: list[str]) -> None:
+    """Report every COLLECTOR_* variable that is neither a setting nor a known other variable
+    (a misspelled setting would otherwise be silently ignored). Values are never shown."""
+    settings = _setting_variables()
+    known = settings | _OTHER_VARIABLES
+    if isinstance(accounts, list):  # variables that accounts name for their credentials
+        for table in accounts:
+            if isinstance(table, dict):
+                known.update(
+                    v for k, v in table.items() if k.endswith("_env") and isinstance(v, str)
+                )
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in known or _SERVICE_LINK.fullmatch(name):
+            continue
+        close = difflib.get_close_matches(name, sorted(settings), n=1, cutoff=0.8)
+        hint = (
+            f"did you mean {close[0]}?"
+            if close
+            else "settings are COLLECTOR_<SECTION>_<KEY>, or that with _FILE"
+        )
+        problems.append(f"{name}: unknown environment variable ({hint})")
+
+
+# libpq keywords (`host=db dbname=x`) that have an equivalent in the URIs asyncpg reads.
+_URI_KEYWORDS = (
+    "host",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "passfile",
+    "sslmode",
+    "sslcert",
+    "sslkey",
+    "sslrootcert",
+    "sslcrl",
+    "sslpassword",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "target_session_attrs",
+    "krbsrvname",
+    "gsslib",
+    "application_name",
+    "options",
+)
+_DSN_WHERE = "[database] dsn"
+_DSN_FORMS = (
+    "expected a postgresql:// URI (postgresql://user@host:5432/dbname) "
+    "or libpq keyword=value pairs (host=... dbname=...)"
+)
+# `key = value`: the value single-quoted (backslash escapes) or a run without whitespace.
+_KEYWORD_PAIR = re.compile(
+    r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*('(?:[^'\\]|\\.)*'|(?:[^\s'\\]|\\.)*)"
+)
+
+
+def _parse_keyword_dsn(text: str) -> dict[str, str] | None:
+    """libpq's `key=value ...` form (values optionally single-quoted, backslash escapes); None
+    when `text` is not in that form."""
+    pairs: dict[str, str] = {}
+    pos = 0
+    while text[pos:].strip():
+        match = _KEYWORD_PAIR.match(text, pos)
+        if match is None or (match.end() < len(text) and not text[match.end()].isspace()):
+            return None
+        key, value = match.group(1), match.group(2)
+        if value.startswith("'"):
+            value = value[1:-1]
+        pairs[key] = re.sub(r"\\(.)", r"\1", value)
+        pos = match.end()
+    return pairs or None
+
+
+def _keyword_dsn_to_uri(pairs: dict[str, str], problems: list[str]) -> str | None:
+    """The URI asyncpg reads that means what the libpq keywords mean."""
+    unsupported = sorted(k for k in pairs if k not in _URI_KEYWORDS)
+    if unsupported:
+        hint = " (use [database] connect_timeout_s)" if "connect_timeout" in unsupported else ""
+        problems.append(
+            f"{_DSN_WHERE}: keyword(s) {', '.join(unsupported)} not supported{hint}; "
+            f"supported: {', '.join(_URI_KEYWORDS)}"
+        )
+        return None
+    params = dict(pairs)
+    user, password = params.pop("user", ""), params.pop("password", "")
+    auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
+    host, port = params.get("host", ""), params.get("port", "")
+    netloc = ""
+    if host and not host.startswith("/") and "," not in host and "," not in port:
+        # One TCP host goes in the authority (readable in logs); sockets and lists in the query.
+        del params["host"]
+        params.pop("port", None)
+        netloc = f"[{host}]" if ":" in host else quote(host, safe="")
+        netloc += f":{port}" if port else ""
+    if auth:
+        netloc = f"{auth}@{netloc}"
+    path = "/" + quote(params.pop("dbname", ""), safe="")
+    query = urlencode(params)
+    return f"postgresql://{netloc}{path}" + (f"?{query}" if query else "")
+
+
+def _valid_ports(text: str) -> bool:
+    return all(p.isdigit() and p.isascii() and 1 <= int(p) <= 65535 for p in text.split(","))
+
+
+def _check_dsn_uri(dsn: str, problems: list[str]) -> bool:
+    """Check what asyncpg would refuse (or misread) only when connecting. Problems never quote
+    the DSN, which may hold a password."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        problems.append(f"{_DSN_WHERE}: not a valid URI")
+        return False
+    if parts.scheme not in ("postgresql", "postgres"):
+        problems.append(f"{_DSN_WHERE}: the URI must start with postgresql:// or postgres://")
+        return False
+    # asyncpg splits the credentials off at the first '@'.
+    hostspec = parts.netloc.partition("@")[2] if "@" in parts.netloc else parts.netloc
+    ok, bad_port = True, False
+    for spec in hostspec.split(",") if hostspec else []:
+        if spec.startswith("["):
+            match = re.fullmatch(r"\[[^\]]+\](?::(.*))?", spec)
+            if match is None:
+                problems.append(f"{_DSN_WHERE}: an IPv6 host must be written [address]:port")
+                ok = False
+                continue
+            port = match.group(1)
+        else:
+            port = spec.partition(":")[2]
+        bad_port = bad_port or bool(port and not _valid_ports(port))  # empty: the default
+    if parts.query:
+        try:
+            query = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=True))
+        except ValueError:
+            problems.append(f"{_DSN_WHERE}: the query (after '?') must be key=value pairs")
+            return False
+        bad_port = bad_port or ("port" in query and not _valid_ports(query["port"]))
+    if bad_port:
+        problems.append(f"{_DSN_WHERE}: the port must be a number 1..65535")
+    return ok and not bad_port
+
+
+def _check_dsn(dsn: str, problems: list[str]) -> str | None:
+    """`dsn` as the URI asyncpg reads (a libpq keyword DSN is converted), or None after
+    appending what is wrong with it."""
+    text = dsn.strip()
+    if "://" not in text:
+        pairs = _parse_keyword_dsn(text) if "=" in text else None
+        if pairs is None:
+            problems.append(f"{_DSN_WHERE}: {_DSN_FORMS}")
+            return None
+        converted = _keyword_dsn_to_uri(pairs, problems)
+        if converted is None:
+            return None
+        text = converted
+    return text if _check_dsn_uri(text, problems) else None
+
+
+def _check_account_keys(accounts: tuple[AccountConfig, ...], problems: list[str]) -> None:
+    """Load every RSA/Ed25519 private key now, so a bad key stops the start, not the first
+    signed request."""
+    from collector.rest.signing import make_signer  # noqa: PLC0415  (signing imports this module)
+
+    for account in accounts:
+        if account.key_type == "hmac":
+            continue
+        try:
+            make_signer(account.key_type, account.api_secret, account.name)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
 
 
 def load_config(environ: Mapping[str, str], toml_path: Path | None = None) -> Config:
@@ -525,6 +936,7 @@ def load_config(environ: Mapping[str, str], toml_path: Path | None = None) -> Co
     for key in data:
         if key not in known_top:
             problems.append(f"{key}: unknown section (known: {', '.join(sorted(known_top))})")
+    _check_environment(environ, data.get("accounts"), problems)
     sections: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():
         table = data.get(name, {})
@@ -532,11 +944,18 @@ def load_config(environ: Mapping[str, str], toml_path: Path | None = None) -> Co
             problems.append(f"[{name}]: expected a table")
             table = {}
         sections[name] = _build_section(cls, name, table, environ, problems)
-    grace: Any = data.get("shutdown_grace_s", _DEFAULT_GRACE_S)
-    if "COLLECTOR_SHUTDOWN_GRACE_S" in environ:
-        grace = environ["COLLECTOR_SHUTDOWN_GRACE_S"]
-    grace = _coerce(grace, float, "shutdown_grace_s", problems)
+    dsn = sections["database"].dsn
+    if dsn is not None:
+        uri = _check_dsn(dsn.reveal(), problems)
+        sections["database"] = dataclasses.replace(
+            sections["database"], dsn=Secret(uri) if uri else dsn
+        )
+    raw_grace, where = _raw_setting(data, "shutdown_grace_s", None, environ, problems)
+    grace = None
+    if raw_grace is not dataclasses.MISSING:
+        grace = _coerce(raw_grace, float, where, problems)
     accounts = _build_accounts(data.get("accounts", []), environ, problems)
+    _check_account_keys(accounts, problems)
     config = Config(
         **sections,
         shutdown_grace_s=grace if grace is not None else _DEFAULT_GRACE_S,

@@ -7,13 +7,16 @@ with 503 when any fails. Checks are async callables that raise to fail.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import errno
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import orjson
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from collector.exceptions import ConfigError
 from collector.metrics import Metrics
 
 Check = Callable[[], Awaitable[None]]
@@ -70,16 +73,65 @@ def make_app(health: Health, metrics: Metrics) -> web.Application:
     return app
 
 
+def listen(
+    host: str,
+    port: int,
+    *,
+    setting: str = "[http] port",
+    fix: str = "set [http] port (COLLECTOR_HTTP_PORT) to a free port, or stop what listens there",
+) -> list[socket.socket]:
+    """Listening TCP sockets on every address `host` resolves to (all interfaces for "")
+    at `port`, bound now so that a port in use is known before anything else starts.
+
+    Raises `ConfigError` naming `setting` (and saying `fix`) when the port is taken, or naming
+    the host and port when the address cannot be used.
+    """
+    shown = f"[{host}]" if ":" in host else host or "*"
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ConfigError([f"[http] host: cannot resolve {host!r}: {exc.strerror}"]) from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio does
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(128)
+            sock.setblocking(False)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            problem = f"{setting}: {shown}:{port} is already in use; {fix}"
+        else:
+            problem = f"[http] host/port: cannot listen on {shown}:{port}: {exc.strerror or exc}"
+        raise ConfigError([problem]) from None
+    return sockets
+
+
 @asynccontextmanager
 async def serve_http(
-    host: str, port: int, health: Health, metrics: Metrics
+    host: str,
+    port: int,
+    health: Health,
+    metrics: Metrics,
+    *,
+    sockets: Sequence[socket.socket] = (),
 ) -> AsyncIterator[web.AppRunner]:
-    """Serve the app on host:port for the duration of the context (port 0: any free port)."""
+    """Serve the app on host:port for the duration of the context (port 0: any free port), or
+    on `sockets` already listening (see `listen`) when given."""
     runner = web.AppRunner(make_app(health, metrics), access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
+        sites: list[web.BaseSite] = [web.SockSite(runner, sock) for sock in sockets]
+        for site in sites or [web.TCPSite(runner, host, port)]:
+            await site.start()
         yield runner
     finally:
         await runner.cleanup()

@@ -73,7 +73,8 @@ class Metrics:
         )
         self.ws_control_replies = Counter(
             "collector_ws_control_replies_total",
-            "Control replies (SUBSCRIBE, LIST_SUBSCRIPTIONS) by outcome.",
+            "Control replies (SUBSCRIBE, LIST_SUBSCRIPTIONS) by outcome: ok, error, late (a "
+            "reply to a request no longer waited for) or unexpected (matching no request sent).",
             ["host", "outcome"],
             registry=r,
         )
@@ -141,7 +142,15 @@ class Metrics:
             registry=r,
         )
         self.db_up = Gauge(
-            "collector_database_up", "1 when the last database write succeeded.", registry=r
+            "collector_database_up",
+            "1 while the database answers pings and the writer is not failing to commit.",
+            registry=r,
+        )
+        self.database_pings = Counter(
+            "collector_database_pings_total",
+            "Liveness pings (SELECT 1 through the pool) by outcome: ok or failed.",
+            ["outcome"],
+            registry=r,
         )
         self.component_restarts = Counter(
             "collector_component_restarts_total",
@@ -164,7 +173,8 @@ class Metrics:
         )
         self.rest_weight_used = Gauge(
             "collector_rest_weight_used",
-            "Request weight used in the current minute, by limit pool.",
+            "Request weight Binance counts for this IP in the current minute (every process "
+            "behind it), by limit pool.",
             ["pool"],
             registry=r,
         )

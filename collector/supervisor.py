@@ -1,4 +1,5 @@
-"""The daemon's lifecycle, top to bottom: database -> migrations -> HTTP -> writer -> sources;
+"""The daemon's lifecycle, top to bottom: HTTP port bound -> database -> migrations -> HTTP
+served -> writer -> sources;
 then, on SIGTERM/SIGINT, the ordered drain: stop sources (their sessions close in the ledger),
 flush the writer within the grace period, close HTTP and the database.
 
@@ -12,7 +13,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
@@ -20,14 +21,15 @@ import asyncpg
 import structlog
 
 from collector.config import Config, redact_dsn
-from collector.embedded_pg import embedded_postgres
+from collector.database import connect, database_dsn, wait_for_database
 from collector.exceptions import ConfigError, MigrationError
-from collector.health import Health, serve_http
+from collector.health import Health, listen, serve_http
 from collector.metrics import Metrics
 from collector.rest.accounts import build_account_components
 from collector.retry import Backoff, sleep_or_stop
 from collector.rollup import run_rollups
 from collector.sink import spill
+from collector.sink.liveness import run_database_ping
 from collector.sink.migrate import migrate
 from collector.sink.writer import Writer
 from collector.sources.binance_ws import Shard, run_ws_sources
@@ -46,7 +48,7 @@ class Runtime:
     """What a running daemon exposes to tests and to components added later."""
 
     config: Config
-    dsn: str
+    dsn: str = field(repr=False)
     pool: asyncpg.Pool
     metrics: Metrics
     health: Health
@@ -69,44 +71,6 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, handle, sig)
-
-
-@contextlib.asynccontextmanager
-async def database_dsn(config: Config) -> AsyncIterator[str]:
-    """The configured DSN, or an embedded server's when none is configured."""
-    if config.database.dsn is not None:
-        yield config.database.dsn.reveal()
-        return
-    async with embedded_postgres(config.database.embedded_dir) as dsn:
-        yield dsn
-
-
-async def connect(dsn: str, config: Config) -> asyncpg.Connection:
-    """One connection; errors never carry the DSN's password."""
-    return await asyncpg.connect(dsn, timeout=config.database.connect_timeout_s)
-
-
-async def wait_for_database(dsn: str, config: Config, stop: asyncio.Event) -> bool:
-    """Retry connecting with backoff until it works (True) or `stop` is set (False)."""
-    backoff = Backoff(1.0, 30.0)
-    while not stop.is_set():
-        try:
-            conn = await connect(dsn, config)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            if isinstance(
-                exc, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidPasswordError
-            ):
-                raise ConfigError(
-                    [f"[database] dsn: the server refused the login: {exc}"]
-                ) from None
-            delay = backoff.next_delay()
-            log.warning("supervisor.database_unavailable", dsn=redact_dsn(dsn),
-                        error=type(exc).__name__, retry_in_s=round(delay, 2))  # fmt: skip
-            await sleep_or_stop(delay, stop)
-            continue
-        await conn.close()
-        return True
-    return False
 
 
 async def supervise(
@@ -144,7 +108,7 @@ def _add_readiness(runtime: Runtime) -> None:
     health = runtime.health
 
     async def database() -> None:
-        if not runtime.writer.is_healthy and runtime.writer.queue.qsize() > 0:
+        if runtime.writer.is_failing and runtime.writer.queue.qsize() > 0:
             raise RuntimeError("the writer cannot commit")
         async with runtime.pool.acquire(timeout=1.5) as conn:
             await conn.fetchval("SELECT 1")
@@ -179,6 +143,10 @@ async def run(
     stop = stop or asyncio.Event()
     fatal: list[BaseException] = []
     async with AsyncExitStack() as stack:
+        # Bound first, so a port in use stops the start before anything connects or migrates.
+        sockets = listen(config.http.host, config.http.port)
+        for sock in sockets:
+            stack.callback(sock.close)
         dsn = await stack.enter_async_context(database_dsn(config))
         if not await wait_for_database(dsn, config, stop):
             return 0
@@ -196,7 +164,7 @@ async def run(
         metrics = Metrics()
         health = Health()
         runner = await stack.enter_async_context(
-            serve_http(config.http.host, config.http.port, health, metrics)
+            serve_http(config.http.host, config.http.port, health, metrics, sockets=sockets)
         )
         port = int(runner.addresses[0][1])
         writer = Writer(lambda: connect(dsn, config), config.writer, metrics)
@@ -221,6 +189,14 @@ async def run(
                 config.binance, pool, runtime.catalog, metrics, s
             ),
             "rollup": lambda s: run_rollups(pool, s, interval_s=config.database.rollup_interval_s),
+            "database_ping": lambda s: run_database_ping(
+                pool,
+                metrics,
+                s,
+                interval_s=config.database.ping_interval_s,
+                timeout_s=config.database.ping_timeout_s,
+                write_failing=lambda: writer.is_failing,
+            ),
         }
         components.update(build_account_components(config, pool, metrics))
         if extra_components is not None:

@@ -18,6 +18,8 @@ import pytest
 
 from collector.sink.migrate import migrate
 
+pytest_plugins = ["pytester", "tests.leaks"]
+
 _LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
+import asyncpg
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from collector.config import Secret, load_config, redact_dsn
+from collector.config import Config, Secret, load_config, redact_dsn
 from collector.exceptions import ConfigError
+
+
+def _problems(environ: dict[str, str], toml: Path | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(environ, toml)
+    return info.value.problems
 
 
 def test_defaults_point_at_binance_routed_market_path() -> None:
@@ -53,10 +64,11 @@ def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
 
 
 def test_a_retired_setting_in_an_old_file_is_accepted_and_ignored(tmp_path: Path) -> None:
-    """`healthy_after_s` (replaced by resetting the backoff on confirmation) still loads."""
+    """`healthy_after_s` (replaced by resetting the backoff on confirmation) still loads, from
+    a file or the environment."""
     toml = tmp_path / "c.toml"
     toml.write_text("[binance]\nhealthy_after_s = 30.0\nreconnect_jitter_s = 0.1\n")
-    config = load_config({}, toml)
+    config = load_config({"COLLECTOR_BINANCE_HEALTHY_AFTER_S": "30"}, toml)
     assert config.binance.reconnect_jitter_s == 0.1
     assert not hasattr(config.binance, "healthy_after_s")
 
@@ -67,7 +79,22 @@ def test_a_heartbeat_slower_than_the_ledger_grace_allows_is_refused() -> None:
         load_config({"COLLECTOR_BINANCE_HEARTBEAT_S": "30"})
     assert info.value.problems == [
         "[binance] heartbeat_s: must be above 0 and at most 10 (the ledger counts an open "
-        "session live for 30 s after its last mark)"
+        "session live for 30 s after its mark), got 30.0"
+    ]
+
+
+def test_database_ping_settings_default_override_and_must_be_positive() -> None:
+    """The database ping runs every 10 s within 3 s by default; the environment sets both, and
+    a value that is not positive is a configuration error."""
+    d = load_config({}).database
+    assert (d.ping_interval_s, d.ping_timeout_s) == (10.0, 3.0)
+    env = {"COLLECTOR_DATABASE_PING_INTERVAL_S": "2.5", "COLLECTOR_DATABASE_PING_TIMEOUT_S": "1"}
+    d = load_config(env).database
+    assert (d.ping_interval_s, d.ping_timeout_s) == (2.5, 1.0)
+    with pytest.raises(ConfigError) as info:
+        load_config({"COLLECTOR_DATABASE_PING_INTERVAL_S": "0"})
+    assert info.value.problems == [
+        "[database] ping_interval_s: must be above 0 and at most 3600, got 0.0"
     ]
 
 
@@ -112,6 +139,236 @@ def test_accounts_take_credentials_from_env_or_files(tmp_path: Path) -> None:
     assert "s3cret" not in repr(account)
 
 
+def test_integer_settings_refuse_fractions(tmp_path: Path) -> None:
+    """2.7 in the TOML file or "2.7" in the environment is an error for an integer, never 2."""
+    toml = tmp_path / "c.toml"
+    toml.write_text("[writer]\nqueue_max = 100.9\nwriters = 2.0\n[rest]\nenrich_per_poll = true\n")
+    assert _problems({"COLLECTOR_WRITER_BATCH_MAX_ROWS": "2.7"}, toml) == [
+        "[writer] queue_max: expected an integer, got 100.9",
+        "COLLECTOR_WRITER_BATCH_MAX_ROWS: expected an integer, got '2.7'",
+        "[writer] writers: expected an integer, got 2.0",
+        "[rest] enrich_per_poll: expected an integer, got True",
+    ]
+    config = load_config({"COLLECTOR_WRITER_QUEUE_MAX": " 300 "})
+    assert (config.writer.queue_max, type(config.writer.queue_max)) == (300, int)
+
+
+def test_every_number_has_a_range(tmp_path: Path) -> None:
+    """Zero or negative durations, NaN, infinity and absurd sizes are refused with the range."""
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        "shutdown_grace_s = 0\n[binance]\nheartbeat_s = -1\nidle_timeout_s = nan\n"
+        "rotate_after_s = 90000\n[writer]\nqueue_max = 0\nbatch_max_age_s = 0\n"
+        "retry_initial_s = 5\nretry_max_s = 1\n[database]\npool_min_size = 3\n"
+        "pool_max_size = 2\n[http]\nmax_event_age_s = -5\n[rest]\nrecv_window_ms = 60001\n"
+    )
+    assert _problems({"COLLECTOR_REST_POLL_INTERVAL_S": "inf"}, toml) == [
+        "[binance] rotate_after_s: must be above 60 and at most 86400, got 90000.0",
+        "[binance] idle_timeout_s: must be above 0 and at most 86400, got nan",
+        "[binance] heartbeat_s: must be above 0 and at most 10 (the ledger counts an open session"
+        " live for 30 s after its mark), got -1.0",
+        "[writer] queue_max: must be 1..10000000, got 0",
+        "[writer] batch_max_age_s: must be above 0 and at most 60, got 0.0",
+        "[http] max_event_age_s: must be 0..604800, got -5.0",
+        "[rest] poll_interval_s: must be above 0 and at most 86400, got inf",
+        "[rest] recv_window_ms: must be 1..60000 (Binance's maximum), got 60001",
+        "shutdown_grace_s: must be above 0 and at most 3600, got 0.0",
+        "[writer] retry_initial_s/retry_max_s: need initial <= max, got 5.0 > 1.0",
+        "[database] pool_min_size/pool_max_size: need min <= max, got 3 > 2",
+    ]
+
+
+def test_unknown_collector_variables_are_reported() -> None:
+    """A misspelled COLLECTOR_* variable is an error (with the likely intended name); the
+    non-setting variables and Kubernetes service links are allowed."""
+    toml_free = {
+        "COLLECTOR_DATABASE_DNS": "postgresql://u:hunter2@db/x",
+        "COLLECTOR_WRITER_QUEUEMAX_FILE": "/nowhere",
+        "COLLECTOR_NONSENSE": "1",
+        "COLLECTOR_TEST_DSN": "postgresql://postgres@127.0.0.1/postgres",
+        "COLLECTOR_MIGRATIONS_DIR": "/app/migrations",
+        "COLLECTOR_CONFIG": "",
+        "COLLECTOR_DB_PASSWORD": "pw",
+        "COLLECTOR_SHUTDOWN_GRACE_S": "5",
+        "COLLECTOR_METRICS_SERVICE_HOST": "10.0.0.1",  # Kubernetes service links
+        "COLLECTOR_METRICS_PORT_9108_TCP_ADDR": "10.0.0.1",
+        "COLLECTOR_PORT": "tcp://10.0.0.2:9108",
+    }
+    problems = _problems(toml_free)
+    assert problems == [
+        "COLLECTOR_DATABASE_DNS: unknown environment variable "
+        "(did you mean COLLECTOR_DATABASE_DSN?)",
+        "COLLECTOR_NONSENSE: unknown environment variable "
+        "(settings are COLLECTOR_<SECTION>_<KEY>, or that with _FILE)",
+        "COLLECTOR_WRITER_QUEUEMAX_FILE: unknown environment variable "
+        "(did you mean COLLECTOR_WRITER_QUEUE_MAX_FILE?)",
+    ]
+    assert "hunter2" not in "".join(problems)
+
+
+def test_account_credential_variables_may_start_with_collector(tmp_path: Path) -> None:
+    """An account's api_key_env may name a COLLECTOR_* variable without it being unknown."""
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        '[[accounts]]\nname = "a"\nkind = "classic"\napi_key_env = "COLLECTOR_A_KEY"\n'
+        'api_secret_env = "COLLECTOR_A_SECRET"\n'
+    )
+    config = load_config({"COLLECTOR_A_KEY": "k", "COLLECTOR_A_SECRET": "s"}, toml)
+    assert [a.name for a in config.accounts] == ["a"]
+
+
+def _setting_names(config: Config) -> list[tuple[str, str]]:
+    names = [("", "shutdown_grace_s")]
+    for section in ("database", "binance", "writer", "http", "log", "rest"):
+        names += [(section, f.name) for f in dataclasses.fields(getattr(config, section))]
+    return names
+
+
+def test_file_variant_works_for_every_setting(tmp_path: Path) -> None:
+    """Every setting accepts COLLECTOR_<SECTION>_<KEY>_FILE, shutdown_grace_s included."""
+    grace = tmp_path / "grace"
+    grace.write_text("7.5\n")
+    config = load_config({"COLLECTOR_SHUTDOWN_GRACE_S_FILE": str(grace)})
+    assert config.shutdown_grace_s == 7.5
+    defaults = Config()
+    environ: dict[str, str] = {}
+    for section, key in _setting_names(defaults):
+        value = getattr(getattr(defaults, section) if section else defaults, key)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        else:
+            text = ",".join(value) if isinstance(value, tuple) else str(value)
+        name = "_".join(["COLLECTOR", *([section.upper()] if section else []), key.upper()])
+        path = tmp_path / name
+        path.write_text(f"{text}\n")
+        environ[name + "_FILE"] = str(path)
+    assert len(environ) == 56  # every setting but the dsn, which has no default
+    assert load_config(environ) == defaults
+    (tmp_path / "COLLECTOR_SHUTDOWN_GRACE_S").write_text("-2\n")
+    (tmp_path / "COLLECTOR_HTTP_PORT").write_text("80.5\n")
+    assert _problems(environ) == [
+        "COLLECTOR_HTTP_PORT_FILE: expected an integer, got '80.5'",
+        "shutdown_grace_s: must be above 0 and at most 3600, got -2.0",
+    ]
+
+
+BAD_PORT = "[database] dsn: the port must be a number 1..65535"
+
+
+@pytest.mark.parametrize(
+    ("dsn", "problem"),
+    [
+        ("postgresql://u:hunter2@host:54x/db", BAD_PORT),
+        ("postgresql://u@a:5432,b:99999/db", BAD_PORT),
+        ("postgresql://u@h/db?port=5o", BAD_PORT),
+        ("postgresql://u:hunter2@h/db?sslmode", "[database] dsn: the query (after '?') must be "
+         "key=value pairs"),
+        ("mysql://u:hunter2@h/db", "[database] dsn: the URI must start with postgresql:// or "
+         "postgres://"),
+        ("hunter2", "[database] dsn: expected a postgresql:// URI "
+         "(postgresql://user@host:5432/dbname) or libpq keyword=value pairs (host=... dbname=...)"),
+        ("host=db password='hunter2", "[database] dsn: expected a postgresql:// URI "
+         "(postgresql://user@host:5432/dbname) or libpq keyword=value pairs (host=... dbname=...)"),
+        ("host=db port=5x dbname=c", BAD_PORT),
+        ("host=db dbname=c connect_timeout=5 password=hunter2 fallback_application_name=x",
+         "[database] dsn: keyword(s) connect_timeout, fallback_application_name not supported "
+         "(use [database] connect_timeout_s); supported: host, port, dbname, user, password, "
+         "passfile, sslmode, sslcert, sslkey, sslrootcert, sslcrl, sslpassword, "
+         "ssl_min_protocol_version, ssl_max_protocol_version, target_session_attrs, krbsrvname, "
+         "gsslib, application_name, options"),
+    ],
+)  # fmt: skip
+def test_a_dsn_asyncpg_cannot_use_is_refused_at_load(dsn: str, problem: str) -> None:
+    """A DSN with a bad port, scheme or form is one problem naming [database] dsn, never
+    quoting the DSN (which may hold a password)."""
+    assert _problems({"COLLECTOR_DATABASE_DSN": dsn}) == [problem]
+
+
+@pytest.mark.parametrize(
+    ("dsn", "uri"),
+    [
+        ("host=db port=5433 dbname=collector user=me password='p w@x\\'s'",
+         "postgresql://me:p%20w%40x%27s@db:5433/collector"),
+        ("host = /run/postgresql dbname=c sslmode=disable",
+         "postgresql:///c?host=%2Frun%2Fpostgresql&sslmode=disable"),
+        ("host=a,b port=5432,5433 user=u", "postgresql://u@/?host=a%2Cb&port=5432%2C5433"),
+        ("host=::1 dbname=x", "postgresql://[::1]/x"),
+        ("postgres://u@h:/db", "postgres://u@h:/db"),
+    ],
+)  # fmt: skip
+def test_keyword_dsns_become_equivalent_uris(dsn: str, uri: str) -> None:
+    """libpq keyword=value DSNs are converted to the URI asyncpg reads; URIs stay as given."""
+    config = load_config({"COLLECTOR_DATABASE_DSN": dsn})
+    assert config.database.dsn == Secret(uri)
+
+
+async def test_a_converted_keyword_dsn_connects(pg_admin_dsn: str) -> None:
+    """The URI made from a keyword DSN reaches the real server as the same user and database."""
+    parts = urlsplit(pg_admin_dsn)
+    host = parts.hostname or parse_qs(parts.query)["host"][0]
+    keywords = f"host={host} port={parts.port or 5432} user={parts.username} dbname=postgres"
+    dsn = load_config({"COLLECTOR_DATABASE_DSN": keywords}).database.dsn
+    assert dsn is not None
+    conn = await asyncpg.connect(dsn.reveal())
+    try:
+        row = await conn.fetchrow("SELECT current_user AS u, current_database() AS d")
+    finally:
+        await conn.close()
+    assert (row["u"], row["d"]) == (parts.username, "postgres")
+
+
+def test_redact_dsn_hides_every_password() -> None:
+    """Passwords in the authority (even with an unencoded '@') and in the query become ***; a
+    piece that is no libpq keyword after a password may be part of it, so it goes too."""
+    assert redact_dsn("postgresql://u:p@ss@h:54x/db?password=zz&sslpassword=yy&a=1") == (
+        "postgresql://u:***@h:54x/db?password=***&sslpassword=***"
+    )
+    assert redact_dsn("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def _pem(key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+def test_private_keys_are_loaded_at_start(tmp_path: Path) -> None:
+    """A key that is not a PEM private key, or not of the configured type, fails the load,
+    naming the account and the setting but never the key."""
+    ed_key = tmp_path / "ed.pem"
+    ed_key.write_text(_pem(ed25519.Ed25519PrivateKey.generate()))
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        '[[accounts]]\nname = "rsa-bad"\nkind = "classic"\nkey_type = "rsa"\n'
+        'api_key_env = "K"\napi_secret_env = "GARBAGE"\n'
+        '[[accounts]]\nname = "rsa-is-ed"\nkind = "classic"\nkey_type = "rsa"\n'
+        f'api_key_env = "K"\napi_secret_file = "{ed_key}"\n'
+        '[[accounts]]\nname = "ed-ok"\nkind = "portfolio_margin"\nkey_type = "ed25519"\n'
+        f'api_key_env = "K"\napi_secret_file = "{ed_key}"\n'
+    )
+    problems = _problems({"K": "k", "GARBAGE": "hunter2-not-a-key"}, toml)
+    assert problems == [
+        "[[accounts]] 'rsa-bad' api_secret: not a PEM private key for rsa",
+        "[[accounts]] 'rsa-is-ed' api_secret: the PEM key is not rsa",
+    ]
+    assert "hunter2" not in "".join(problems)
+    good_rsa = tmp_path / "rsa.pem"
+    good_rsa.write_text(_pem(rsa.generate_private_key(public_exponent=65537, key_size=2048)))
+    toml.write_text(
+        '[[accounts]]\nname = "rsa-ok"\nkind = "classic"\nkey_type = "rsa"\n'
+        f'api_key_env = "K"\napi_secret_file = "{good_rsa}"\n'
+        '[[accounts]]\nname = "ed-ok"\nkind = "portfolio_margin"\nkey_type = "ed25519"\n'
+        f'api_key_env = "K"\napi_secret_file = "{ed_key}"\n'
+    )
+    config = load_config({"K": "k"}, toml)
+    assert [(a.name, a.key_type) for a in config.accounts] == [
+        ("rsa-ok", "rsa"),
+        ("ed-ok", "ed25519"),
+    ]
+
+
 def test_bad_config_exits_2_with_the_message(tmp_path: Path) -> None:
     """`collector run` with a bad config exits non-zero and says what to fix."""
     result = subprocess.run(
@@ -129,7 +386,7 @@ def test_bad_config_exits_2_with_the_message(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("command", ["run", "migrate", "check", "simulate"])
+@pytest.mark.parametrize("command", ["run", "migrate", "check", "sql", "simulate"])
 def test_every_subcommand_has_help(command: str) -> None:
     """`collector <command> --help` explains the command."""
     result = subprocess.run(

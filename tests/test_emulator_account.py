@@ -1,5 +1,5 @@
 """The account side of the REST emulator against a real aiohttp client on loopback
-(shared/binance-protocol.md §2 signing and timing, §3 weights and 429/418, §4 force-order
+(docs/binance.md §2 signing and timing, §3 weights and 429/418, §4 force-order
 endpoints, §5 error bodies). Time is a `ManualClock`; no test sleeps."""
 
 from __future__ import annotations
@@ -286,7 +286,7 @@ async def test_wrong_signatures_rejected(start: StartEnv) -> None:
 
 
 async def test_unencoded_base64_signature_rejected(start: StartEnv) -> None:
-    """An RSA signature sent without URL-encoding its `+` fails (§7 pitfall 15); encoded passes."""
+    """An RSA signature sent without URL-encoding its `+` fails (§2.2); encoded passes."""
     env = await start()
     env.accounts.add_account("rsa", "classic", "RSAKEY", public_pem(rsa_key()), "RSA")
     timestamp = T0

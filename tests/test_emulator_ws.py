@@ -1,4 +1,4 @@
-"""The Binance emulator against real aiohttp clients on loopback (shared/binance-protocol.md §1,
+"""The Binance emulator against real aiohttp clients on loopback (docs/binance.md §1,
 §3, §6), plus its pure event generator."""
 
 from __future__ import annotations
@@ -483,6 +483,25 @@ async def test_stall_drops_data_but_keeps_sockets(
         assert await emulator.publish(ETHUSDT) == 1
         assert await next_text(ws) == dumps(ETHUSDT)
     assert (emulator.stats.events_published, emulator.stats.events_stalled) == (2, 1)
+
+
+async def test_held_control_replies_wait_for_release_while_data_flows(
+    start_emulator: StartEmulator, session: aiohttp.ClientSession
+) -> None:
+    """While control replies are held, the request is counted and events still arrive; the
+    held reply follows on release, and later requests are answered at once."""
+    emulator = await start_emulator()
+    async with session.ws_connect(f"{emulator.fstream_url}/market/ws/!forceOrder@arr") as ws:
+        [conn] = await emulator.wait_for_connections(1)
+        emulator.hold_control_replies()
+        await ws.send_str(dumps({"method": "LIST_SUBSCRIPTIONS", "id": 1}))
+        await emulator.wait_until(lambda: conn.messages_received == 1)
+        assert await emulator.publish(BTCUSDT) == 1
+        assert await next_text(ws) == dumps(BTCUSDT)
+        emulator.release_control_replies()
+        assert await next_text(ws) == '{"result":["!forceOrder@arr"],"id":1}'
+        reply = await request(ws, {"method": "LIST_SUBSCRIPTIONS", "id": 2})
+        assert reply == '{"result":["!forceOrder@arr"],"id":2}'
 
 
 # -- generated events ---------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from collector.sources.binance_parse import (
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 SRC = Source("fstream", "market", "!forceOrder@arr")
-# The official USD-M example (../shared/binance-protocol.md §1.3).
+# The official USD-M example (docs/binance.md §1.3).
 UM_EVENT = {
     "e": "forceOrder",
     "E": 1568014460893,

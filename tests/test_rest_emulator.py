@@ -4,7 +4,6 @@ documented account endpoints): exactly-once storage, limits, clock skew, key iso
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -22,7 +21,8 @@ from collector.emulator.account_rest import (
     account_extension,
 )
 from collector.metrics import Metrics
-from collector.rest.accounts import build_account_components
+from tests.accounts import running_accounts
+from tests.clocks import SharedClock
 
 DAY = 86_400_000
 SECRET_C = "classicsecret0123456789"
@@ -38,10 +38,6 @@ ENDPOINT = {
 SCOPES = 4 + 2 + 4 + 1  # classic: 2 futures x 2 types, cross + 1 isolated; pm: 4 + margin
 
 
-def _now() -> int:
-    return int(time.time() * 1000)
-
-
 async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float = 30.0) -> None:
     async with asyncio.timeout(timeout_s):
         # A condition with a deadline: the database is the only place the outcome shows.
@@ -50,11 +46,24 @@ async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float = 30.0) 
 
 
 @pytest.fixture
-async def emulator(request: pytest.FixtureRequest) -> AsyncIterator[core.Emulator]:
-    """The emulator with the account API (options from the test's `options` marker param)."""
+def clock(request: pytest.FixtureRequest) -> SharedClock:
+    """The one clock of the emulator and the collector, starting on a minute boundary (at the
+    rate of the test's `clock_rate` marker, else the real one)."""
+    marker = request.node.get_closest_marker("clock_rate")
+    return SharedClock.at_minute_start(rate=marker.args[0] if marker else 1.0)
+
+
+@pytest.fixture
+async def emulator(
+    request: pytest.FixtureRequest, clock: SharedClock
+) -> AsyncIterator[core.Emulator]:
+    """The emulator with the account API: AccountOptions from the test's indirect parameter,
+    and EmulatorOptions from its "market" entry."""
     marker = request.node.get_closest_marker("parametrize")
-    options = AccountOptions(**getattr(request, "param", {})) if marker else AccountOptions()
-    emu = core.Emulator(core.EmulatorOptions(), extensions=[account_extension(options)])
+    params = dict(getattr(request, "param", {}) if marker else {})
+    market = core.EmulatorOptions(**params.pop("market", {}))
+    options = AccountOptions(clock=clock.ms, **params)
+    emu = core.Emulator(market, extensions=[account_extension(options)])
     async with emu:
         yield emu
 
@@ -104,19 +113,6 @@ def _config(emu: core.Emulator, accounts: tuple[AccountConfig, ...], **rest: Any
     return Config(binance=binance, rest=RestConfig(**settings), accounts=accounts)
 
 
-class Running:
-    """The account components of `config` running until `stop()`."""
-
-    def __init__(self, config: Config, pool: asyncpg.Pool, metrics: Metrics) -> None:
-        self.stop_event = asyncio.Event()
-        comps = build_account_components(config, pool, metrics)
-        self.tasks = [asyncio.create_task(c(self.stop_event)) for c in comps.values()]
-
-    async def stop(self) -> None:
-        self.stop_event.set()
-        await asyncio.gather(*self.tasks)
-
-
 async def _keys(pg: asyncpg.Connection) -> set[tuple[Any, ...]]:
     rows = await pg.fetch("SELECT account, product, symbol, order_id, auto_close_type, endpoint "
                           "FROM account_force_orders")  # fmt: skip
@@ -133,33 +129,36 @@ async def _settled(pg: asyncpg.Connection, scopes: int) -> bool:
     return bool(done == scopes and pending == 0)
 
 
+# Polling 11 scopes every 0.2 s needs more weight than a real minute gives; on a clock 20 times
+# as fast a minute's allowance comes every 3 s, and the limits stay the documented ones.
+@pytest.mark.clock_rate(20)
 async def test_every_order_once_after_backfill_polling_and_restart_without_429(
-    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection
+    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection, clock: SharedClock
 ) -> None:
     """All six endpoints are backfilled, kept up and resumed: each order stored exactly once,
-    with zero 429s and 418s at the default limits and weight share."""
+    with zero 429s and 418s at the emulator's default limits and the default weight share."""
     api = account_api(emulator)
     accounts = _accounts(api)
-    _seed(api, _now())
-    config = _config(emulator, accounts)
+    _seed(api, clock.ms())
+    config = _config(emulator, accounts, recv_window_ms=60_000)
     pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
     metrics = Metrics(CollectorRegistry())
     try:
-        run = Running(config, pool, metrics)
-        await _until(lambda: _settled(pg, SCOPES))
-        # Keep-up: a new order appears and a recent one gets a later updateTime.
-        fresh = api.add_force_order("pm", Product.UM, symbol="BTCUSDT", time=_now() - 500,
-                                    updateTime=_now() - 400, autoCloseType="ADL")  # fmt: skip
-        await _until(lambda: _has(pg, "pm", fresh.order_id))
-        await run.stop()
+        async with running_accounts(config, pool, metrics, clock):
+            await _until(lambda: _settled(pg, SCOPES))
+            # Keep-up: a new order appears and a recent one gets a later updateTime.
+            fresh = api.add_force_order("pm", Product.UM, symbol="BTCUSDT",
+                                        time=clock.ms() - 500, updateTime=clock.ms() - 400,
+                                        autoCloseType="ADL")  # fmt: skip
+            await _until(lambda: _has(pg, "pm", fresh.order_id))
         assert await _keys(pg) == _expected(api)
-        api.update_order("pm", Product.UM, fresh.order_id, updateTime=_now(), status="EXPIRED")
+        api.update_order("pm", Product.UM, fresh.order_id, updateTime=clock.ms(),
+                         status="EXPIRED")  # fmt: skip
         late = api.add_force_order("classic", Product.CM, symbol="BTCUSD_PERP",
-                                   time=_now() - 1000, updateTime=_now() - 900)  # fmt: skip
-        run = Running(config, pool, metrics)
-        await _until(lambda: _has(pg, "classic", late.order_id))
-        await _until(lambda: _status(pg, fresh.order_id, "EXPIRED"))
-        await run.stop()
+                                   time=clock.ms() - 1000, updateTime=clock.ms() - 900)  # fmt: skip
+        async with running_accounts(config, pool, metrics, clock):
+            await _until(lambda: _has(pg, "classic", late.order_id))
+            await _until(lambda: _status(pg, fresh.order_id, "EXPIRED"))
         assert await _keys(pg) == _expected(api)
         assert (api.stats.rate_limited_429, api.stats.banned_418) == (0, 0)
         enriched = await pg.fetchval("SELECT count(*) FROM account_force_orders "
@@ -186,21 +185,20 @@ async def _status(pg: asyncpg.Connection, order_id: int, status: str) -> bool:
                                                    "sapi": 20_000}}],
                          indirect=True)  # fmt: skip
 async def test_clock_skew_is_recovered(
-    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection
+    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection, clock: SharedClock
 ) -> None:
     """Hosts whose clocks are 45 s ahead, 30 s behind and 20 s ahead are all collected."""
     api = account_api(emulator)
     accounts = _accounts(api, backfill_days=2)
-    now = _now()
+    now = clock.ms()
     api.seed_history("classic", Product.UM, 5, now - DAY, now - 60_000, 1)
     api.seed_history("classic", Product.CM, 5, now - DAY, now - 60_000, 2)
     api.seed_history("classic", Product.MARGIN_CLASSIC, 5, now - DAY, now - 60_000, 3)
     pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
     metrics = Metrics(CollectorRegistry())
     try:
-        run = Running(_config(emulator, accounts[:1]), pool, metrics)
-        await _until(lambda: _settled(pg, 6))
-        await run.stop()
+        async with running_accounts(_config(emulator, accounts[:1]), pool, metrics, clock):
+            await _until(lambda: _settled(pg, 6))
     finally:
         await pool.close()
     assert await _keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
@@ -210,42 +208,48 @@ async def test_clock_skew_is_recovered(
     assert round(offset.labels("sapi")._value.get()) == 20
 
 
-@pytest.mark.timeout(150)  # the emulator's minute window must roll over once (up to 60 s)
+@pytest.mark.clock_rate(20)  # a minute's weight window passes in 3 s
 @pytest.mark.parametrize("emulator", [{"futures_weight_limit": 300}], indirect=True)
-async def test_forced_429_recovers_without_418(
-    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection
+async def test_forced_429_lowers_the_limit_so_no_second_429_follows(
+    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection, clock: SharedClock
 ) -> None:
-    """With Binance's limit far below what the budget assumes, 429s pause the pool and the
-    backfill completes without a single 418."""
+    """With Binance's limit (300) far below what the budget assumes (2400), the first 429
+    pauses the pool and lowers its limit to the weight used before it: the backfill completes
+    over the following minutes, every 429 falls in that first minute (requests already in
+    flight may draw one each) and none draws a 418."""
     api = account_api(emulator)
-    accounts = _accounts(api, backfill_days=10)
-    now = _now()
+    _accounts(api)
+    now = clock.ms()
     api.seed_history("classic", Product.UM, 20, now - 9 * DAY, now - 60_000, 1)
     pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
     metrics = Metrics(CollectorRegistry())
     classic = AccountConfig("classic", "classic", Secret("CLASSICKEY"), Secret(SECRET_C),
                             products=("um", "cm"), backfill_days=10)  # fmt: skip
+    config = _config(emulator, (classic,), recv_window_ms=60_000)
     try:
-        run = Running(_config(emulator, (classic,)), pool, metrics)
-        await _until(lambda: _settled(pg, 4), 140)
-        await run.stop()
+        async with running_accounts(config, pool, metrics, clock):
+            await _until(lambda: _settled(pg, 4))
     finally:
         await pool.close()
     assert await _keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
-    assert api.stats.rate_limited_429 >= 1
+    assert len(api.stats.minutes_429["futures"]) == 1
     assert api.stats.banned_418 == 0
-    assert metrics.rest_rate_limited.labels("fapi_dapi", "429")._value.get() >= 1
-    del accounts
+    refused = api.stats.rate_limited_429
+    assert 1 <= refused <= 4  # at most one per scope in flight
+    assert metrics.rest_rate_limited.labels("fapi_dapi", "429")._value.get() == refused
+    # The share (half) of what was used before the first refused request of weight 50: more
+    # than 300 - 50 (else that request would have fitted), at most 300.
+    assert 125 < metrics.rest_weight_limit.labels("fapi_dapi")._value.get() <= 150
 
 
 async def test_a_bad_key_isolates_one_account(
-    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection
+    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection, clock: SharedClock
 ) -> None:
     """A PM key used as a classic account (-2015) and a wrong secret (-1022) leave the good
     account collected and only the bad ones unhealthy."""
     api = account_api(emulator)
     accounts = _accounts(api, backfill_days=2)
-    now = _now()
+    now = clock.ms()
     api.seed_history("pm", Product.UM, 5, now - DAY, now - 60_000, 1)
     wrong_kind = AccountConfig("wrongkind", "classic", Secret("PMKEY"), Secret(SECRET_P),
                                products=("um",), backfill_days=2)  # fmt: skip
@@ -257,10 +261,10 @@ async def test_a_bad_key_isolates_one_account(
     metrics = Metrics(CollectorRegistry())
     healthy = metrics.account_healthy
     try:
-        run = Running(_config(emulator, (good, wrong_kind, wrong_secret)), pool, metrics)
-        await _until(lambda: _settled(pg, 2))
-        await _until(lambda: _zero(healthy, "wrongkind", "wrongsecret"))
-        await run.stop()
+        config = _config(emulator, (good, wrong_kind, wrong_secret))
+        async with running_accounts(config, pool, metrics, clock):
+            await _until(lambda: _settled(pg, 2))
+            await _until(lambda: _zero(healthy, "wrongkind", "wrongsecret"))
     finally:
         await pool.close()
     assert await _keys(pg) == {k for k in _expected(api) if k[0] == "pm"}
@@ -271,3 +275,118 @@ async def test_a_bad_key_isolates_one_account(
 
 async def _zero(gauge: Any, *names: str) -> bool:
     return all(gauge.labels(n)._value.get() == 0 for n in names)
+
+
+def _classic_futures(name: str = "classic") -> AccountConfig:
+    return AccountConfig(name, "classic", Secret("CLASSICKEY"), Secret(SECRET_C),
+                         products=("um", "cm"), backfill_days=10)  # fmt: skip
+
+
+async def _minutes_pass(clock: SharedClock, minutes: float) -> None:
+    """Return once `minutes` of the shared clock have passed (a condition, with a deadline)."""
+    end = clock() + minutes * 60
+    await _until(lambda: asyncio.sleep(0.05, clock() >= end))
+
+
+@pytest.mark.clock_rate(20)
+@pytest.mark.parametrize("emulator", [{"market": {"weight_limit_1m": 600}}], indirect=True)
+async def test_the_announced_limit_is_used_and_never_exceeded(
+    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection, clock: SharedClock
+) -> None:
+    """Binance announces 600/min (exchangeInfo rateLimits and the headers), a quarter of the
+    documented 2400: polling as fast as it can for three minutes at weight_share 1.0, the
+    collector takes exactly that limit, spends up to it and draws no 429 or 418."""
+    api = account_api(emulator)
+    _accounts(api)
+    now = clock.ms()
+    api.seed_history("classic", Product.UM, 20, now - 9 * DAY, now - 60_000, 1)
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
+    metrics = Metrics(CollectorRegistry())
+    config = _config(emulator, (_classic_futures(),), recv_window_ms=60_000, weight_share=1.0)
+    try:
+        async with running_accounts(config, pool, metrics, clock):
+            await _until(lambda: _settled(pg, 4))
+            await _minutes_pass(clock, 3)
+    finally:
+        await pool.close()
+    assert await _keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
+    assert (api.stats.rate_limited_429, api.stats.banned_418) == (0, 0)
+    assert metrics.rest_weight_limit.labels("fapi_dapi")._value.get() == 600
+    assert 500 <= api.stats.max_used_weight["futures"] <= 600
+
+
+@pytest.mark.clock_rate(20)
+@pytest.mark.parametrize("emulator", [{"market": {"weight_limit_1m": 600}}], indirect=True)
+async def test_two_processes_at_half_share_one_limit_without_429(
+    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection, clock: SharedClock
+) -> None:
+    """Two collectors at weight_share 0.5 on one IP (each with its own budget, both reading
+    the shared used-weight header) poll as fast as they can for three minutes: together they
+    use the limit but never pass 600, and draw no 429 or 418."""
+    api = account_api(emulator)
+    _accounts(api)
+    now = clock.ms()
+    api.seed_history("classic", Product.UM, 20, now - 9 * DAY, now - 60_000, 1)
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=6)
+    first, second = Metrics(CollectorRegistry()), Metrics(CollectorRegistry())
+    config = _config(emulator, (_classic_futures(),), recv_window_ms=60_000, weight_share=0.5)
+    try:
+        async with (
+            running_accounts(config, pool, first, clock),
+            running_accounts(config, pool, second, clock),
+        ):
+            await _until(lambda: _settled(pg, 4))
+            await _minutes_pass(clock, 3)
+    finally:
+        await pool.close()
+    assert await _keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
+    assert (api.stats.rate_limited_429, api.stats.banned_418) == (0, 0)
+    assert first.rest_weight_limit.labels("fapi_dapi")._value.get() == 300
+    assert second.rest_weight_limit.labels("fapi_dapi")._value.get() == 300
+    assert 500 <= api.stats.max_used_weight["futures"] <= 600
+
+
+@pytest.mark.parametrize("emulator", [{"signed_log_size": 100_000}], indirect=True)
+async def test_a_server_clock_jump_costs_one_resync_per_family_and_no_row(
+    emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection, clock: SharedClock
+) -> None:
+    """Binance's clock jumps 8 s ahead mid-run (beyond the 5 s recvWindow): each API family
+    resyncs once, only requests already signed with the old offset are rejected (-1021), and
+    every order, including those placed after the jump, is stored."""
+    api = account_api(emulator)
+    _accounts(api)
+    now = clock.ms()
+    api.seed_history("classic", Product.UM, 5, now - DAY, now - 60_000, 1)
+    api.seed_history("classic", Product.CM, 5, now - DAY, now - 60_000, 2)
+    api.seed_history("classic", Product.MARGIN_CLASSIC, 5, now - DAY, now - 60_000, 3)
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
+    metrics = Metrics(CollectorRegistry())
+    classic = AccountConfig("classic", "classic", Secret("CLASSICKEY"), Secret(SECRET_C),
+                            isolated_symbols=("ETHUSDT",), backfill_days=2)  # fmt: skip
+    config = _config(emulator, (classic,), poll_interval_s=1.0, weight_share=1.0)
+    time_paths = ("/fapi/v1/time", "/dapi/v1/time", "/api/v3/time")
+    try:
+        async with running_accounts(config, pool, metrics, clock):
+            await _until(lambda: _settled(pg, 6))
+            syncs_before = {p: api.stats.requests[p] for p in time_paths}
+            api.configure(skew_ms={"fapi": 8000, "dapi": 8000, "sapi": 8000})
+            after = [
+                api.add_force_order("classic", Product.UM, symbol="BTCUSDT",
+                                    time=clock.ms() + 8000 - 500, autoCloseType="LIQUIDATION"),
+                api.add_force_order("classic", Product.CM, symbol="BTCUSD_PERP",
+                                    time=clock.ms() + 8000 - 500, autoCloseType="ADL"),
+            ]  # fmt: skip
+            for order in after:
+                await _until(lambda o=order: _has(pg, "classic", o.order_id))  # type: ignore[misc]
+    finally:
+        await pool.close()
+    assert await _keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
+    assert {p: api.stats.requests[p] - syncs_before[p] for p in time_paths} == dict.fromkeys(
+        time_paths, 1
+    )
+    rejected = {h: sum(1 for r in api.stats.signed if r.host == h and r.code == -1021)
+                for h in ("fapi", "dapi", "sapi")}  # fmt: skip
+    # One per request in flight when the clock jumped: at most one per scope of the family.
+    assert 1 <= rejected["fapi"] <= 2
+    assert 1 <= rejected["dapi"] <= 2
+    assert rejected["sapi"] <= 2

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,14 +17,11 @@ from prometheus_client import CollectorRegistry
 
 from collector.config import AccountConfig, BinanceConfig, Config, RestConfig, Secret
 from collector.metrics import Metrics
-from collector.rest.accounts import build_account_components
+from tests.accounts import running_accounts
+from tests.clocks import SharedClock
 
 DAY = 86_400_000
 WEEK = 7 * DAY
-
-
-def _now() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass
@@ -37,6 +33,8 @@ class FakeBinance:
     margin: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # path -> rows
     lookups: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    clock: SharedClock = field(default_factory=lambda: SharedClock.at_minute_start(rate=20))
+    """Server time; the collector under test shares it (20x: a weight minute every 3 s)."""
 
     def _check(self, request: web.Request) -> dict[str, str] | web.Response:
         raw = request.query_string
@@ -50,13 +48,14 @@ class FakeBinance:
             return _error(400, -1022, "Signature for this request is not valid.")
         params = dict(request.query)
         stamp = int(params["timestamp"])
-        if not (stamp < _now() + 1000 and _now() - stamp <= int(params["recvWindow"])):
+        now = self.clock.ms()
+        if not (stamp < now + 1000 and now - stamp <= int(params["recvWindow"])):
             return _error(400, -1021, "Timestamp for this request is outside of the recvWindow.")
         self.requests.append((request.path, params))
         return params
 
     async def time(self, request: web.Request) -> web.Response:
-        return web.json_response({"serverTime": _now()})
+        return web.json_response({"serverTime": self.clock.ms()})
 
     async def futures_orders(self, request: web.Request) -> web.Response:
         params = self._check(request)
@@ -147,7 +146,7 @@ async def fake() -> AsyncIterator[tuple[FakeBinance, str]]:
 
 def _config(url: str, accounts: tuple[AccountConfig, ...], enrich_per_poll: int = 20) -> Config:
     rest = RestConfig(poll_interval_s=0.2, overlap_s=600, retry_initial_s=0.01,
-                      retry_max_s=0.05, auth_failure_backoff_s=60,
+                      retry_max_s=0.05, auth_failure_backoff_s=60, recv_window_ms=60_000,
                       enrich_per_poll=enrich_per_poll)  # fmt: skip
     binance = BinanceConfig(fapi_url=url, dapi_url=url, papi_url=url, sapi_url=url)
     return Config(binance=binance, rest=rest, accounts=accounts)
@@ -158,19 +157,6 @@ async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float = 20.0) 
         # A condition with a deadline: the database is the only place the outcome shows.
         while not await check():  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-
-
-class Running:
-    """The account components of `config` running until `stop()`."""
-
-    def __init__(self, config: Config, pool: asyncpg.Pool, metrics: Metrics) -> None:
-        self.stop_event = asyncio.Event()
-        comps = build_account_components(config, pool, metrics)
-        self.tasks = [asyncio.create_task(c(self.stop_event)) for c in comps.values()]
-
-    async def stop(self) -> None:
-        self.stop_event.set()
-        await asyncio.gather(*self.tasks)
 
 
 async def _keys(pg: asyncpg.Connection) -> set[tuple[Any, ...]]:
@@ -193,7 +179,7 @@ async def test_every_order_stored_once_after_backfill_polling_and_restart(
 ) -> None:
     """Backfill, keep-up and a restart store each order of every endpoint exactly once."""
     fb, url = fake
-    now = _now()
+    now = fb.clock.ms()
     fb.keys = {"CLASSICKEY": "s1", "PMKEY": "s2"}
     # 150 UM liquidations within three days force bisection of a full page.
     fb.futures["/fapi/v1/forceOrders"] = [
@@ -225,9 +211,8 @@ async def test_every_order_stored_once_after_backfill_polling_and_restart(
     pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
     metrics = Metrics(CollectorRegistry())
     try:
-        run = Running(config, pool, metrics)
-        await _until(lambda: _complete(pg, 11), 30)
-        await run.stop()
+        async with running_accounts(config, pool, metrics, fb.clock):
+            await _until(lambda: _complete(pg, 11), 30)
         expected = (
             {("classic", "um", "BTCUSDT", 1000 + i, "LIQUIDATION", "/fapi/v1/forceOrders")
              for i in range(150)}
@@ -263,13 +248,12 @@ async def test_every_order_stored_once_after_backfill_polling_and_restart(
         # Restart: one new order and one later version of a recent one (within the overlap);
         # history is not downloaded again.
         fb.requests.clear()
-        fb.futures["/fapi/v1/forceOrders"].append(futures_row(6000, _now() - 1000, "ADL"))
+        fb.futures["/fapi/v1/forceOrders"].append(futures_row(6000, fb.clock.ms() - 1000, "ADL"))
         fb.futures["/papi/v1/um/forceOrders"][1]["updateTime"] += 1000
         fb.futures["/papi/v1/um/forceOrders"][1]["status"] = "EXPIRED"
-        run = Running(config, pool, metrics)
-        await _until(lambda: _has(pg, 6000), 20)
-        await _until(lambda: _status(pg, "pm", 11, "EXPIRED"), 20)
-        await run.stop()
+        async with running_accounts(config, pool, metrics, fb.clock):
+            await _until(lambda: _has(pg, 6000), 20)
+            await _until(lambda: _status(pg, "pm", 11, "EXPIRED"), 20)
         expected.add(("classic", "um", "BTCUSDT", 6000, "ADL", "/fapi/v1/forceOrders"))
         assert await _keys(pg) == expected
         oldest = min(int(p["startTime"]) for _, p in fb.requests if "startTime" in p)
@@ -298,7 +282,7 @@ async def test_a_bad_key_isolates_one_account(
     """An account whose key is rejected is marked unhealthy while the other one is collected."""
     fb, url = fake
     fb.keys = {"GOODKEY": "good"}
-    fb.futures["/fapi/v1/forceOrders"] = [futures_row(1, _now() - DAY, "ADL")]
+    fb.futures["/fapi/v1/forceOrders"] = [futures_row(1, fb.clock.ms() - DAY, "ADL")]
     good = AccountConfig("good", "classic", Secret("GOODKEY"), Secret("good"),
                          products=("um",), backfill_days=2)  # fmt: skip
     bad = AccountConfig("bad", "classic", Secret("GOODKEY"), Secret("wrong"),
@@ -306,12 +290,11 @@ async def test_a_bad_key_isolates_one_account(
     pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
     metrics = Metrics(CollectorRegistry())
     try:
-        run = Running(_config(url, (good, bad)), pool, metrics)
-        await _until(lambda: _complete(pg, 2))
         healthy = metrics.account_healthy
-        await _until(lambda: _true(healthy.labels("bad")._value.get() == 0))
-        assert healthy.labels("good")._value.get() == 1
-        await run.stop()
+        async with running_accounts(_config(url, (good, bad)), pool, metrics, fb.clock):
+            await _until(lambda: _complete(pg, 2))
+            await _until(lambda: _true(healthy.labels("bad")._value.get() == 0))
+            assert healthy.labels("good")._value.get() == 1
         assert await _keys(pg) == {("good", "um", "BTCUSDT", 1, "ADL", "/fapi/v1/forceOrders")}
         outcome = metrics.rest_requests.labels("/fapi/v1/forceOrders", "auth_error")
         assert outcome._value.get() == 2  # one per scope, then the long backoff

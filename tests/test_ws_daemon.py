@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import shutil
+import tempfile
 from decimal import Decimal
 
 import aiohttp
@@ -28,7 +30,7 @@ def sample(daemon_metrics: object, name: str, labels: dict[str, str] | None = No
 
 
 def cm_event(trade_time_ms: int) -> dict[str, object]:
-    """A post-merge COIN-M event: `st` 2 at the top, `ps` inside `o` (§1.3)."""
+    """A post-merge COIN-M event: `st` 2 at the top, `ps` inside `o` (docs/binance.md §1.3)."""
     return {
         "e": "forceOrder",
         "E": trade_time_ms + 5,
@@ -371,8 +373,18 @@ async def test_unknown_symbols_and_fields_keep_the_row_and_flag_it(
         assert [s["symbol"] for s in symbols] == ["NEWCOINUSDT", "BTCUSDT"]
 
 
-async def test_run_without_a_database_starts_an_embedded_one(tmp_path: object) -> None:
+async def test_run_without_a_database_starts_an_embedded_one() -> None:
     """With no DSN configured, the daemon runs its own PostgreSQL and stores rows there."""
+    # Not pytest's tmp_path: as root the embedded server runs as `pgserver`, which must be able
+    # to enter every directory above its data, and pytest keeps its base directory at 0700.
+    tmp_path = tempfile.mkdtemp(prefix="collector-embedded-")
+    try:
+        await _run_on_embedded_database(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+async def _run_on_embedded_database(tmp_path: str) -> None:
     async with Emulator(EmulatorOptions()) as emu:
         config = make_config(emu, "unused")
         config = dataclasses.replace(

@@ -1,7 +1,7 @@
 """In-repo Binance emulator: WebSocket market streams and REST hosts on loopback.
 
 Tests, benchmarks and the offline demo run the collector against it; it behaves as
-shared/binance-protocol.md documents Binance. See `core.Emulator` for the scripting surface.
+docs/binance.md documents Binance. See `core.Emulator` for the scripting surface.
 """
 
 from collector.emulator.core import Emulator, EmulatorOptions, run_simulator

@@ -1,8 +1,8 @@
 """Signed-request checks of the account emulator: API keys, signatures, timestamps, error bodies.
 
 Pure code, no I/O: the REST layer (`account_rest`) feeds it the raw query string and the server
-clock. Rules and messages follow shared/binance-protocol.md §2.2 (signing), §2.3 (timing) and
-§5 (error codes); where the digest leaves a choice open the docstring says which one is made.
+clock. Rules and messages follow docs/binance.md §2.2 (signing), §2.3 (timing) and
+§5 (error codes); where docs/binance.md leaves a choice open the docstring says which one is made.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class KeyType(StrEnum):
 class Permission(StrEnum):
     """API-key permissions the account endpoints care about.
 
-    Enabling Portfolio Margin removes "Enable Futures" from an account's keys (§4.4 [A2]), so the
+    Enabling Portfolio Margin removes "Enable Futures" from an account's keys (§4.4), so the
     defaults are {FUTURES, MARGIN} for classic accounts and {PORTFOLIO_MARGIN, MARGIN} for PM ones.
     """
 
@@ -179,7 +179,7 @@ class ApiKey:
         """Whether `signature` (already percent-decoded) signs `payload` with this key.
 
         HMAC: hex, compared case-insensitively. RSA (PKCS#1 v1.5, SHA-256) and Ed25519: strict
-        base64, so an un-encoded `+` that arrived as a space fails, as on Binance (§7 pitfall 15).
+        base64, so an un-encoded `+` that arrived as a space fails, as on Binance (§2.2).
         """
         data = payload.encode()
         if self.key_type is KeyType.HMAC:

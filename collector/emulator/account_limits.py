@@ -1,7 +1,7 @@
 """Request-weight budgets, IP bans, an injectable clock and scripted faults for the REST emulator.
 
 Pure state machines (no I/O): `account_rest` asks them what to answer. Semantics follow
-shared/binance-protocol.md §3: per-IP weight per UTC minute, HTTP 429 with code -1003 over the
+docs/binance.md §3: per-IP weight per UTC minute, HTTP 429 with code -1003 over the
 limit, HTTP 418 and a ban for an IP that keeps sending after 429s (never on `/sapi`), bans that
 grow for repeat offenders from 2 minutes up to 3 days.
 """

@@ -1,12 +1,12 @@
 """Options and counters of the account REST emulator: every documented default, and every ⚠
-(undocumented) point of shared/binance-protocol.md as a switch, so tests can exercise each reading.
+(undocumented) point of docs/binance.md as a switch, so tests can exercise each reading.
 
 Pure data: `account_rest` applies the options and fills the counters.
 """
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -33,7 +33,7 @@ class TimeField(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class AccountOptions:
-    """How the account endpoints behave. Defaults follow the digest; ⚠ items are switchable."""
+    """How the account endpoints behave. Defaults follow docs/binance.md; ⚠ items are switchable."""
 
     clock: Clock = wall_clock_ms
     """"Now" in ms for server time, minute windows, bans, retention and late rows."""
@@ -128,6 +128,8 @@ class AccountStats:
     errors: Counter[int] = field(default_factory=Counter)
     """Binance error code (-1022, -2015, …; -1003 for 429/418) → count."""
     rate_limited_429: int = 0
+    minutes_429: defaultdict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    """Pool name → the minutes (epoch ms // 60000) in which that pool answered a 429."""
     banned_418: int = 0
     faults_served: int = 0
     """Scripted 5xx answers."""

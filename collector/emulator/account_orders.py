@@ -1,7 +1,7 @@
 """Account force orders of the emulator: one stored record per order and its wire shapes.
 
 Pure code (no I/O, no clock): an order is stored once, in the futures field names of
-shared/binance-protocol.md §4.1, and rendered in the exact shape of whichever endpoint returns
+docs/binance.md §4.1, and rendered in the exact shape of whichever endpoint returns
 it (§4.1 limit-style rows, §4.2 page-style rows, §4.3 margin order lookups). A seeded generator
 makes deterministic histories for tests and benchmarks.
 """
@@ -87,7 +87,7 @@ SHAPES: Final[Mapping[Shape, tuple[str, ...]]] = {
     # §4.2: the papi row is the sapi row minus isIsolated.
     Shape.PAPI_MARGIN: _PAGE_ROW,
     Shape.SAPI_MARGIN: (*_PAGE_ROW[:-1], "isIsolated", _PAGE_ROW[-1]),
-    # §4.3; the classic-margin lookup adds isIsolated [J9].
+    # §4.3; the classic-margin lookup adds isIsolated.
     Shape.PAPI_MARGIN_ORDER: _MARGIN_ORDER,
     Shape.SAPI_MARGIN_ORDER: (*_MARGIN_ORDER[:12], "isIsolated", *_MARGIN_ORDER[12:]),
 }

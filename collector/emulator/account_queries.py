@@ -1,7 +1,7 @@
 """Which stored force orders an account endpoint returns for given parameters, and in what order.
 
 Pure code (no I/O): `account_rest` authenticates and passes in the decoded parameters, the host's
-server time and the current `AccountOptions`. Semantics follow shared/binance-protocol.md §4.1
+server time and the current `AccountOptions`. Semantics follow docs/binance.md §4.1
 (limit-style), §4.2 (page-style) and §4.3 (margin order lookup); bad parameters raise the
 `ApiError`s of §5.
 """

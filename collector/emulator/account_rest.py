@@ -3,7 +3,7 @@ sapi with Binance's signing, timing, weight limits (429 → 418) and scripted fa
 
 Install with `Emulator(options, extensions=[install_account_api])` (or
 `account_extension(AccountOptions(...))`) and script it through `account_api(emulator)`.
-Behaviour follows shared/binance-protocol.md §2-§5; every point the digest marks ⚠ is an
+Behaviour follows docs/binance.md §2-§5; every point docs/binance.md marks ⚠ is an
 `AccountOptions` field (`account_options`), so tests can exercise each reading. This module is
 the I/O shell; the pure parts are `account_auth` (keys, signatures, timestamps, error bodies),
 `account_queries` (which rows a request gets), `account_orders` (stored orders, wire shapes,
@@ -45,6 +45,7 @@ from collector.emulator.account_auth import (
     unread_parameters,
 )
 from collector.emulator.account_limits import (
+    MINUTE_MS,
     BanPolicy,
     FaultPlan,
     ManualClock,
@@ -131,7 +132,7 @@ Access = Callable[[AccountKind, frozenset[Permission]], bool]
 
 
 def _futures_access(kind: AccountKind, permissions: frozenset[Permission]) -> bool:
-    # §4.4 [A2]: Portfolio Margin restricts fapi/dapi user-data endpoints (§7 pitfall 14).
+    # §4.4: Portfolio Margin restricts fapi/dapi user-data endpoints.
     return kind is AccountKind.CLASSIC and Permission.FUTURES in permissions
 
 
@@ -545,7 +546,8 @@ class AccountEmulator:
         pool = self._pool_for(host, path)
         declared = request.app[ROUTE_WEIGHTS].get(path, 1)
         weight = declared if isinstance(declared, int) else declared(request)
-        decision = self._limiter.check(pool, weight, self._options.clock())
+        now_ms = self._options.clock()
+        decision = self._limiter.check(pool, weight, now_ms)
         stats = self.stats
         stats.max_used_weight[pool.name] = max(stats.max_used_weight[pool.name], decision.used)
         response: web.StreamResponse
@@ -554,9 +556,10 @@ class AccountEmulator:
                 stats.banned_418 += 1
             else:
                 stats.rate_limited_429 += 1
+                stats.minutes_429[pool.name].add(now_ms // MINUTE_MS)
             stats.errors[-1003] += 1
             response = json_response({"code": -1003, "msg": decision.msg}, status=decision.status)
-            # Spot docs promise Retry-After (§3.2 [G1]); the futures docs do not (⚠).
+            # Spot docs promise Retry-After (§3.2); the futures docs do not (⚠).
             if not pool.can_ban or self._options.is_futures_retry_after_sent:
                 response.headers["Retry-After"] = str(decision.retry_after_s)
         else:

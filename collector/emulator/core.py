@@ -1,7 +1,7 @@
 """The Binance emulator: fstream/dstream WebSocket hosts and fapi/dapi/papi/sapi REST hosts on
 loopback, plus the scripting surface tests use (publish, drop, stall, failed upgrades).
 
-Delivery follows shared/binance-protocol.md §1: liquidation events reach fstream `/market` and
+Delivery follows docs/binance.md §1: liquidation events reach fstream `/market` and
 dstream subscribers of `!forceOrder@arr` or `<symbol>@forceOrder`; with `merged` (the
 2026-06-30 UM/CM merge, §1.3) both hosts carry both universes. Connection handling lives in
 `ws`, REST routes in `market_rest`, event shapes and generation in `events`.
@@ -336,6 +336,18 @@ class Emulator:
         """Refuse the next `count` WebSocket upgrades (either host) with HTTP `status`."""
         self.faults.failing_upgrades = count
         self.faults.failure_status = status
+
+    def hold_control_replies(self) -> None:
+        """Hold every control reply (either host) until `release_control_replies`; data, pings
+        and the requests themselves (`messages_received`) go on."""
+        if self.faults.replies_released is None:
+            self.faults.replies_released = asyncio.Event()
+
+    def release_control_replies(self) -> None:
+        """Send the held control replies, in order, and answer new requests at once again."""
+        released, self.faults.replies_released = self.faults.replies_released, None
+        if released is not None:
+            released.set()
 
     @property
     def connections(self) -> list[ConnectionInfo]:

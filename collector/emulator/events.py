@@ -1,7 +1,7 @@
 """Liquidation events for the emulator: the documented payload shapes and a seeded generator.
 
 Pure code (no I/O, no clock): the caller passes the time in. Shapes follow
-shared/binance-protocol.md §1.3; the generator honours the snapshot rule "for each symbol, only
+docs/binance.md §1.3; the generator honours the snapshot rule "for each symbol, only
 the latest one liquidation order within 1000ms will be pushed" by never emitting two events for
 one symbol less than 1000 ms apart.
 """
@@ -23,7 +23,7 @@ CM: Final = 2
 """`st` value of a COIN-M event after the 2026-06-30 merge (§1.3)."""
 
 SNAPSHOT_INTERVAL_MS: Final = 1000
-"""At most one event per symbol per this many milliseconds (§0, §1.3)."""
+"""At most one event per symbol per this many milliseconds (§1.3)."""
 
 DecimalLike = Decimal | str | int
 """What the event builder accepts for prices and quantities; floats are refused on purpose."""
@@ -181,7 +181,7 @@ def make_force_order_event(
 ) -> dict[str, Any]:
     """Build one `forceOrder` event (the inner object, not the combined envelope).
 
-    Shapes (shared/binance-protocol.md §1.3):
+    Shapes (docs/binance.md §1.3):
 
     * `symbol_type=None`: the pre-merge shape. If `pair` is given the order carries it as `o.ps`
       (the COIN-M shape), otherwise there is no pair at all (the USDⓈ-M shape).

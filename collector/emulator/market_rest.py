@@ -1,7 +1,7 @@
 """REST side of the emulator: the fapi/dapi/papi/sapi applications and their market-data routes.
 
 Serves `GET /fapi/v1/time|ping|exchangeInfo`, the `/dapi/v1/` equivalents and
-`GET /papi/v1/ping` (shared/binance-protocol.md §3, §6). Every matched route costs request
+`GET /papi/v1/ping` (docs/binance.md §3, §6). Every matched route costs request
 weight on an IP counter that is reported in `X-MBX-USED-WEIGHT-1M`; fapi and dapi share one
 counter since the 2026-06-30 merge (§3.1). Account routes are added by other modules through
 `add_route_weight` and the applications in `Emulator.rest_apps`.

@@ -1,6 +1,6 @@
 """Server side of one Binance WebSocket market-stream host (fstream or dstream).
 
-Reproduces shared/binance-protocol.md §1: `/ws/<stream>` (bare payloads), `/ws` (then SUBSCRIBE)
+Reproduces docs/binance.md §1: `/ws/<stream>` (bare payloads), `/ws` (then SUBSCRIBE)
 and `/stream?streams=a/b` (combined envelope); on fstream the same under the `/public`,
 `/market` and `/private` routes, with liquidation data only on `/market` (§1.1). Live control
 messages (§1.5), server pings with a pong deadline, the 10 messages/s limit and the 24 h cut
@@ -120,6 +120,8 @@ class Faults:
         self.failure_status = 503
         self.stalled_until = 0.0
         """`time.monotonic()` until which data is not delivered."""
+        self.replies_released: asyncio.Event | None = None
+        """While not None, control replies wait until it is set (data keeps flowing)."""
 
     def take_upgrade_failure(self) -> int | None:
         """Return the HTTP status to refuse this upgrade with, or None to accept it."""
@@ -525,6 +527,10 @@ class StreamHost:
             reply: dict[str, Any] = {"result": self._execute(conn, request), "id": request_id}
         except _ControlError as exc:
             reply = {"error": {"code": exc.code, "msg": exc.msg}, "id": request_id}
+        released = self._faults.replies_released
+        if released is not None:
+            self._on_change()  # the request counts as received while its reply waits
+            await released.wait()
         if await conn.send(orjson.dumps(reply)):
             self._stats.frames_sent += 1
 

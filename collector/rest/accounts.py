@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -17,7 +19,7 @@ import structlog
 from collector.config import AccountConfig, Config
 from collector.exceptions import ConfigError
 from collector.metrics import Metrics
-from collector.rest.budget import Budget
+from collector.rest.budget import Budget, pool_family
 from collector.rest.client import Credentials, RestClient
 from collector.rest.clock import ServerClocks
 from collector.rest.endpoints import order_lookup_for, scopes_for
@@ -65,12 +67,24 @@ async def run_account(
 
 
 def build_account_components(
-    config: Config, pool: asyncpg.Pool, metrics: Metrics, *, budget: Budget | None = None,
-    clocks: ServerClocks | None = None,
-) -> dict[str, Component]:  # fmt: skip
-    """One component per enabled account, sharing one budget and one set of clocks."""
-    budget = budget or Budget(config.rest.weight_share, metrics)
-    clocks = clocks or ServerClocks(metrics, config.rest.time_sync_interval_s)
+    config: Config,
+    pool: asyncpg.Pool,
+    metrics: Metrics,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> dict[str, Component]:
+    """One component per enabled account, sharing one budget and one set of server clocks.
+
+    `clock` is this host's time in Unix seconds (tests share theirs with an emulator); the
+    budget counts each pool's minutes on Binance's time, this clock plus the measured offset.
+    """
+    clocks = ServerClocks(metrics, config.rest.time_sync_interval_s, wall_ms=lambda: clock() * 1000)
+    budget = Budget(
+        config.rest.weight_share,
+        metrics,
+        clock=clock,
+        offset_s=lambda name: clocks.offset_ms(pool_family(name)) / 1000,
+    )
     components: dict[str, Component] = {}
     for account in config.accounts:
         if not account.enabled:

@@ -1,4 +1,4 @@
-"""Signed GETs to Binance with budgets, clock offsets and error classification (§2, §3, §5).
+"""Signed GETs with budgets, clock offsets and error classification (docs/binance.md §2, §3, §5).
 
 `RestClient.get` charges the weight before sending, signs the exact query string it sends,
 corrects the pool from the used-weight headers, waits out 429s (one pool) and 418s (every
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,8 +29,8 @@ from yarl import URL
 from collector.config import BinanceConfig, RestConfig
 from collector.exceptions import CollectorError
 from collector.metrics import Metrics
-from collector.rest.budget import Budget, pool_for
-from collector.rest.clock import ServerClocks, base_url
+from collector.rest.budget import FAPI_DAPI_POOL, Budget, pool_for, request_weight_limit_1m
+from collector.rest.clock import ClockStopped, ServerClocks, base_url
 from collector.rest.signing import Param, Signer, encode_query, signed_query
 from collector.retry import Backoff, sleep_or_stop
 
@@ -99,6 +100,15 @@ def _retry_after_s(headers: Mapping[str, str]) -> float | None:
         return None
 
 
+def _used_weight(headers: Mapping[str, str]) -> int | None:
+    """The pool's used weight this minute as Binance reports it, if it does."""
+    for name in _WEIGHT_HEADERS:
+        if name in headers:
+            with contextlib.suppress(ValueError):
+                return int(headers[name])
+    return None
+
+
 def _error_body(body: bytes) -> tuple[int | None, str]:
     try:
         payload = orjson.loads(body)
@@ -130,13 +140,20 @@ class RestClient:
         self.metrics = metrics
         self._timeout = aiohttp.ClientTimeout(total=rest.request_timeout_s)
 
-    async def fetch_server_time(self, family: str, path: str) -> int:
-        """Unsigned GET of a time endpoint (weight 1); returns serverTime in ms."""
-        stop = asyncio.Event()
-        payload = await self._request(family, path, (), 1, None, stop)
+    async def fetch_server_time(
+        self, family: str, path: str, stop: asyncio.Event | None = None
+    ) -> tuple[int, float]:
+        """Unsigned GET of a time endpoint (weight 1); returns serverTime in ms and our wall
+        clock (ms) halfway between sending the request and reading the answer. The wait for
+        weight before sending is no part of it."""
+        timing: list[float] = []
+        payload = await self._request(
+            family, path, (), 1, None, stop or asyncio.Event(), timing=timing
+        )
         if not isinstance(payload, dict) or not isinstance(payload.get("serverTime"), int):
             raise TransientRestError(path, 200, None, "no serverTime in the time response")
-        return int(payload["serverTime"])
+        sent_ms, received_ms = timing
+        return int(payload["serverTime"]), (sent_ms + received_ms) / 2
 
     async def get_signed(
         self,
@@ -148,9 +165,48 @@ class RestClient:
         stop: asyncio.Event,
     ) -> Any:
         """GET `path` on `family` signed with `credentials`; returns the decoded JSON."""
-        if self.clocks.needs_sync(family):
-            await self.clocks.sync(family, self.fetch_server_time)
+        if pool_for(family, path) == FAPI_DAPI_POOL:
+            await self.limits_ready(stop)
+        await self.clock_ready(family, stop)
         return await self._request(family, path, params, weight, credentials, stop)
+
+    async def limits_ready(self, stop: asyncio.Event) -> None:
+        """Read the fapi + dapi weight limit that exchangeInfo announces, at the first request
+        and then every `exchange_info_refresh_s` (a minute after a failure). Both hosts count
+        against one pool, so the lower of the two figures applies (docs/binance.md §3.1)."""
+        budget = self.budget
+        if not budget.announcement_due(FAPI_DAPI_POOL):
+            return
+        async with budget.announcement_lock:
+            if not budget.announcement_due(FAPI_DAPI_POOL):
+                return
+            limits: list[int] = []
+            for family in ("fapi", "dapi"):
+                path = f"/{family}/v1/exchangeInfo"
+                try:
+                    payload = await self._request(family, path, (), 1, None, stop)
+                except (TransientRestError, RequestRejected) as exc:
+                    log.warning("rest.limits_unavailable", path=path, error=str(exc)[:200])
+                    continue
+                limit = request_weight_limit_1m(payload)
+                if limit is None:
+                    log.warning("rest.limits_unannounced", path=path)
+                    continue
+                limits.append(limit)
+            announced = min(limits) if limits else None
+            refresh_s = self.binance.exchange_info_refresh_s
+            budget.announce(FAPI_DAPI_POOL, announced, refresh_s if limits else 60.0)
+            if announced is not None:
+                log.info("rest.limits_announced", pool=FAPI_DAPI_POOL, limit_1m=announced,
+                         allowed_1m=budget.pool(FAPI_DAPI_POOL).allowed_1m)  # fmt: skip
+
+    async def clock_ready(self, family: str, stop: asyncio.Event) -> None:
+        """Wait for a fresh server-time offset of `family` (RestStopped if `stop` comes first)."""
+        fetch = functools.partial(self.fetch_server_time, stop=stop)
+        try:
+            await self.clocks.ready(family, fetch, stop)
+        except ClockStopped:
+            raise RestStopped(family) from None
 
     async def _request(
         self,
@@ -160,7 +216,11 @@ class RestClient:
         weight: int,
         credentials: Credentials | None,
         stop: asyncio.Event,
+        *,
+        timing: list[float] | None = None,
     ) -> Any:
+        """The request loop. `timing`, if given, receives our wall clock (ms) when the
+        successful attempt was sent and when its answer was read."""
         pool = pool_for(family, path)
         backoff = Backoff(self.rest.retry_initial_s, self.rest.retry_max_s)
         attempts = clock_retries = 0
@@ -183,6 +243,7 @@ class RestClient:
             elif params:
                 url = f"{url}?{encode_query(params)}"
             sent_at = self.clocks.monotonic()
+            sent_wall_ms = self.clocks.wall_ms()
             try:
                 async with self.session.get(
                     URL(url, encoded=True), headers=headers, timeout=self._timeout
@@ -190,6 +251,7 @@ class RestClient:
                     body = await response.read()
                     status = response.status
                     response_headers = response.headers.copy()
+                received_wall_ms = self.clocks.wall_ms()
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self.metrics.rest_requests.labels(path, "network_error").inc()
                 attempts += 1
@@ -201,10 +263,9 @@ class RestClient:
                 if await sleep_or_stop(delay, stop):
                     raise RestStopped(path) from None
                 continue
-            for name in _WEIGHT_HEADERS:
-                if name in response_headers:
-                    with contextlib.suppress(ValueError):
-                        self.budget.observe_used(pool, int(response_headers[name]))
+            used_1m = _used_weight(response_headers)
+            if used_1m is not None:
+                self.budget.observe_used(pool, used_1m)
             if status == 200:
                 try:
                     payload = orjson.loads(body)
@@ -212,6 +273,8 @@ class RestClient:
                     self.metrics.rest_requests.labels(path, "bad_response").inc()
                     raise TransientRestError(path, status, None, "invalid JSON") from None
                 self.metrics.rest_requests.labels(path, "ok").inc()
+                if timing is not None:
+                    timing[:] = [sent_wall_ms, received_wall_ms]
                 return payload
             code, msg = _error_body(body)
             if status == 418:
@@ -222,7 +285,9 @@ class RestClient:
                           until_unix=round(until, 3))  # fmt: skip
                 continue
             if status == 429:
-                pause = self.budget.rate_limited(pool, _retry_after_s(response_headers))
+                pause = self.budget.rate_limited(
+                    pool, _retry_after_s(response_headers), weight, used_1m
+                )
                 self.metrics.rest_requests.labels(path, "rate_limited").inc()
                 log.warning("rest.rate_limited", path=path, pool=pool, pause_s=round(pause, 2))
                 continue
@@ -230,7 +295,8 @@ class RestClient:
                 clock_retries += 1
                 self.metrics.rest_requests.labels(path, "clock_skew").inc()
                 log.warning("rest.clock_resync", path=path, family=family, msg=msg)
-                await self.clocks.sync(family, self.fetch_server_time, unless_since=sent_at)
+                self.clocks.rejected(family, sent_at)
+                await self.clock_ready(family, stop)
                 continue
             if code in AUTH_CODES:
                 self.metrics.rest_requests.labels(path, "auth_error").inc()

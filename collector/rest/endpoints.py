@@ -1,4 +1,4 @@
-"""What the collector knows about each account force-order endpoint (binance-protocol.md §4).
+"""What the collector knows about each account force-order endpoint (docs/binance.md §4).
 
 Pure data: path, API family, product, paging style, documented weight, retention and the widest
 window sent. Which endpoints an account polls follows §4.4: classic accounts use fapi, dapi and

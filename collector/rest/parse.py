@@ -1,4 +1,4 @@
-"""Pure parsing of account force-order rows (binance-protocol.md §4) into `AccountForceOrder`.
+"""Pure parsing of account force-order rows (docs/binance.md §4) into `AccountForceOrder`.
 
 No I/O, logging or metrics. Every number is a `Decimal` from the wire string; every time a
 tz-aware UTC datetime. Unknown fields are ignored (kept in `raw`); missing optional ones are None.

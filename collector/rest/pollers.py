@@ -1,4 +1,4 @@
-"""Backfill and keep-up loops, one per (account, endpoint, scope) (binance-protocol.md §4.5).
+"""Backfill and keep-up loops, one per (account, endpoint, scope) (docs/binance.md §4.5).
 
 A scope's checkpoint holds `covered_until`: everything before it has been read and committed.
 The first run starts at the backfill horizon (configured depth, never beyond a documented
@@ -129,10 +129,9 @@ class ScopePoller:
             if await sleep_or_stop(delay, stop):
                 return
 
-    async def _now_ms(self) -> int:
+    async def _now_ms(self, stop: asyncio.Event) -> int:
         family = self.spec.family
-        if self.ctx.client.clocks.needs_sync(family):
-            await self.ctx.client.clocks.sync(family, self.ctx.client.fetch_server_time)
+        await self.ctx.client.clock_ready(family, stop)
         return self.ctx.client.clocks.now_ms(family)
 
     def _retention_floor_ms(self, now_ms: int) -> int | None:
@@ -143,7 +142,7 @@ class ScopePoller:
     async def poll_once(self, stop: asyncio.Event) -> None:
         """Read from the checkpoint (minus the overlap, once backfilled) up to now."""
         ctx, account = self.ctx, self.ctx.account.name
-        now_ms = await self._now_ms()
+        now_ms = await self._now_ms(stop)
         floor = self._retention_floor_ms(now_ms)
         cp = await store.load_checkpoint(ctx.pool, account, self.spec.path, self.scope.name)
         if cp is None:

@@ -1,4 +1,4 @@
-"""Request signing for Binance USER_DATA endpoints (binance-protocol.md §2.2).
+"""Request signing for Binance USER_DATA endpoints (docs/binance.md §2.2).
 
 The signature covers the exact query string that is sent; it is appended last as
 `&signature=...`. HMAC-SHA256 gives hex; RSA (PKCS#1 v1.5, SHA-256) and Ed25519 give base64,
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Protocol
 from urllib.parse import quote, urlencode
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
@@ -89,7 +90,7 @@ def make_signer(key_type: str, secret: Secret, account: str) -> Signer:
         return HmacSigner(secret)
     try:
         key = serialization.load_pem_private_key(secret.reveal().encode(), password=None)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise ConfigError(
             [f"[[accounts]] {account!r} api_secret: not a PEM private key for {key_type}"]
         ) from None

@@ -1,4 +1,4 @@
-"""Pure time-window arithmetic for the limit-style endpoints (binance-protocol.md §4.5).
+"""Pure time-window arithmetic for the limit-style endpoints (docs/binance.md §4.5).
 
 Whether Binance's startTime/endTime bounds are inclusive is not documented (⚠), so adjacent
 windows share their boundary millisecond: a row at the boundary is fetched twice under inclusive

@@ -1,7 +1,8 @@
 """Applies `migrations/NNNN_name.sql` in order, each in its own transaction, once.
 
-Applied files are recorded in `schema_migrations`; an advisory lock lets several collectors
-start against one database without racing.
+Applied files are recorded in `schema_migrations`; an advisory lock, taken before anything
+else (creating that table included), lets several collectors start against one database
+without racing.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ _CANDIDATES = (
     Path(__file__).resolve().parent.parent.parent / "migrations",
 )
 _LOCK_KEY = 0x636F6C6C  # "coll"
+_CREATE_LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    text PRIMARY KEY,
+    checksum   text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now())"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,14 +76,14 @@ async def migrate(conn: asyncpg.Connection, directory: Path | None = None) -> li
 
     Raises `MigrationError` naming the file that failed; earlier files stay applied.
     """
-    await conn.execute(
-        """CREATE TABLE IF NOT EXISTS schema_migrations (
-               version    text PRIMARY KEY,
-               checksum   text NOT NULL,
-               applied_at timestamptz NOT NULL DEFAULT now())"""
-    )
+    # The lock comes first: two sessions running CREATE TABLE IF NOT EXISTS at once can both
+    # miss the table and one then fails on the catalog's unique index (SQLSTATE 23505).
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     try:
+        try:
+            await conn.execute(_CREATE_LEDGER)
+        except asyncpg.PostgresError as exc:
+            raise MigrationError("schema_migrations", exc) from exc
         done = await applied_versions(conn)
         applied: list[str] = []
         for migration in discover(directory):

@@ -265,6 +265,9 @@ class Writer:
         self._inflight: dict[int, Batch] = {}
         self._committed = asyncio.Condition()
         self.is_healthy = False
+        # True from a failed write until the next commit: the liveness ping (sink/liveness.py)
+        # does not report the database up, nor /readyz ready, while batches cannot commit.
+        self.is_failing = False
         metrics.queue_capacity.set(config.queue_max)
         metrics.queue_depth.set_function(self.queue.qsize)
 
@@ -374,7 +377,7 @@ class Writer:
                 if not (is_transient(exc) or lost):
                     raise
                 lane.drop()
-                self.is_healthy = False
+                self.is_failing = True
                 self._metrics.db_up.set(0)
                 self._metrics.write_errors.labels("transient").inc()
                 delay = backoff.next_delay()
@@ -388,7 +391,7 @@ class Writer:
                 await asyncio.sleep(delay)
                 continue
             break
-        self.is_healthy = True
+        self.is_failing = False
         self._metrics.db_up.set(1)
 
     async def _connection(self, lane: _Lane) -> asyncpg.Connection:

@@ -1,6 +1,6 @@
 """Pure parsing of Binance websocket frames into records: no I/O, no logging, no metrics.
 
-Wire format: ../shared/binance-protocol.md §1.2-§1.5 (combined envelope, forceOrder payload,
+Wire format: docs/binance.md §1.2-§1.5 (combined envelope, forceOrder payload,
 control replies). Bad input raises `MalformedPayload`; callers dead-letter it.
 """
 
@@ -148,7 +148,7 @@ def content_key(
 
     Built from the order's own fields (not `E`, which differs per host and connection), with
     decimals in canonical spelling so "9910" and "9910.0" are the same value.
-    See ../shared/binance-protocol.md §7.4.
+    See docs/binance.md §1.3.
     """
     text = (
         f"{symbol}\x1f{trade_time_ms}\x1f{side}\x1f{_canonical(qty)}\x1f{_canonical(price)}"

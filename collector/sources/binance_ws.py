@@ -5,7 +5,7 @@ limits. A `Shard` owns one logical connection: it connects (with capped, jittere
 failed attempts; at once after a confirmed connection ends), rotates make-before-break ahead of
 the 24 h cut, and records every session in the coverage ledger. A `Connection` is one
 websocket session: it reads frames,
-answers each ping with a pong carrying its payload (../shared/binance-protocol.md §1.4), routes
+answers each ping with a pong carrying its payload (docs/binance.md §1.4), routes
 control replies apart from data (§1.5), dead-letters what it cannot parse, and on close
 UNSUBSCRIBEs first so no frame already sent to it is dropped.
 """
@@ -155,6 +155,9 @@ class Connection:
         self._pacer = Pacer(config.control_messages_per_s)
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._pending: dict[int, asyncio.Future[ControlReply]] = {}
+        # Ids of requests sent whose caller stopped waiting (the first event confirmed the
+        # subscription before LIST_SUBSCRIPTIONS answered): their replies are expected.
+        self._abandoned: set[int] = set()
         self._task: asyncio.Task[None] | None = None  # `_run`: owns the reader and the heartbeat
         self._record: SessionRecord | None = None
         self._request_ids = itertools.count(1)
@@ -301,9 +304,11 @@ class Connection:
         message: dict[str, Any] = {"method": method, "id": ident}
         if params is not None:
             message["params"] = params
+        sent = False
         await self._pacer.wait()
         try:
             await ws.send_str(orjson.dumps(message).decode())
+            sent = True
             closed: asyncio.Future[Any] = asyncio.ensure_future(self.closed.wait())
             waiting: set[asyncio.Future[Any]] = {future, closed}
             try:
@@ -315,6 +320,8 @@ class Connection:
             return future.result()
         finally:
             self._pending.pop(ident, None)
+            if sent and not future.done():
+                self._abandoned.add(ident)
 
     async def close(self, reason: str) -> None:
         """Close the socket and finish the session's ledger row. Idempotent.
@@ -491,6 +498,12 @@ class Connection:
         future = self._pending.get(reply.id) if reply.id is not None else None
         if future is not None and not future.done():
             future.set_result(reply)
+            return
+        if reply.id is not None and reply.id in self._abandoned:
+            # A reply to a request we sent and no longer wait for: expected, not a warning.
+            self._abandoned.discard(reply.id)
+            self._metrics.ws_control_replies.labels(self.spec.host, "late").inc()
+            self.log.debug("ws.late_control_reply", id=reply.id, error=reply.error)
             return
         self._metrics.ws_control_replies.labels(self.spec.host, "unexpected").inc()
         self.log.warning("ws.unexpected_control", frame=text[:500])

@@ -37,7 +37,7 @@ def _opt_str(entry: Mapping[str, Any], key: str) -> str | None:
 
 def parse_exchange_info(payload: Any, market: Market) -> list[SymbolInfo]:
     """Symbols from an exchangeInfo body. USD-M has `status`, COIN-M `contractStatus` and
-    `contractSize` (../shared/binance-protocol.md §6). Unknown fields are ignored."""
+    `contractSize` (docs/binance.md §6). Unknown fields are ignored."""
     if not isinstance(payload, dict) or not isinstance(payload.get("symbols"), list):
         raise MalformedPayload("exchangeInfo without a symbols list", field="symbols")
     result: list[SymbolInfo] = []

@@ -43,7 +43,7 @@ UPDATE market_liquidations m
 async def fetch_exchange_info(
     http: aiohttp.ClientSession, config: BinanceConfig, market: Market
 ) -> list[SymbolInfo]:
-    """GET /fapi/v1/exchangeInfo (UM) or /dapi/v1/exchangeInfo (CM), weight 1 (§6)."""
+    """GET /fapi/v1/exchangeInfo (UM) or /dapi/v1/exchangeInfo (CM): docs/binance.md §6."""
     url = (
         f"{config.fapi_url.rstrip('/')}/fapi/v1/exchangeInfo"
         if market is Market.UM
