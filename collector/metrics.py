@@ -58,6 +58,13 @@ class Metrics:
             ["host", "reason"],
             registry=r,
         )
+        self.ws_reader_failures = Counter(
+            "collector_ws_reader_failures_total",
+            "Websocket sessions ended by an unexpected error while reading (not the socket's):"
+            " closed in the ledger at their last frame, then reconnected.",
+            ["host"],
+            registry=r,
+        )
         self.ws_rotations = Counter(
             "collector_ws_rotations_total",
             "Make-before-break rotations ahead of Binance's 24 h cut.",

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -30,6 +33,30 @@ class Backoff:
     def reset(self) -> None:
         """Start over after a success."""
         self.attempt = 0
+
+
+class AttemptBudget:
+    """At most `limit` attempts in any `window_s`: `reserve(at)` books the earliest slot at or
+    after `at` and returns it. Sliding window; the clock is injectable."""
+
+    def __init__(
+        self, limit: int, window_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._limit = limit
+        self._window_s = window_s
+        self._clock = clock
+        self._booked: deque[float] = deque()
+
+    def reserve(self, at: float | None = None) -> float:
+        """Book one attempt no earlier than `at` (default now); return its time."""
+        at = self._clock() if at is None else at
+        booked = self._booked
+        while booked and booked[0] <= at - self._window_s:
+            booked.popleft()
+        if len(booked) >= self._limit:
+            at = max(at, booked.popleft() + self._window_s)
+        booked.append(at)
+        return at
 
 
 async def sleep_or_stop(delay_s: float, stop: asyncio.Event) -> bool:

@@ -19,6 +19,9 @@ MAX_MS = 253402300799999
 # Below this (year 2096) `ms / 1000` as a float is within 0.5 us of the exact time, so
 # fromtimestamp() rounds to the exact millisecond (checked over 3 million random values).
 _FLOAT_EXACT_MS = 4_000_000_000_000
+# Postgres `numeric` holds up to 131072 digits before the decimal point and 16383 after.
+_PG_NUMERIC_INT_DIGITS = 131072
+_PG_NUMERIC_FRAC_DIGITS = 16383
 
 
 def millis(value: Any, field: str) -> datetime:
@@ -42,4 +45,9 @@ def decimal(value: Any, field: str) -> Decimal:
         raise MalformedPayload(f"not a decimal: {value!r}", field=field) from None
     if not result.is_finite():
         raise MalformedPayload(f"not a finite decimal: {value!r}", field=field)
+    exponent = result.as_tuple().exponent
+    assert isinstance(exponent, int)  # finite
+    if result.adjusted() >= _PG_NUMERIC_INT_DIGITS or -exponent > _PG_NUMERIC_FRAC_DIGITS:
+        # Postgres could not store it, and arithmetic on it may overflow Python's context.
+        raise MalformedPayload(f"decimal out of range: {str(value)[:40]!r}", field=field)
     return result

@@ -14,7 +14,7 @@ import asyncpg
 
 from collector.config import BinanceConfig, Config, DatabaseConfig, HttpConfig, Secret, WriterConfig
 from collector.emulator import Emulator
-from collector.supervisor import Runtime, run
+from collector.supervisor import Component, Runtime, run
 
 T = TypeVar("T")
 
@@ -30,7 +30,6 @@ def make_config(emulator: Emulator, dsn: str, **binance: Any) -> Config:
         sapi_url=emulator.sapi_url,
         reconnect_initial_s=0.05,
         reconnect_max_s=0.2,
-        healthy_after_s=1.0,
         heartbeat_s=0.2,
         control_messages_per_s=9.0,
         open_timeout_s=3.0,
@@ -63,11 +62,16 @@ class Daemon:
 
 
 @contextlib.asynccontextmanager
-async def running(config: Config) -> AsyncIterator[Daemon]:
+async def running(
+    config: Config,
+    extra_components: Callable[[Runtime], dict[str, Component]] | None = None,
+) -> AsyncIterator[Daemon]:
     """Start the daemon; stop it (and check it drained) on exit."""
     stop = asyncio.Event()
     ready: asyncio.Future[Runtime] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(run(config, stop=stop, on_ready=ready.set_result))
+    task = asyncio.create_task(
+        run(config, stop=stop, on_ready=ready.set_result, extra_components=extra_components)
+    )
     done, _ = await asyncio.wait({ready, task}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
     if task in done:
         raise AssertionError(f"daemon exited early: {task.result()}")

@@ -63,6 +63,26 @@ def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
     assert str(info.value).startswith("invalid configuration (5 problem(s)):\n  - [binance] bogus")
 
 
+def test_a_retired_setting_in_an_old_file_is_accepted_and_ignored(tmp_path: Path) -> None:
+    """`healthy_after_s` (replaced by resetting the backoff on confirmation) still loads, from
+    a file or the environment."""
+    toml = tmp_path / "c.toml"
+    toml.write_text("[binance]\nhealthy_after_s = 30.0\nreconnect_jitter_s = 0.1\n")
+    config = load_config({"COLLECTOR_BINANCE_HEALTHY_AFTER_S": "30"}, toml)
+    assert config.binance.reconnect_jitter_s == 0.1
+    assert not hasattr(config.binance, "healthy_after_s")
+
+
+def test_a_heartbeat_slower_than_the_ledger_grace_allows_is_refused() -> None:
+    """heartbeat_s above 10 s would let live sessions look dead to the ledger (30 s grace)."""
+    with pytest.raises(ConfigError) as info:
+        load_config({"COLLECTOR_BINANCE_HEARTBEAT_S": "30"})
+    assert info.value.problems == [
+        "[binance] heartbeat_s: must be above 0 and at most 10 (the ledger counts an open "
+        "session live for 30 s after its mark), got 30.0"
+    ]
+
+
 def test_database_ping_settings_default_override_and_must_be_positive() -> None:
     """The database ping runs every 10 s within 3 s by default; the environment sets both, and
     a value that is not positive is a configuration error."""
@@ -145,7 +165,8 @@ def test_every_number_has_a_range(tmp_path: Path) -> None:
     assert _problems({"COLLECTOR_REST_POLL_INTERVAL_S": "inf"}, toml) == [
         "[binance] rotate_after_s: must be above 60 and at most 86400, got 90000.0",
         "[binance] idle_timeout_s: must be above 0 and at most 86400, got nan",
-        "[binance] heartbeat_s: must be above 0 and at most 3600, got -1.0",
+        "[binance] heartbeat_s: must be above 0 and at most 10 (the ledger counts an open session"
+        " live for 30 s after its mark), got -1.0",
         "[writer] queue_max: must be 1..10000000, got 0",
         "[writer] batch_max_age_s: must be above 0 and at most 60, got 0.0",
         "[http] max_event_age_s: must be 0..604800, got -5.0",

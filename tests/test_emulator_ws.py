@@ -428,6 +428,30 @@ async def test_drop_connections(
     assert emulator.stats.disconnects == {"dropped": 2}
 
 
+async def test_close_connections_sends_a_close_frame(
+    start_emulator: StartEmulator, session: aiohttp.ClientSession
+) -> None:
+    """A scripted server close ends each open connection (per host or all) with 1001."""
+    emulator = await start_emulator()
+    async with (
+        session.ws_connect(f"{emulator.fstream_url}/market/ws") as fstream,
+        session.ws_connect(f"{emulator.dstream_url}/ws") as dstream,
+    ):
+        await emulator.wait_for_connections(2)
+        assert emulator.close_connections("fstream") == 1
+        msg = await next_frame(fstream)
+        assert (msg.type, fstream.close_code, msg.extra) == (
+            WSMsgType.CLOSE,
+            1001,
+            "Server closing",
+        )
+        assert emulator.close_connections() == 1
+        msg = await next_frame(dstream)
+        assert (msg.type, dstream.close_code) == (WSMsgType.CLOSE, 1001)
+    await emulator.wait_until(lambda: not emulator.connections)
+    assert emulator.stats.disconnects == {"closed": 2}
+
+
 async def test_send_raw_reaches_only_that_host(
     start_emulator: StartEmulator, session: aiohttp.ClientSession
 ) -> None:

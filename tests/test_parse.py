@@ -143,6 +143,9 @@ def test_content_key_ignores_event_time_and_decimal_spelling() -> None:
         ({**UM_EVENT, "o": {**UM_EVENT["o"], "S": "HOLD"}}, "o.S"),
         ({**UM_EVENT, "o": {**UM_EVENT["o"], "T": "1568014460893"}}, "o.T"),
         ({**UM_EVENT, "st": 3}, "st"),
+        # Beyond what Postgres numeric holds (and, multiplied, beyond Python's decimal context).
+        ({**UM_EVENT, "o": {**UM_EVENT["o"], "ap": "1E600000"}}, "o.ap"),
+        ({**UM_EVENT, "o": {**UM_EVENT["o"], "q": "1E-16384"}}, "o.q"),
     ],
 )
 def test_bad_events_name_the_field(event: dict[str, object], field: str) -> None:

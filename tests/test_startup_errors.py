@@ -104,7 +104,8 @@ async def _migrated(pg_admin_dsn: str, database: str) -> bool:
           "libpq keyword=value pairs (host=... dbname=...)"]),
         ({"COLLECTOR_WRITER_QUEUE_MAX": "100.9", "COLLECTOR_BINANCE_HEARTBEAT_S": "-1"},
          ["COLLECTOR_WRITER_QUEUE_MAX: expected an integer, got '100.9'",
-          "[binance] heartbeat_s: must be above 0 and at most 3600, got -1.0"]),
+          "[binance] heartbeat_s: must be above 0 and at most 10 (the ledger counts an open "
+          "session live for 30 s after its mark), got -1.0"]),
         ({"COLLECTOR_DATABASE_DNS": "postgresql://u:hunter2@127.0.0.1/db"},
          ["COLLECTOR_DATABASE_DNS: unknown environment variable "
           "(did you mean COLLECTOR_DATABASE_DSN?)"]),

@@ -289,6 +289,9 @@ async def test_metrics_and_health_answer(pg_dsn: str) -> None:
     """/metrics, /healthz and /readyz answer on the daemon's port; readiness tracks streams."""
     async with Emulator(EmulatorOptions()) as emu, running(make_config(emu, pg_dsn)) as daemon:
         await emu.wait_for_connections(1)
+        # The ledger's first commit marks the writer healthy; before it, a queued session
+        # record alone fails the database check.
+        await daemon.runtime.writer.flush()
         base = f"http://127.0.0.1:{daemon.runtime.http_port}"
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{base}/healthz") as r:
@@ -440,3 +443,29 @@ async def test_a_nul_in_a_symbol_is_dead_lettered_and_the_stream_goes_on(
         ]
         assert "UM:BAD\\u0000USDT" in [d["detail"] for d in dead]
         assert daemon.task.done() is False
+
+
+async def test_a_value_out_of_range_is_dead_lettered_and_the_stream_goes_on(
+    pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """`"ap":"1E600000"` (its notional overflows Python's decimals) costs only its own frame."""
+    async with Emulator(EmulatorOptions()) as emu, running(make_config(emu, pg_dsn)) as daemon:
+        await subscribed(emu)
+        huge = um_event("BTCUSDT", 1_795_000_000_001, qty="1E600000", avg_price="1E600000")
+        await emu.publish(huge)
+        await emu.publish(um_event("BTCUSDT", 1_795_000_000_002))
+        await eventually(count_rows(pg), lambda n: n == 1)
+        await eventually(count_rows(pg, "dead_letters"), lambda n: n == 1)
+        dead = await pg.fetchrow("SELECT reason, detail, raw FROM dead_letters")
+        assert (dead["reason"], dead["detail"]) == (
+            "malformed_event",
+            "decimal out of range: '1E600000' (field 'o.q')",
+        )
+        assert orjson.loads(dead["raw"])["data"] == huge
+        stored = await pg.fetchval(
+            "SELECT extract(epoch from trade_time) * 1000 FROM market_liquidations"
+        )
+        assert stored == 1_795_000_000_002
+        metrics = daemon.runtime.metrics
+        assert sample(metrics, "collector_dead_letters_total", {"reason": "malformed_event"}) == 1
+        assert sample(metrics, "collector_ws_connects_total", {"host": "fstream"}) == 1

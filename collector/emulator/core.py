@@ -321,6 +321,12 @@ class Emulator:
         """Abort the TCP connection of every (or `host`'s) WebSocket without a close frame."""
         return sum(h.drop() for name, h in self.stream_hosts.items() if host in (None, name))
 
+    def close_connections(self, host: str | None = None) -> int:
+        """Close every (or `host`'s) open WebSocket with a 1001 close frame; return the count."""
+        return sum(
+            h.close_connections() for name, h in self.stream_hosts.items() if host in (None, name)
+        )
+
     def stall(self, seconds: float) -> None:
         """Deliver no data for `seconds` (events are dropped, sockets stay open, pings and
         control replies go on); `stall(0)` ends a stall."""

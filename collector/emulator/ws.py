@@ -8,7 +8,8 @@ messages (§1.5), server pings with a pong deadline, the 10 messages/s limit and
 connections and writes pre-serialised frames to them.
 
 Close codes are the emulator's choice (Binance does not document them): 1008 for the message
-rate limit, invalid JSON and a missed pong, 1001 for the lifetime cut and emulator shutdown.
+rate limit, invalid JSON and a missed pong, 1001 for the lifetime cut, a scripted server close
+and emulator shutdown.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class EmulatorStats:
     pongs_received: int = 0
     disconnects: Counter[str] = field(default_factory=Counter)
     """Closed connections by reason: client_closed, rate_limit, invalid_json, pong_timeout,
-    lifetime, dropped, server_stop."""
+    lifetime, dropped, closed (a scripted server close), server_stop."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +321,16 @@ class StreamHost:
                 transport.abort()
             dropped += 1
         return dropped
+
+    def close_connections(self) -> int:
+        """Close every open connection with 1001 and a close frame, as a server cut does (the
+        lifetime cut, maintenance); return the count. Handlers finish in the background."""
+        closing = 0
+        for conn in list(self._connections):
+            if conn.info.close_reason is None:
+                self._begin_close(conn, "closed", WSCloseCode.GOING_AWAY, b"Server closing")
+                closing += 1
+        return closing
 
     async def close_all(self) -> None:
         """Close every connection with 1001 (going away) and wait for the handlers to finish."""

@@ -218,11 +218,14 @@ def parse_force_order(
     last = _opt_decimal(order, "l")
     market = Market.UM if st == 1 else Market.CM if st == 2 else classify_market(symbol, None)
     notional: Decimal | None
-    if market is Market.UM:
-        notional = filled * avg_price
-    else:
-        size = (contract_sizes or {}).get(symbol)
-        notional = filled * size if size is not None else None
+    try:
+        if market is Market.UM:
+            notional = filled * avg_price
+        else:
+            size = (contract_sizes or {}).get(symbol)
+            notional = filled * size if size is not None else None
+    except ArithmeticError as exc:  # decimal.Overflow and its kin: a value, not a bug
+        raise MalformedPayload(f"notional not computable: {exc!r}", field="o.z") from None
     return MarketLiquidation(
         content_key=content_key(symbol, trade_time_ms, side, qty, price, avg_price, filled, status),
         event_time=event_time,

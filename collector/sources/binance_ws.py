@@ -1,9 +1,10 @@
 """Binance forceOrder websocket streams into the writer, with a ledger of when we listened.
 
 `plan_shards` spreads the configured streams over connections within Binance's per-connection
-limits. A `Shard` owns one logical connection: it connects (with capped, jittered backoff that
-resets after a healthy connection), rotates make-before-break ahead of the 24 h cut, and records
-every session in the coverage ledger. A `Connection` is one websocket session: it reads frames,
+limits. A `Shard` owns one logical connection: it connects (with capped, jittered backoff over
+failed attempts; at once after a confirmed connection ends), rotates make-before-break ahead of
+the 24 h cut, and records every session in the coverage ledger. A `Connection` is one
+websocket session: it reads frames,
 answers each ping with a pong carrying its payload (docs/binance.md §1.4), routes
 control replies apart from data (§1.5), dead-letters what it cannot parse, and on close
 UNSUBSCRIBEs first so no frame already sent to it is dropped.
@@ -14,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -28,7 +31,7 @@ from collector.config import BinanceConfig
 from collector.exceptions import MalformedPayload
 from collector.metrics import Metrics
 from collector.model import DeadLetter, SessionRecord
-from collector.retry import Backoff, sleep_or_stop
+from collector.retry import AttemptBudget, Backoff, sleep_or_stop
 from collector.sink.writer import Writer
 from collector.sources.binance_parse import (
     ControlReply,
@@ -48,6 +51,8 @@ _MAX_URL_STREAMS = 50
 _SUBSCRIBE_CHUNK = 100
 _MAX_ANOMALY_KEYS = 10_000
 _ROTATION_RETRY_S = 60.0
+
+Pause = Callable[[float, asyncio.Event], Awaitable[bool]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +158,7 @@ class Connection:
         # Ids of requests sent whose caller stopped waiting (the first event confirmed the
         # subscription before LIST_SUBSCRIPTIONS answered): their replies are expected.
         self._abandoned: set[int] = set()
-        self._task: asyncio.Task[None] | None = None
-        self._heartbeat: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None  # `_run`: owns the reader and the heartbeat
         self._record: SessionRecord | None = None
         self._request_ids = itertools.count(1)
         self.subscribed = asyncio.Event()  # LIST_SUBSCRIPTIONS answered, or an event arrived
@@ -167,6 +171,11 @@ class Connection:
         self._last_event_at: datetime | None = None
         self._source_by_stream: dict[str | None, Source] = {}
         self._last_frame_monotonic = time.monotonic()
+        self._last_frame_at: datetime | None = None
+        # Whether the reader is waiting on the socket (everything that arrived has been read),
+        # and the last moment it was seen so: the ledger's liveness mark.
+        self._receiving = False
+        self._read_through_at: datetime | None = None
         # Symbols exchangeInfo (at `_checked_version`) lists; unknown ones are counted each time.
         self._checked_symbols: set[str] = set()
         self._checked_version = -1
@@ -196,6 +205,7 @@ class Connection:
             raise ConnectionClosed("connect_failed") from exc
         now = datetime.now(UTC)
         self.opened_monotonic = time.monotonic()
+        self._read_through_at = now
         self._record = SessionRecord(
             session_id=uuid.uuid4(),
             connection=self.spec.name,
@@ -209,8 +219,7 @@ class Connection:
         await self._writer.put(self._record)
         self._metrics.ws_connects.labels(self.spec.host).inc()
         self._metrics.ws_connections.labels(self.spec.host).inc()
-        self._task = asyncio.create_task(self._read(), name=f"ws-read {self.spec.name}")
-        self._heartbeat = asyncio.create_task(self._beat(), name=f"ws-beat {self.spec.name}")
+        self._task = asyncio.create_task(self._run(), name=f"ws-conn {self.spec.name}")
         self.log.info("ws.opened", url=self.spec.url, streams=len(self.spec.streams))
         try:
             async with asyncio.timeout(self._config.open_timeout_s):
@@ -334,20 +343,42 @@ class Connection:
                 await self._ws.close()
         # Let the reader finish what it read (it may be waiting for queue space) rather than
         # cancel it mid-put; cancel only if it does not end.
-        reader = self._task
-        if reader is not None and reader is not asyncio.current_task():
-            _, pending = await asyncio.wait({reader}, timeout=self._config.open_timeout_s)
+        run = self._task
+        if run is not None and run is not asyncio.current_task():
+            _, pending = await asyncio.wait({run}, timeout=self._config.open_timeout_s)
             for task in pending:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
         await self._finish()
 
-    async def _finish(self) -> None:
+    async def _run(self) -> None:
+        """Read and beat under one owner, so neither outlives the other; then finish.
+
+        Anything but the socket's own errors escaping either (a bug, say) ends the session
+        too: it is counted, and closed in the ledger at its last received frame, since nothing
+        after that was read.
+        """
+        failure: BaseException | None = None
+        try:
+            async with asyncio.TaskGroup() as group:
+                beat = group.create_task(self._beat(), name=f"ws-beat {self.spec.name}")
+                reader = group.create_task(self._read(), name=f"ws-read {self.spec.name}")
+                reader.add_done_callback(lambda _: beat.cancel())
+        except* Exception as failures:
+            failure = failures.exceptions[0]
+        if failure is None:
+            await self._finish()
+            return
+        self.close_reason = self.close_reason or "reader_failed"
+        self._metrics.ws_reader_failures.labels(self.spec.host).inc()
+        self.log.error("ws.reader_failed", error=repr(failure), exc_info=failure)
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+        await self._finish(closed_at=self._last_frame_at or self._read_through_at)
+
+    async def _finish(self, closed_at: datetime | None = None) -> None:
         if self.closed.is_set():
             return
         self.closed.set()
@@ -357,8 +388,8 @@ class Connection:
         if self._record is None:
             return
         self._metrics.ws_connections.labels(self.spec.host).dec()
-        now = datetime.now(UTC)
-        await self._snapshot(closed_at=now, close_reason=self.close_reason)
+        closed_at = closed_at or datetime.now(UTC)
+        await self._snapshot(closed_at=closed_at, close_reason=self.close_reason)
         self.log.info(
             "ws.closed",
             reason=self.close_reason,
@@ -375,13 +406,20 @@ class Connection:
             )
         self._unpublished.clear()
 
+    def _read_through(self) -> datetime:
+        """Until when everything the server sent is known to be read: now while the reader
+        waits on the socket, else the last moment it was seen waiting. (A reader held up by a
+        full writer queue has frames buffered unread; time it did not read is not covered.)"""
+        if self._receiving or self._read_through_at is None:
+            self._read_through_at = datetime.now(UTC)
+        return self._read_through_at
+
     async def _snapshot(self, **changes: Any) -> None:
         self._publish_metrics()
         assert self._record is not None
-        now = datetime.now(UTC)
         self._record = replace(
             self._record,
-            last_alive_at=now,
+            last_alive_at=self._read_through(),
             first_event_at=self._first_event_at,
             last_event_at=self._last_event_at,
             events_received=self.events_received,
@@ -415,10 +453,15 @@ class Connection:
         )
         try:
             while True:
-                msg = await ws.receive()
+                self._receiving = True
+                try:
+                    msg = await ws.receive()
+                finally:
+                    self._receiving = False
                 self._last_frame_monotonic = time.monotonic()
+                self._last_frame_at = received_at = datetime.now(UTC)
                 if msg.type is text_type:
-                    await self._on_text(msg.data)
+                    await self._on_text(msg.data, received_at)
                 elif msg.type is ping_type:
                     await ws.pong(msg.data)  # "a pong with a copy of ping's payload" (§1.4)
                 elif msg.type is pong_type:
@@ -438,13 +481,9 @@ class Connection:
             self.close_reason = reason
         with contextlib.suppress(Exception):
             await ws.close()
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-        await self._finish()
 
-    async def _on_text(self, text: str) -> None:
-        received_at = datetime.now(UTC)
-        received_mono = time.monotonic()
+    async def _on_text(self, text: str, received_at: datetime) -> None:
+        received_mono = self._last_frame_monotonic
         try:
             frame = decode_frame(text)
         except MalformedPayload as exc:
@@ -549,6 +588,10 @@ class Shard:
         metrics: Metrics,
         catalog: SymbolCatalog,
         config: BinanceConfig,
+        *,
+        rng: random.Random | None = None,
+        pause: Pause = sleep_or_stop,
+        budget: AttemptBudget | None = None,
     ) -> None:
         self.spec = spec
         self._http = http
@@ -557,6 +600,12 @@ class Shard:
         self._catalog = catalog
         self._config = config
         self._anomalies: set[tuple[str, str]] = set()
+        self._rng = rng or random.Random()
+        # Waits `delay` seconds unless `stop` is set first (True then); tests record the delays.
+        self._pause = pause
+        # Shared by the shards of one process: connection attempts per 5 minutes.
+        self._budget = budget or AttemptBudget(config.connection_attempts_per_5min, 300.0)
+        self.backoff = Backoff(config.reconnect_initial_s, config.reconnect_max_s, rng=self._rng)
         self.current: Connection | None = None
         self.log = log.bind(connection=spec.name)
 
@@ -572,8 +621,15 @@ class Shard:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until `stop` is set; then close the live session and return."""
-        backoff = Backoff(self._config.reconnect_initial_s, self._config.reconnect_max_s)
+        """Run until `stop` is set; then close the live session and return.
+
+        A confirmed connection (subscribed, or it delivered an event) that ends for any reason
+        is replaced at once, after a jitter of at most `reconnect_jitter_s`: the server cutting
+        a good session says nothing about the next attempt. Only consecutive failed attempts
+        (connect, upgrade, subscribe, or a session that ended unconfirmed) back off; a
+        confirmed connection resets the backoff. A session our own reader failed (a bug) backs
+        off too, so a frame that kills every session cannot make us hammer the server.
+        """
         try:
             while not stop.is_set():
                 conn = self._new_connection()
@@ -581,34 +637,48 @@ class Shard:
                     await conn.open()
                 except ConnectionClosed as exc:
                     self._metrics.ws_reconnects.labels(self.spec.host, exc.reason).inc()
-                    delay = backoff.next_delay()
+                    delay = self.backoff.next_delay()
                     self.log.warning(
                         "ws.connect_failed",
                         reason=exc.reason,
                         error=str(exc.__cause__)[:300] if exc.__cause__ else None,
                         retry_in_s=round(delay, 3),
                     )
-                    await sleep_or_stop(delay, stop)
+                    await self._pause(self._within_budget(delay), stop)
                     continue
                 self.current = conn
-                reason = await self._hold(conn, stop)
-                if reason is None:  # stopping
+                if conn.subscribed.is_set():
+                    self.backoff.reset()
+                ended = await self._hold(conn, stop)
+                if ended is None:  # stopping
                     return
-                lived = time.monotonic() - conn.opened_monotonic
-                if lived >= self._config.healthy_after_s:
-                    backoff.reset()
-                self._metrics.ws_reconnects.labels(self.spec.host, reason).inc()
-                delay = backoff.next_delay()
-                self.log.warning("ws.reconnect_scheduled", reason=reason, delay_s=round(delay, 3))
-                await sleep_or_stop(delay, stop)
+                self._metrics.ws_reconnects.labels(self.spec.host, ended.close_reason).inc()
+                confirmed = ended.subscribed.is_set() or ended.delivered.is_set()
+                if confirmed and ended.close_reason != "reader_failed":
+                    self.backoff.reset()
+                    delay = self._rng.random() * self._config.reconnect_jitter_s
+                else:
+                    delay = self.backoff.next_delay()
+                delay = self._within_budget(delay)
+                self.log.warning(
+                    "ws.reconnect_scheduled", reason=ended.close_reason, delay_s=round(delay, 3)
+                )
+                await self._pause(delay, stop)
         finally:
             if self.current is not None:
                 await self.current.close("shutdown")
 
-    async def _hold(self, conn: Connection, stop: asyncio.Event) -> str | None:
+    def _within_budget(self, delay: float) -> float:
+        """`delay`, lengthened if the attempt after it would exceed the attempt budget."""
+        now = time.monotonic()
+        at = now + delay
+        booked = self._budget.reserve(at)
+        return delay if booked == at else booked - now
+
+    async def _hold(self, conn: Connection, stop: asyncio.Event) -> Connection | None:
         """Keep `conn` (and its successors after rotation) until it closes or we stop.
 
-        Returns the close reason, or None when `stop` was set.
+        Returns the connection that closed, or None when `stop` was set.
         """
         rotate_at = conn.opened_monotonic + self._config.rotate_after_s
         while True:
@@ -627,7 +697,7 @@ class Shard:
             if stop.is_set():
                 return None
             if conn.closed.is_set():
-                return conn.close_reason
+                return conn
             successor = await self._rotate(conn)
             if successor is None:  # the old connection keeps the stream covered; retry soon
                 rotate_at = time.monotonic() + _ROTATION_RETRY_S
@@ -659,11 +729,18 @@ async def run_ws_sources(
     stop: asyncio.Event,
     shards_out: list[Shard] | None = None,
 ) -> None:
-    """Run every shard until `stop`; each closes its session in the ledger on the way out."""
+    """Run every shard until `stop`; each closes its session in the ledger on the way out.
+
+    `shards_out` (readiness reads it) is set to this run's shards, replacing a failed run's.
+    """
     async with aiohttp.ClientSession() as http:
-        shards = [Shard(s, http, writer, metrics, catalog, config) for s in plan_shards(config)]
+        budget = AttemptBudget(config.connection_attempts_per_5min, 300.0)
+        shards = [
+            Shard(s, http, writer, metrics, catalog, config, budget=budget)
+            for s in plan_shards(config)
+        ]
         if shards_out is not None:
-            shards_out.extend(shards)
+            shards_out[:] = shards
         async with asyncio.TaskGroup() as group:
             for shard in shards:
                 group.create_task(shard.run(stop), name=f"shard {shard.spec.name}")
