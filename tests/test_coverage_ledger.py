@@ -1,4 +1,4 @@
-"""The coverage ledger's SQL (migrations 0002, 0005) against real Postgres: what a session
+"""The coverage ledger's SQL (migrations 0002, 0006) against real Postgres: what a session
 covers, open or closed, live or left behind by a dead process."""
 
 from __future__ import annotations
