@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import signal
 from pathlib import Path
 
 import asyncpg
@@ -17,6 +19,7 @@ from collector.model import Barrier, DeadLetter
 from collector.sink import spill
 from collector.sink.writer import Writer
 from collector.sources.catalog import SymbolCatalog
+from collector.supervisor import install_signal_handlers
 from tests.conftest import OwnPostgres
 from tests.daemon import count_rows, eventually, make_config, running
 from tests.factories import NOW, liquidation, session, um_event
@@ -126,3 +129,71 @@ async def test_every_kind_of_item_round_trips_through_a_spill_file(
     )
     assert tuple(ws) == (ledger.session_id, NOW, "shutdown", 3, ["!forceOrder@arr"])
     assert await asyncio.to_thread(lambda: list(tmp_path.iterdir())) == []
+
+
+async def test_sigterm_with_the_database_down_and_the_queue_full_loses_no_received_event(
+    own_postgres: OwnPostgres,
+) -> None:
+    """SIGTERM while the database is down, the queue full and frames wait in the sockets: every
+    event the emulator sent is committed or spilled (exit 0), and a restart stores each once."""
+    dsn = own_postgres.dsn
+    async with Emulator(EmulatorOptions.for_rate(4000.0)) as emu:
+        config = make_config(emu, dsn)
+        config = dataclasses.replace(
+            config,
+            shutdown_grace_s=3.0,
+            writer=dataclasses.replace(config.writer, queue_max=50, batch_max_rows=500),
+        )
+        spill_dir = Path(config.writer.spill_dir)
+        loop = asyncio.get_running_loop()
+        async with running(config) as daemon:
+            [ws] = await emu.wait_for_connections(1)
+            check = await asyncpg.connect(dsn)
+            try:
+                await eventually(count_rows(check), lambda n: n >= 200)
+            finally:
+                await check.close()
+            await own_postgres.stop()
+            shard = daemon.runtime.shards[0]
+            writer = daemon.runtime.writer
+
+            def backlog() -> int:
+                """Data frames the emulator sent that the collector has not read yet."""
+                received = shard.current.events_received if shard.current else 0
+                return ws.frames_sent - 1 - received  # minus the LIST_SUBSCRIPTIONS reply
+
+            await eventually(
+                lambda: asyncio.sleep(0, writer.queue.full() and backlog()),
+                lambda n: n >= 2000,
+                timeout=30,
+            )
+            install_signal_handlers(daemon.stop)
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                code = await asyncio.wait_for(asyncio.shield(daemon.task), 15)
+            finally:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            assert code == 0
+            assert writer.items_dropped == 0
+        data_frames = ws.frames_sent - 2  # minus the LIST_SUBSCRIPTIONS and UNSUBSCRIBE replies
+    [spilled] = await asyncio.to_thread(lambda: list(spill_dir.glob("spill-*.jsonl")))
+    lines = (await asyncio.to_thread(spilled.read_bytes)).splitlines()
+    spilled_rows = [orjson.loads(line)["kind"] for line in lines].count("liquidation")
+    await own_postgres.start()
+    check = await asyncpg.connect(dsn)
+    try:
+        committed = await count_rows(check)()
+        assert committed + spilled_rows == data_frames
+        # The emulator is gone: the restart stores only what it replays.
+        async with running(config):
+            assert await asyncio.to_thread(lambda: list(spill_dir.iterdir())) == []
+            assert await count_rows(check)() == data_frames
+            keys = await check.fetchval(
+                "SELECT count(DISTINCT content_key) FROM market_liquidations"
+            )
+            assert keys == data_frames
+            session = await check.fetchrow("SELECT close_reason, events_received FROM ws_sessions")
+            assert tuple(session) == ("shutdown", data_frames)
+    finally:
+        await check.close()
