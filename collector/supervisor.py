@@ -1,7 +1,9 @@
 """The daemon's lifecycle, top to bottom: HTTP port bound -> database -> migrations -> HTTP
 served -> writer -> sources;
-then, on SIGTERM/SIGINT, the ordered drain: stop sources (their sessions close in the ledger),
-flush the writer within the grace period, close HTTP and the database.
+then, on SIGTERM/SIGINT, the ordered drain: stop sources (their sessions close in the ledger;
+the writer's `put` no longer waits, so they read up to their UNSUBSCRIBE replies), flush the
+writer within the grace period, spill what it could not commit, log where every item went
+(committed / spilled / lost), close HTTP and the database. Exit 0 only when nothing was lost.
 
 Every task has an owner. A component that fails unexpectedly is restarted with backoff; a fatal
 error (bad config, failed migration, a writer bug) stops the process with a non-zero exit.

@@ -307,6 +307,7 @@ class Writer:
             if not putting.done():  # done: the item is queued after all
                 putting.cancel()
                 self.items_dropped += 1
+                log.warning("writer.put_cancelled", item=type(item).__name__, lost=1)
             raise
         finally:
             shutting_down.cancel()
