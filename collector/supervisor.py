@@ -1,7 +1,9 @@
 """The daemon's lifecycle, top to bottom: HTTP port bound -> database -> migrations -> HTTP
 served -> writer -> sources;
-then, on SIGTERM/SIGINT, the ordered drain: stop sources (their sessions close in the ledger),
-flush the writer within the grace period, close HTTP and the database.
+then, on SIGTERM/SIGINT, the ordered drain: stop sources (their sessions close in the ledger;
+the writer's `put` no longer waits, so they read up to their UNSUBSCRIBE replies), flush the
+writer within the grace period, spill what it could not commit, log where every item went
+(committed / spilled / lost), close HTTP and the database. Exit 0 only when nothing was lost.
 
 Every task has an owner. A component that fails unexpectedly is restarted with backoff; a fatal
 error (bad config, failed migration, a writer bug) stops the process with a non-zero exit.
@@ -180,7 +182,15 @@ async def run(
 
         writer_task.add_done_callback(writer_done)
         # Rows a previous run could not commit before it stopped go in before anything new.
-        await spill.replay(config.writer.spill_dir, writer, runtime.catalog)
+        if not await _replay(config.writer.spill_dir, writer, writer_task, runtime.catalog, stop):
+            # Stopped (or the writer failed) mid-replay: nothing was received yet, and what the
+            # writer holds came from spill files that stay on disk, so nothing is spilled again.
+            writer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer_task
+            for exc in fatal:
+                log.error("supervisor.fatal", error=str(exc))
+            return 1 if fatal else 0
         components: dict[str, Component] = {
             "ws": lambda s: run_ws_sources(
                 config.binance, writer, metrics, runtime.catalog, s, runtime.shards
@@ -210,6 +220,10 @@ async def run(
         await asyncio.wait({sources, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
         health.is_draining = True
+        # From here `put` never blocks: the sources read up to their UNSUBSCRIBE replies even
+        # when the queue is full, and what the queue cannot take waits in the overflow.
+        writer.begin_shutdown()
+        committed_at_stop = writer.items_committed
         # The grace period covers the whole shutdown: stopping the sources (each closes its
         # ledger session, which may wait for queue space while the database is down), then
         # the drain. Sources still stuck at the deadline are cancelled; the queue is spilled.
@@ -221,14 +235,21 @@ async def run(
             with contextlib.suppress(asyncio.CancelledError):
                 await sources
         remaining = max(deadline - time.monotonic(), _MIN_DRAIN_S)
-        exit_code = await _drain(writer, writer_task, remaining)
-        if exit_code:
-            exit_code = await _spill(writer, config.writer.spill_dir)
+        await _drain(writer, writer_task, remaining)
+        spilled, lost = await _spill(writer, config.writer.spill_dir)
+        lost += writer.items_dropped
+        committed = writer.items_committed - committed_at_stop
+        (log.error if lost else log.info)(
+            "supervisor.shutdown_accounted",
+            committed_during_drain=committed,
+            spilled=spilled,
+            lost=lost,
+        )
         if fatal:
             for exc in fatal:
                 log.error("supervisor.fatal", error=str(exc))
             return 1
-        return exit_code
+        return 1 if lost else 0
     return 0  # pragma: no cover  (mypy: the stack above always returns)
 
 
@@ -248,16 +269,48 @@ async def _run_components(
         stop.set()
 
 
-async def _spill(writer: Writer, spill_dir: str) -> int:
-    """Write what the writer could not commit to a spill file; 0 when nothing is lost."""
+async def _replay(
+    spill_dir: str,
+    writer: Writer,
+    writer_task: asyncio.Task[None],
+    catalog: SymbolCatalog,
+    stop: asyncio.Event,
+) -> bool:
+    """Replay the spill files until committed; False when `stop` or a failed writer ended it
+    first (the files not yet committed stay on disk for the next start)."""
+    replaying = asyncio.ensure_future(spill.replay(spill_dir, writer, catalog))
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({replaying, stopping, writer_task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not replaying.done():
+            replaying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await replaying
+    if replaying.cancelled():
+        log.warning(
+            "supervisor.replay_interrupted",
+            reason="stop" if stop.is_set() and not writer_task.done() else "writer_failed",
+            spill_dir=spill_dir,
+        )
+        return False
+    replaying.result()  # an error reading the files is raised here
+    return True
+
+
+async def _spill(writer: Writer, spill_dir: str) -> tuple[int, int]:
+    """Write what the writer could not commit to a spill file; return (spilled, lost) counts."""
     items = writer.unwritten()
+    if not items:
+        return 0, 0
     try:
         path = await asyncio.to_thread(spill.write, spill_dir, items)
     except OSError:
         log.exception("supervisor.spill_failed", items=len(items), spill_dir=spill_dir)
-        return 1
+        return 0, len(items)
     log.warning("supervisor.spilled", items=len(items), file=str(path) if path else None)
-    return 0
+    return len(items), 0
 
 
 async def _drain(writer: Writer, writer_task: asyncio.Task[None], grace_s: float) -> int:
@@ -276,5 +329,9 @@ async def _drain(writer: Writer, writer_task: asyncio.Task[None], grace_s: float
     if flushed in done and not flushed.cancelled() and flushed.exception() is None:
         log.info("supervisor.drained", seconds=round(time.monotonic() - started, 3))
         return 0
-    log.error("supervisor.drain_incomplete", queued=writer.queue.qsize(), grace_s=grace_s)
+    log.error(
+        "supervisor.drain_incomplete",
+        queued=writer.queue.qsize() + writer.overflow_size,
+        grace_s=grace_s,
+    )
     return 1

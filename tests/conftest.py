@@ -37,11 +37,14 @@ async def _reachable(dsn: str) -> bool:
     return True
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _spill_dir_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Collectors started as processes spill (if ever) into a temporary directory, never into
-    the checkout where a later test's collector would replay them."""
-    os.environ["COLLECTOR_WRITER_SPILL_DIR"] = str(tmp_path_factory.mktemp("spill"))
+@pytest.fixture(autouse=True)
+def _spill_dir_outside_the_checkout(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Collectors started as processes spill (if ever) into a temporary directory of their
+    test, never into the checkout or a directory where a later test's collector would replay
+    them (a spilled ledger row would then be a second session in that test's database)."""
+    monkeypatch.setenv("COLLECTOR_WRITER_SPILL_DIR", str(tmp_path_factory.mktemp("spill")))
 
 
 @pytest.fixture(scope="session")

@@ -99,7 +99,9 @@ async def test_every_line_is_json_during_a_database_outage(own_postgres: OwnPost
     assert collector.stdout == ""
     records = [json.loads(line) for line in collector.stderr_lines]
     assert all(isinstance(r, dict) and {"event", "level", "timestamp"} <= r.keys() for r in records)
-    assert records[-1]["event"] == "supervisor.spilled"  # the writer's batch, never committed
+    assert records[-2]["event"] == "supervisor.spilled"  # the writer's batch, never committed
+    assert records[-1]["event"] == "supervisor.shutdown_accounted"
+    assert (records[-1]["lost"], records[-1]["spilled"]) == (0, records[-2]["items"])
     pool = [r for r in records if r.get("logger") == "asyncpg.pool"]
     assert all(r["exception"].startswith(_TRACEBACK) for r in pool)
     assert code == 0, collector.output()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import signal
 from pathlib import Path
 
 import asyncpg
@@ -17,6 +19,8 @@ from collector.model import Barrier, DeadLetter
 from collector.sink import spill
 from collector.sink.writer import Writer
 from collector.sources.catalog import SymbolCatalog
+from collector.supervisor import install_signal_handlers, run
+from tests.collector_process import collector_process, emulator_env
 from tests.conftest import OwnPostgres
 from tests.daemon import count_rows, eventually, make_config, running
 from tests.factories import NOW, liquidation, session, um_event
@@ -126,3 +130,178 @@ async def test_every_kind_of_item_round_trips_through_a_spill_file(
     )
     assert tuple(ws) == (ledger.session_id, NOW, "shutdown", 3, ["!forceOrder@arr"])
     assert await asyncio.to_thread(lambda: list(tmp_path.iterdir())) == []
+
+
+async def test_sigterm_with_the_database_down_and_the_queue_full_loses_no_received_event(
+    own_postgres: OwnPostgres,
+) -> None:
+    """SIGTERM while the database is down, the queue full and frames wait in the sockets: every
+    event the emulator sent is committed or spilled (exit 0), and a restart stores each once."""
+    dsn = own_postgres.dsn
+    async with Emulator(EmulatorOptions.for_rate(4000.0)) as emu:
+        config = make_config(emu, dsn)
+        config = dataclasses.replace(
+            config,
+            shutdown_grace_s=3.0,
+            writer=dataclasses.replace(config.writer, queue_max=50, batch_max_rows=500),
+        )
+        spill_dir = Path(config.writer.spill_dir)
+        loop = asyncio.get_running_loop()
+        async with running(config) as daemon:
+            [ws] = await emu.wait_for_connections(1)
+            check = await asyncpg.connect(dsn)
+            try:
+                await eventually(count_rows(check), lambda n: n >= 200)
+            finally:
+                await check.close()
+            await own_postgres.stop()
+            shard = daemon.runtime.shards[0]
+            writer = daemon.runtime.writer
+
+            def backlog() -> int:
+                """Data frames the emulator sent that the collector has not read yet."""
+                received = shard.current.events_received if shard.current else 0
+                return ws.frames_sent - 1 - received  # minus the LIST_SUBSCRIPTIONS reply
+
+            await eventually(
+                lambda: asyncio.sleep(0, writer.queue.full() and backlog()),
+                lambda n: n >= 2000,
+                timeout=30,
+            )
+            install_signal_handlers(daemon.stop)
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                code = await asyncio.wait_for(asyncio.shield(daemon.task), 15)
+            finally:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            assert code == 0
+            assert writer.items_dropped == 0
+        data_frames = ws.frames_sent - 2  # minus the LIST_SUBSCRIPTIONS and UNSUBSCRIBE replies
+    [spilled] = await asyncio.to_thread(lambda: list(spill_dir.glob("spill-*.jsonl")))
+    lines = (await asyncio.to_thread(spilled.read_bytes)).splitlines()
+    spilled_rows = [orjson.loads(line)["kind"] for line in lines].count("liquidation")
+    await own_postgres.start()
+    check = await asyncpg.connect(dsn)
+    try:
+        committed = await count_rows(check)()
+        assert committed + spilled_rows == data_frames
+        # The emulator is gone: the restart stores only what it replays.
+        async with running(config):
+            assert await asyncio.to_thread(lambda: list(spill_dir.iterdir())) == []
+            assert await count_rows(check)() == data_frames
+            keys = await check.fetchval(
+                "SELECT count(DISTINCT content_key) FROM market_liquidations"
+            )
+            assert keys == data_frames
+            session = await check.fetchrow("SELECT close_reason, events_received FROM ws_sessions")
+            assert tuple(session) == ("shutdown", data_frames)
+    finally:
+        await check.close()
+
+
+async def test_sigterm_during_a_replay_that_cannot_commit_exits_promptly_and_keeps_the_file(
+    own_postgres: OwnPostgres, tmp_path: Path
+) -> None:
+    """`collector run` replaying a spill file while the database goes down stops on SIGTERM at
+    once (exit 0, well within the grace period) and leaves the file for the next start."""
+    dsn = own_postgres.dsn
+    path = spill.write(str(tmp_path), [liquidation(i) for i in range(20)])
+    assert path is not None
+    content = await asyncio.to_thread(path.read_bytes)
+    holder = await asyncpg.connect(dsn)
+    await holder.execute("BEGIN; LOCK TABLE market_liquidations IN ACCESS EXCLUSIVE MODE")
+    async with (
+        Emulator(EmulatorOptions()) as emu,
+        collector_process(
+            {
+                "COLLECTOR_DATABASE_DSN": dsn,
+                "COLLECTOR_WRITER_SPILL_DIR": str(tmp_path),
+                "COLLECTOR_SHUTDOWN_GRACE_S": "60",
+                **emulator_env(emu),
+            }
+        ) as collector,
+    ):
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        check = await asyncpg.connect(dsn)  # (a transaction sees one pg_stat_activity snapshot)
+        try:
+            await eventually(lambda: check.fetchval(waiting), lambda n: n >= 1, timeout=30)
+        finally:
+            await check.close()
+        await own_postgres.stop()  # ends the lock holder too: the replay now meets no server
+        holder.terminate()
+        await collector.wait_for_log(lambda r: r.get("event") == "writer.retry_scheduled")
+        code = await collector.stop(timeout=10)
+    assert code == 0, collector.output()
+    assert await asyncio.to_thread(lambda: sorted(tmp_path.iterdir())) == [path]
+    assert await asyncio.to_thread(path.read_bytes) == content
+    records = [orjson.loads(line) for line in collector.stderr_lines if line.startswith("{")]
+    [interrupted] = [r for r in records if r["event"] == "supervisor.replay_interrupted"]
+    assert interrupted["reason"] == "stop"
+    assert not [r for r in records if r["event"] == "supervisor.started"]
+
+
+async def test_poison_rows_in_a_spill_file_are_dead_lettered_and_the_rest_committed(
+    pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """Unreadable lines and a wrongly typed one become `spill_unreadable` dead letters, a row
+    Postgres rejects a `db_rejected` one; the good rows commit and the file is deleted."""
+    async with Emulator(EmulatorOptions()) as emu:
+        config = make_config(emu, pg_dsn)
+        good = [liquidation(i) for i in range(5)]
+        path = spill.write(config.writer.spill_dir, good)
+        assert path is not None
+        nul = orjson.dumps(
+            {
+                "stream": "!forceOrder@arr",
+                "data": {**um_event(trade_time_ms=1_795_000_000_099), "x": "\x00"},
+            }
+        )
+        rejected = {
+            "kind": "liquidation",
+            "raw": nul.decode(),
+            "host": "fstream",
+            "route": "market",
+            "stream": "!forceOrder@arr",
+            "received_at": NOW.isoformat(),
+        }
+        mistyped = {
+            "kind": "dead_letter",
+            "received_at": NOW.isoformat(),
+            "source": "fstream/market",
+            "reason": "malformed_json",
+            "detail": "bad",
+            "raw": "e30=",
+            "kept": "yes",
+        }
+        extra = [b"{not json", orjson.dumps(mistyped), orjson.dumps(rejected)]
+        with path.open("ab") as out:
+            out.write(b"\n".join(extra) + b"\n")
+        async with running(config):
+            assert await asyncio.to_thread(lambda: list(path.parent.iterdir())) == []
+            assert await count_rows(pg)() == 5
+            dead = await pg.fetch("SELECT reason, source, raw FROM dead_letters ORDER BY id")
+    assert await pg.fetchval("SELECT count(*) FROM market_liquidations") == 5
+    by_reason = sorted((d["reason"], d["source"]) for d in dead)
+    assert by_reason == [
+        ("db_rejected", "fstream/!forceOrder@arr"),
+        ("spill_unreadable", f"spill/{path.name}"),
+        ("spill_unreadable", f"spill/{path.name}"),
+    ]
+    unreadable = sorted(bytes(d["raw"]) for d in dead if d["reason"] == "spill_unreadable")
+    assert unreadable == sorted(extra[:2])
+
+
+async def test_a_writer_failure_during_replay_ends_the_start_with_exit_1(
+    pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """A writer that dies replaying (the table it writes is gone) stops the start with exit 1
+    instead of hanging, and the spill file stays."""
+    await pg.execute("ALTER TABLE market_liquidations RENAME TO market_liquidations_away")
+    async with Emulator(EmulatorOptions()) as emu:
+        config = make_config(emu, pg_dsn)
+        path = spill.write(config.writer.spill_dir, [liquidation(i) for i in range(3)])
+        assert path is not None
+        code = await asyncio.wait_for(run(config, stop=asyncio.Event()), 10)
+    assert code == 1
+    assert await asyncio.to_thread(lambda: list(path.parent.iterdir())) == [path]

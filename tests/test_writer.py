@@ -257,3 +257,47 @@ async def test_flush_never_returns_before_an_earlier_item_commits(
         await writer.flush()
         assert await count(pg) == put
     await stop(task)
+
+
+async def test_after_begin_shutdown_put_never_waits_and_the_overflow_keeps_order(
+    pg_dsn: str,
+) -> None:
+    """A `put` waiting on the full queue returns at `begin_shutdown`; later ones return at once;
+    `unwritten()` gives the queue then the overflow, in the order put."""
+    writer = Writer(
+        lambda: asyncpg.connect(pg_dsn), dataclasses.replace(FAST, queue_max=3), Metrics()
+    )
+    rows = [liquidation(i) for i in range(10)]
+    for row in rows[:3]:
+        await writer.put(row)
+    waiting = asyncio.create_task(writer.put(rows[3]))
+    await asyncio.sleep(0)  # one loop turn: the put is parked on the full queue
+    assert not waiting.done()
+    writer.begin_shutdown()
+    await asyncio.wait_for(waiting, 1)
+    for row in rows[4:]:
+        await writer.put(row)
+    assert (writer.queue.qsize(), writer.overflow_size) == (3, 7)
+    assert writer.unwritten() == rows
+    assert writer.items_dropped == 0
+
+
+async def test_the_overflow_commits_behind_the_queue_when_the_database_takes_it(
+    pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """Items in the overflow are committed by the running writer, and `flush()` (queued behind
+    them) returns only once all are."""
+    writer = Writer(
+        lambda: asyncpg.connect(pg_dsn), dataclasses.replace(FAST, queue_max=3), Metrics()
+    )
+    writer.begin_shutdown()
+    for i in range(50):
+        await writer.put(liquidation(i))
+    assert writer.overflow_size == 47
+    task = await start(writer)
+    try:
+        await asyncio.wait_for(writer.flush(), 10)
+    finally:
+        await stop(task)
+    assert await pg.fetchval("SELECT count(*) FROM market_liquidations") == 50
+    assert (writer.items_committed, writer.overflow_size, writer.unwritten()) == (50, 0, [])

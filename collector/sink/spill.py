@@ -89,44 +89,97 @@ def write(spill_dir: str, items: list[WriteItem]) -> Path | None:
     return final
 
 
-def _item(record: dict[str, Any], catalog: SymbolCatalog) -> WriteItem:
+def _field(record: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    """`record[name]`, which must be of `kind` (a spill file is input: types are checked so a
+    wrong one is a readable error here, never an encoding failure the writer would retry)."""
+    value = record[name]
+    if type(value) not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise MalformedPayload(f"spilled {name} is {type(value).__name__}", field=name)
+    return value
+
+
+def _time(record: dict[str, Any], name: str, *, optional: bool = False) -> datetime | None:
+    value = _field(record, name, (str, type(None)) if optional else str)
+    if value is None:
+        return None
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise MalformedPayload(f"spilled {name} has no time zone", field=name)
+    return parsed
+
+
+def _item(record: Any, catalog: SymbolCatalog) -> WriteItem:
+    if not isinstance(record, dict):
+        raise MalformedPayload("spilled line is not an object")
     kind = record["kind"]
     if kind == "liquidation":
-        frame = decode_frame(record["raw"])
+        raw = _field(record, "raw", str)
+        frame = decode_frame(raw)
         if not isinstance(frame, DataFrame):
             raise MalformedPayload("spilled frame is not data")
+        source = Source(
+            _field(record, "host", str), _field(record, "route", str), _field(record, "stream", str)
+        )
+        received_at = _time(record, "received_at")
+        assert received_at is not None
         return parse_force_order(
             frame.event,
-            source=Source(record["host"], record["route"], record["stream"]),
-            received_at=datetime.fromisoformat(record["received_at"]),
-            raw=record["raw"],
+            source=source,
+            received_at=received_at,
+            raw=raw,
             contract_sizes=catalog.contract_sizes,
         )
     if kind == "dead_letter":
+        received_at = _time(record, "received_at")
+        assert received_at is not None
         return DeadLetter(
-            received_at=datetime.fromisoformat(record["received_at"]),
-            source=record["source"],
-            reason=record["reason"],
-            detail=record["detail"],
-            raw=base64.b64decode(record["raw"]),
-            kept=record["kept"],
+            received_at=received_at,
+            source=_field(record, "source", str),
+            reason=_field(record, "reason", str),
+            detail=_field(record, "detail", str),
+            raw=base64.b64decode(_field(record, "raw", str), validate=True),
+            kept=_field(record, "kept", bool),
         )
     if kind == "session":
-        fields = {k: v for k, v in record.items() if k != "kind"}
-        fields["session_id"] = uuid.UUID(fields["session_id"])
-        fields["streams"] = tuple(fields["streams"])
-        for name in _SESSION_TIMES:
-            if fields[name] is not None:
-                fields[name] = datetime.fromisoformat(fields[name])
-        return SessionRecord(**fields)
+        streams = _field(record, "streams", list)
+        if not all(type(s) is str for s in streams):
+            raise MalformedPayload("spilled streams are not all text", field="streams")
+        times = {name: _time(record, name, optional=True) for name in _SESSION_TIMES}
+        if times["opened_at"] is None or times["last_alive_at"] is None:
+            raise MalformedPayload("spilled session has no opened_at/last_alive_at")
+        return SessionRecord(
+            session_id=uuid.UUID(_field(record, "session_id", str)),
+            connection=_field(record, "connection", str),
+            host=_field(record, "host", str),
+            route=_field(record, "route", str),
+            url=_field(record, "url", str),
+            streams=tuple(streams),
+            close_reason=_field(record, "close_reason", (str, type(None))),
+            events_received=_field(record, "events_received", int),
+            **times,  # type: ignore[arg-type]
+        )
     raise MalformedPayload(f"unknown spilled kind {kind!r}", field="kind")
+
+
+def _unreadable(path: Path, line: bytes, exc: Exception) -> DeadLetter:
+    """A line that cannot be read back, dead-lettered like a live frame that cannot be parsed."""
+    log.error("spill.unreadable_line", file=path.name, error=repr(exc)[:300], line=line[:300])
+    return DeadLetter(
+        received_at=datetime.now(UTC),
+        source=f"spill/{path.name}",
+        reason="spill_unreadable",
+        detail=repr(exc)[:1000],
+        raw=line,
+    )
 
 
 async def replay(spill_dir: str, writer: Writer, catalog: SymbolCatalog) -> int:
     """Queue every spilled item, wait until committed, delete the files; return the count.
 
-    A line that cannot be read back (it never should) is logged and skipped; its file is kept
-    renamed to `.bad` for a person to look at.
+    A file is deleted only once all its items are committed, so a replay cut short (cancelled:
+    the supervisor stops it on SIGTERM or when the writer fails) leaves it for the next start.
+    A line that cannot be read back (it never should) is dead-lettered (`spill_unreadable`,
+    the line verbatim); a row Postgres rejects is dead-lettered by the writer, as live rows are.
     """
     directory = Path(spill_dir)
     files = await asyncio.to_thread(lambda: sorted(directory.glob("spill-*.jsonl")))
@@ -135,18 +188,21 @@ async def replay(spill_dir: str, writer: Writer, catalog: SymbolCatalog) -> int:
         lines = (await asyncio.to_thread(path.read_bytes)).splitlines()
         bad = 0
         for line in lines:
+            item: WriteItem
             try:
                 item = _item(orjson.loads(line), catalog)
-            except (orjson.JSONDecodeError, MalformedPayload, KeyError, TypeError, ValueError):
+            except (
+                orjson.JSONDecodeError,
+                MalformedPayload,
+                KeyError,
+                TypeError,
+                ValueError,
+            ) as exc:
                 bad += 1
-                log.exception("spill.unreadable_line", file=path.name, line=line[:300])
-                continue
+                item = _unreadable(path, line, exc)
             await writer.put(item)
             total += 1
         await writer.flush()
-        if bad:
-            await asyncio.to_thread(path.rename, path.with_suffix(".bad"))
-        else:
-            await asyncio.to_thread(path.unlink)
+        await asyncio.to_thread(path.unlink)
         log.info("spill.replayed", file=path.name, items=len(lines) - bad, unreadable=bad)
     return total

@@ -1,6 +1,9 @@
 """The one writer: a bounded queue in, batches committed to Postgres out.
 
-Sources `await writer.put(item)`; a full queue blocks them (backpressure, bounded memory). The
+Sources `await writer.put(item)`; a full queue blocks them (backpressure, bounded memory) until
+`begin_shutdown()`: from then on `put` never waits, and what the full queue cannot take goes to
+an overflow list behind it (bounded by what the sources still read: their sockets' buffers up
+to the UNSUBSCRIBE reply), which the drain commits or spills like the queue. The
 writer flushes on `batch_max_rows` or `batch_max_age_s`, whichever comes first, writing market
 rows through COPY into a temporary staging table and `INSERT ... ON CONFLICT DO NOTHING`, so a
 duplicate never costs the rows beside it. A lost connection keeps the batch and retries it with
@@ -14,7 +17,7 @@ import asyncio
 import dataclasses
 import itertools
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -268,21 +271,67 @@ class Writer:
         # True from a failed write until the next commit: the liveness ping (sink/liveness.py)
         # does not report the database up, nor /readyz ready, while batches cannot commit.
         self.is_failing = False
+        # After `begin_shutdown`: items the full queue could not take, in order, behind it.
+        self._overflow: deque[WriteItem] = deque()
+        self._shutting_down = asyncio.Event()
+        # Items (not barriers) in committed batches, and items whose `put` was cancelled
+        # before they were queued (lost: the shutdown accounting reports them).
+        self.items_committed = 0
+        self.items_dropped = 0
         metrics.queue_capacity.set(config.queue_max)
         metrics.queue_depth.set_function(self.queue.qsize)
 
+    def begin_shutdown(self) -> None:
+        """From now on `put` never waits: see the module docstring. Wakes waiting `put`s."""
+        self._shutting_down.set()
+
+    @property
+    def overflow_size(self) -> int:
+        """Items waiting behind the full queue since `begin_shutdown`."""
+        return len(self._overflow)
+
     async def put(self, item: WriteItem) -> None:
-        """Queue one item; waits while the queue is full (backpressure)."""
-        await self.queue.put(item)
+        """Queue one item; waits while the queue is full (backpressure) until shutdown."""
+        queue = self.queue
+        if not self._overflow and not queue.full():
+            queue.put_nowait(item)
+            return
+        if self._shutting_down.is_set():
+            self._overflow.append(item)
+            return
+        putting = asyncio.ensure_future(queue.put(item))
+        shutting_down = asyncio.ensure_future(self._shutting_down.wait())
+        try:
+            await asyncio.wait({putting, shutting_down}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            if not putting.done():  # done: the item is queued after all
+                putting.cancel()
+                self.items_dropped += 1
+                log.warning("writer.put_cancelled", item=type(item).__name__, lost=1)
+            raise
+        finally:
+            shutting_down.cancel()
+        if not putting.done():
+            putting.cancel()
+            await asyncio.wait({putting})
+        if putting.cancelled():
+            self._overflow.append(item)
+
+    def _refill(self) -> None:
+        """Move overflow items into the queue while it has room, in order."""
+        overflow, queue = self._overflow, self.queue
+        while overflow and not queue.full():
+            queue.put_nowait(overflow.popleft())
 
     async def flush(self) -> None:
         """Return once everything queued before this call is committed (or dead-lettered)."""
         barrier = Barrier(asyncio.get_running_loop().create_future())
-        await self.queue.put(barrier)
+        await self.put(barrier)
         await barrier.done
 
     def unwritten(self) -> list[WriteItem]:
-        """Everything taken but not committed, then everything still queued, in order.
+        """Everything taken but not committed, then everything still queued (then the overflow),
+        in order.
 
         For the shutdown path after `run` was cancelled with the database unreachable: the
         caller spills these to disk (sink/spill.py) instead of losing them.
@@ -295,6 +344,10 @@ class Writer:
             items.extend(batch.dead_letters)
         while not self.queue.empty():
             item = self.queue.get_nowait()
+            if not isinstance(item, Barrier):
+                items.append(item)
+        while self._overflow:
+            item = self._overflow.popleft()
             if not isinstance(item, Barrier):
                 items.append(item)
         return items
@@ -314,6 +367,7 @@ class Writer:
                 # stays there for `unwritten()`.
                 async with self._committed:
                     del self._inflight[batch_id]
+                    self.items_committed += batch.size - len(batch.barriers)
                     self._committed.notify_all()
                 await self._release_barriers(batch)
         finally:
@@ -332,6 +386,7 @@ class Writer:
     async def _next_batch(self) -> tuple[int, Batch]:
         batch = Batch()
         batch_id = next(self._batch_ids)
+        self._refill()
         batch.add(await self.queue.get())
         self._inflight[batch_id] = batch
         loop = asyncio.get_running_loop()
@@ -343,7 +398,9 @@ class Writer:
                 batch.add(self.queue.get_nowait())
                 continue
             except asyncio.QueueEmpty:
-                pass
+                if self._overflow:
+                    self._refill()
+                    continue
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
@@ -352,6 +409,7 @@ class Writer:
                     batch.add(await self.queue.get())
             except TimeoutError:
                 break
+        self._refill()
         if batch.barriers:
             # The barrier was the last item taken: the queue is FIFO, so every item queued
             # before it is in this batch or in a batch in flight right now.
