@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The collector image: a build stage that makes the virtualenv (dependencies first, then the
 # collector's own wheel), and a slim runtime that gets only that virtualenv and the migrations.
 #

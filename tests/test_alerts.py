@@ -180,3 +180,34 @@ async def test_live_scrape_of_the_running_daemon_passes_promtool_check_metrics(
     for name in ("collector_queue_depth", "collector_write_seconds_bucket",
                  "collector_last_event_age_seconds", "collector_ws_connections"):  # fmt: skip
         assert f"\n{name}" in text, name
+
+
+@needs_promtool
+async def test_events_per_second_stat_is_right_one_minute_after_a_start(tmp_path: Path) -> None:
+    """The health dashboard's Events/s stat, evaluated by promtool over a counter that starts at
+    0 and grows 2/s, scraped every 15 s: exactly 2 from one minute after the start (a 5-minute
+    window reads 0.4 there, and low for five minutes)."""
+    stat = next(
+        p for p in json.loads(HEALTH_DASHBOARD.read_text(encoding="utf-8"))["panels"]
+        if p["title"] == "Events/s"
+    )  # fmt: skip
+    expr = stat["targets"][0]["expr"].replace("$job", ".*").replace("$instance", ".*")
+    series = ('collector_events_received_total{job="collector",instance="c:9108",host="fstream",'
+              'market="UM",stream_kind="all_market"}')  # fmt: skip
+    expected = [{"labels": '{instance="c:9108"}', "value": 2}]
+    tests = {
+        "rule_files": [],
+        "evaluation_interval": "15s",
+        "tests": [{
+            "interval": "15s",
+            "input_series": [{"series": series, "values": "0+30x40"}],
+            "promql_expr_test": [
+                {"expr": expr, "eval_time": at, "exp_samples": expected}
+                for at in ("1m", "2m", "5m", "10m")
+            ],
+        }],
+    }  # fmt: skip
+    path = tmp_path / "events_stat_test.yml"
+    path.write_text(yaml.safe_dump(tests), encoding="utf-8")
+    rc, out = await promtool("test", "rules", str(path))
+    assert rc == 0, out

@@ -296,6 +296,11 @@ def as_long(rows: list[dict[str, Any]]) -> dict[tuple[datetime, str], Decimal | 
     return keyed
 
 
+def band(text: str) -> str:
+    """A heatmap price band's name: zero-padded to 24 characters, so names sort as numbers."""
+    return text.rjust(24, "0")
+
+
 def check_market_main(r: Mapping[str, list[dict[str, Any]]]) -> None:
     """The exact answers of every market panel over the main view."""
     assert r["Liquidated in range"] == [{
@@ -354,9 +359,9 @@ def check_market_main(r: Mapping[str, list[dict[str, Any]]]) -> None:
     )  # fmt: skip
     epoch = T.timestamp()
     assert r["$symbol: liquidated USD by price"] == [  # 1-minute buckets, 10-USD price bands
-        {"time": epoch + 60, "metric": "60000", "value": D("30000")},
-        {"time": epoch + 60, "metric": "60100", "value": D("6010")},
-        {"time": epoch + 105 * 60, "metric": "59000", "value": D("118000")},
+        {"time": epoch + 60, "metric": band("60000"), "value": D("30000")},
+        {"time": epoch + 60, "metric": band("60100"), "value": D("6010")},
+        {"time": epoch + 105 * 60, "metric": band("59000"), "value": D("118000")},
     ]
     assert r["Covered share of each bucket"] == [
         {"time": b, "All-market stream covered": 0.0 if is_gap(b) else 1.0}
@@ -463,10 +468,10 @@ async def test_market_panels_over_a_quarter_read_daily_buckets(
         D("118000"), D("61000"), D("30005"), D("30000"), D("6010"), D("2000"),
     ]  # fmt: skip
     assert r["$symbol: liquidated USD by price"] == [  # 12-hour buckets, 100-USD price bands
-        {"time": day.timestamp(), "metric": "59000", "value": D("118000")},
-        {"time": day.timestamp(), "metric": "60000", "value": D("30000")},
-        {"time": day.timestamp(), "metric": "60100", "value": D("6010")},
-        {"time": day.timestamp(), "metric": "61000", "value": D("61000")},
+        {"time": day.timestamp(), "metric": band("59000"), "value": D("118000")},
+        {"time": day.timestamp(), "metric": band("60000"), "value": D("30000")},
+        {"time": day.timestamp(), "metric": band("60100"), "value": D("6010")},
+        {"time": day.timestamp(), "metric": band("61000"), "value": D("61000")},
     ]
 
 
@@ -573,3 +578,81 @@ async def test_account_panels_follow_the_kind_and_account_variables(pg: asyncpg.
     ]
     assert [x["Order id"] for x in by_account["Latest force orders"]] == [3]
     assert by_account["Polling and backfill"] == []
+
+
+HEATMAP = "$symbol: liquidated USD by price"
+
+
+async def heatmap_bands(pg: asyncpg.Connection, prices: Sequence[str]) -> list[str]:
+    """The heatmap query's band names, in the order Grafana gets them, for BTCUSDT rows at
+    `prices` (one per minute from T)."""
+    for i, price in enumerate(prices):
+        await pg.execute(
+            _ML, at(i), uuid.uuid4().bytes, "BTCUSDT", "UM", "SELL", "LONG", D(1), D(price), D(1)
+        )
+    doc = all_dashboards()[MARKET]
+    query = next(q for q in postgres_queries(doc) if q.title == HEATMAP)
+    rows = await pg.fetch(expand(query, View(T, at(len(prices)), "1h", VALUES), doc))
+    return [r["metric"] for r in rows]
+
+
+async def test_heatmap_price_bands_sort_as_numbers_as_text(pg: asyncpg.Connection) -> None:
+    """Across a change in the number of digits (9950 / 10050) and in fractional bands, the band
+    names' text order is their numeric order, each one name long and parsing as its band."""
+    names = await heatmap_bands(pg, ["10050", "9950", "10020", "9990"])
+    assert names == [band("9950"), band("9990"), band("10020"), band("10050")]
+    assert names == sorted(names)
+    assert [D(n) for n in names] == [D(9950), D(9990), D(10020), D(10050)]
+
+
+async def test_heatmap_fractional_bands_keep_one_scale(pg: asyncpg.Connection) -> None:
+    """Bands narrower than 1 (cheap coins) keep the same number of decimals in every name."""
+    names = await heatmap_bands(pg, ["0.0995", "0.1004", "0.1"])
+    assert names == [band("0.09950"), band("0.10000"), band("0.10040")]
+    assert names == sorted(names)
+
+
+async def test_account_panels_say_no_accounts_when_none_is_configured(
+    pg: asyncpg.Connection,
+) -> None:
+    """No accounts: the variable has no values; every panel's query returns no row at all (the
+    count stat included: no zeros), so each panel shows its `noValue`, which names the cause."""
+    doc = all_dashboards()[ACCOUNT]
+    variable = next(q for q in postgres_queries(doc) if q.title == "variable account")
+    assert await pg.fetch(expand(variable, ACCOUNT_VIEW, doc)) == []
+    # Grafana sends an empty All as nothing (ARRAY[]), a variable with no values as ''.
+    for accounts in ([], [""]):
+        view = View(T, ACCOUNT_VIEW.time_to, "1h", {**ACCOUNT_VIEW.values, "account": accounts})
+        for query in postgres_queries(doc):
+            assert await pg.fetch(expand(query, view, doc)) == [], (query.title, accounts)
+    no_value = {p["title"]: p["fieldConfig"]["defaults"].get("noValue")
+                for p in panels(doc) if p["type"] != "row"}  # fmt: skip
+    assert no_value == {
+        "Force orders in range": "No accounts configured",
+        "Polling and backfill": "No accounts configured (or none has polled yet)",
+        **dict.fromkeys((
+            "Notional in range", "Force orders per interval (by account and kind)",
+            "Notional per interval (by account, product and asset)", "By symbol",
+            "Latest force orders",
+        ), "No force orders in range (or no accounts configured)"),
+    }  # fmt: skip
+
+
+async def test_account_variable_lists_polled_accounts_without_force_orders(
+    pg: asyncpg.Connection,
+) -> None:
+    """An account that is polled but never had a force order is still offered, and its count
+    stat reads zeros rather than the no-accounts message."""
+    await pg.execute(
+        "INSERT INTO account_poll_checkpoints (account, endpoint, scope, horizon_at, covered_until,"
+        " updated_at) VALUES ('quiet', '/fapi/v1/forceOrders', 'LIQUIDATION', $1, $1, $1)",
+        T,
+    )
+    view = View(T, ACCOUNT_VIEW.time_to, "1h", {**ACCOUNT_VIEW.values, "account": ["quiet"]})
+    doc = all_dashboards()[ACCOUNT]
+    r = {q.title: [dict(x) for x in await pg.fetch(expand(q, view, doc))]
+         for q in postgres_queries(doc)}  # fmt: skip
+    assert r["variable account"] == [{"account": "quiet"}]
+    assert r["Force orders in range"] == [
+        {"Liquidations": 0, "ADL": 0, "Symbols": 0, "Accounts": 0}
+    ]
