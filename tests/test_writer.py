@@ -214,6 +214,9 @@ def test_error_classification() -> None:
     assert is_transient(asyncpg.exceptions.AdminShutdownError("x"))
     assert is_transient(asyncpg.exceptions.CannotConnectNowError("x"))
     assert is_transient(asyncpg.exceptions.InternalClientError("cannot switch to state 15"))
+    # ALTER DATABASE ... ALLOW_CONNECTIONS false; a failover to a standby not yet promoted.
+    assert is_transient(asyncpg.exceptions.ObjectNotInPrerequisiteStateError("x"))
+    assert is_transient(asyncpg.exceptions.ReadOnlySQLTransactionError("x"))
     assert not is_transient(asyncpg.exceptions.UntranslatableCharacterError("x"))
     assert not is_transient(asyncpg.exceptions.UndefinedTableError("x"))
 

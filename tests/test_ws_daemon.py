@@ -285,6 +285,39 @@ async def test_rotation_is_make_before_break_without_gap_or_duplicates(
         assert sum(s["events_received"] for s in sessions) >= published
 
 
+async def test_rotation_while_the_database_is_slow_loses_nothing(
+    pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """Rotations while a slow database keeps the writer's queue full: each old connection
+    drains what it read (up to the UNSUBSCRIBE reply) behind the queue instead of being
+    cancelled holding it, so every published event is stored and nothing is dropped."""
+    await pg.execute(
+        "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM pg_sleep(0.01); RETURN NEW; END $$"
+    )
+    await pg.execute(
+        "CREATE TRIGGER slow BEFORE INSERT ON market_liquidations "
+        "FOR EACH ROW EXECUTE FUNCTION slow_insert()"
+    )
+    async with Emulator(EmulatorOptions()) as emu:
+        # The old connection may wait 0.5 s for room: less than the backlog takes to commit.
+        config = make_config(emu, pg_dsn, rotate_after_s=0.4, open_timeout_s=0.5)
+        config = dataclasses.replace(
+            config,
+            writer=dataclasses.replace(config.writer, queue_max=20, writers=1, batch_max_rows=5),
+        )
+        async with running(config) as daemon:
+            metrics = daemon.runtime.metrics
+            await emu.wait_for_connections(1)
+            published = 0
+            while sample(metrics, "collector_ws_rotations_total", {"host": "fstream"}) < 2:
+                await emu.publish(um_event("BTCUSDT", 1_795_000_000_000 + published))
+                published += 1
+                await asyncio.sleep(0.003)  # pacing the publisher, not waiting for a result
+            await eventually(count_rows(pg), lambda n: n == published, timeout=60)
+            assert daemon.runtime.writer.items_dropped == 0
+
+
 async def test_metrics_and_health_answer(pg_dsn: str) -> None:
     """/metrics, /healthz and /readyz answer on the daemon's port; readiness tracks streams."""
     async with Emulator(EmulatorOptions()) as emu, running(make_config(emu, pg_dsn)) as daemon:

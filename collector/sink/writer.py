@@ -109,8 +109,10 @@ def is_transient(exc: BaseException) -> bool:
     """True for failures that retrying the same batch later can cure.
 
     Connection loss, a server restarting or shutting down (57P0x), resource pressure (53),
-    serialization failures (40) and timeouts are transient. Rejected data (22, 23) and
-    programming errors (42: a missing table, bad SQL) are not.
+    serialization failures (40), a database that does not accept connections for now or a lock
+    not available (55), a standby not yet promoted after a failover (25006: read-only
+    transaction) and timeouts are transient. Rejected data (22, 23) and programming errors
+    (42: a missing table, bad SQL) are not.
     """
     # InternalClientError: asyncpg's protocol state after the server vanished mid-operation
     # (e.g. "cannot switch to state 15; another operation is in progress" on ROLLBACK).
@@ -120,7 +122,10 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, asyncpg.PostgresError):
         sqlstate = getattr(exc, "sqlstate", None) or ""
-        return sqlstate[:2] in ("08", "40", "53", "57", "58", "XX") or sqlstate == ""
+        return sqlstate[:2] in ("08", "40", "53", "55", "57", "58", "XX") or sqlstate in (
+            "",
+            "25006",
+        )
     return False
 
 
@@ -267,7 +272,6 @@ class Writer:
         # Batches taken from the queue and not yet committed, by id.
         self._inflight: dict[int, Batch] = {}
         self._committed = asyncio.Condition()
-        self.is_healthy = False
         # True from a failed write until the next commit: the liveness ping (sink/liveness.py)
         # does not report the database up, nor /readyz ready, while batches cannot commit.
         self.is_failing = False
@@ -290,19 +294,23 @@ class Writer:
         """Items waiting behind the full queue since `begin_shutdown`."""
         return len(self._overflow)
 
-    async def put(self, item: WriteItem) -> None:
-        """Queue one item; waits while the queue is full (backpressure) until shutdown."""
+    async def put(self, item: WriteItem, *, release: asyncio.Event | None = None) -> None:
+        """Queue one item; waits while the queue is full (backpressure) until shutdown, or
+        until `release` is set (a connection closing for rotation drains its socket into the
+        overflow rather than lose what it read)."""
         queue = self.queue
         if not self._overflow and not queue.full():
             queue.put_nowait(item)
             return
-        if self._shutting_down.is_set():
+        if self._shutting_down.is_set() or (release is not None and release.is_set()):
             self._overflow.append(item)
             return
         putting = asyncio.ensure_future(queue.put(item))
-        shutting_down = asyncio.ensure_future(self._shutting_down.wait())
+        stops = [asyncio.ensure_future(self._shutting_down.wait())]
+        if release is not None:
+            stops.append(asyncio.ensure_future(release.wait()))
         try:
-            await asyncio.wait({putting, shutting_down}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({putting, *stops}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             if not putting.done():  # done: the item is queued after all
                 putting.cancel()
@@ -310,7 +318,8 @@ class Writer:
                 log.warning("writer.put_cancelled", item=type(item).__name__, lost=1)
             raise
         finally:
-            shutting_down.cancel()
+            for waiter in stops:
+                waiter.cancel()
         if not putting.done():
             putting.cancel()
             await asyncio.wait({putting})

@@ -148,6 +148,7 @@ class Connection:
         self.spec = spec
         self._http = http
         self._writer = writer
+        self._draining = asyncio.Event()
         self._metrics = metrics
         self._catalog = catalog
         self._config = config
@@ -216,7 +217,7 @@ class Connection:
             opened_at=now,
             last_alive_at=now,
         )
-        await self._writer.put(self._record)
+        await self._writer.put(self._record, release=self._draining)
         self._metrics.ws_connects.labels(self.spec.host).inc()
         self._metrics.ws_connections.labels(self.spec.host).inc()
         self._task = asyncio.create_task(self._run(), name=f"ws-conn {self.spec.name}")
@@ -332,6 +333,10 @@ class Connection:
         """
         if not self.close_reason:
             self.close_reason = reason
+        # From here on what the reader reads goes behind the writer's queue if it is full: a
+        # connection closed for rotation (or anything else) while the database is slow or down
+        # must not wait out the UNSUBSCRIBE reply, nor be cancelled holding what it read.
+        self._draining.set()
         if self.subscribed.is_set() and not self.closed.is_set():
             try:
                 async with asyncio.timeout(self._config.open_timeout_s):
@@ -425,7 +430,7 @@ class Connection:
             events_received=self.events_received,
             **changes,
         )
-        await self._writer.put(self._record)
+        await self._writer.put(self._record, release=self._draining)
 
     async def _beat(self) -> None:
         """Refresh the ledger's liveness mark; close a link that sent no frame at all (not even
@@ -543,7 +548,7 @@ class Connection:
         key = (row.market.value, stream_kind(source.stream))
         self._unpublished[key] = self._unpublished.get(key, 0) + 1
         self._metrics.mark_event()
-        await self._writer.put(row)
+        await self._writer.put(row, release=self._draining)
         extra = unknown_fields(frame.event)
         if extra:
             await self._anomaly("unknown_field", ",".join(sorted(extra)), text)
@@ -565,13 +570,17 @@ class Connection:
         self._anomalies.add(key)
         self.log.warning("ws.payload_anomaly", kind=kind, what=what)
         await self._writer.put(
-            DeadLetter(datetime.now(UTC), self._where(), kind, what, text.encode(), kept=True)
+            DeadLetter(datetime.now(UTC), self._where(), kind, what, text.encode(), kept=True),
+            release=self._draining,
         )
 
     async def _dead_letter(self, reason: str, detail: str, raw: bytes) -> None:
         self._metrics.dead_letters.labels(reason).inc()
         self.log.warning("ws.dead_letter", reason=reason, detail=detail[:300])
-        await self._writer.put(DeadLetter(datetime.now(UTC), self._where(), reason, detail, raw))
+        await self._writer.put(
+            DeadLetter(datetime.now(UTC), self._where(), reason, detail, raw),
+            release=self._draining,
+        )
 
     def _where(self) -> str:
         return f"{self.spec.host}/{self.spec.route}" if self.spec.route else self.spec.host
