@@ -17,6 +17,11 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _leaks_fail_the_test_that_leaked() -> Iterator[None]:
-    """Collect garbage after the test, so its leaked resources warn inside its teardown."""
+    """Collect garbage after the test, so its leaked resources warn inside its teardown.
+
+    What survives is then frozen (gc.freeze): the next test's collection looks only at objects
+    made since, which keeps it to milliseconds instead of a scan of every module and fixture.
+    """
     yield
     gc.collect()
+    gc.freeze()

@@ -231,11 +231,11 @@ async def test_forced_429_lowers_the_limit_so_no_second_429_follows(
     metrics = Metrics(CollectorRegistry())
     classic = AccountConfig("classic", "classic", Secret("CLASSICKEY"), Secret(SECRET_C),
                             products=("um", "cm"), backfill_days=6)  # fmt: skip
-    config = _config(emulator, (classic,), recv_window_ms=60_000)
+    config = _config(emulator, (classic,), recv_window_ms=60_000, weight_share=1.0)
     try:
         async with running_accounts(config, pool, metrics, clock):
-            # After the 429 the limit is about 150: fresh reads take three grants in four.
-            await _until(lambda: _settled(pg, 4), 90)
+            # After the 429 the limit is about 300: fresh reads take three grants in four.
+            await _until(lambda: _settled(pg, 4), 60)
     finally:
         await pool.close()
     assert await _keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
@@ -244,9 +244,9 @@ async def test_forced_429_lowers_the_limit_so_no_second_429_follows(
     refused = api.stats.rate_limited_429
     assert 1 <= refused <= 4  # at most one per scope in flight
     assert metrics.rest_rate_limited.labels("fapi_dapi", "429")._value.get() == refused
-    # The share (half) of what was used before the first refused request of weight 50: more
+    # What was used before the first refused request of weight 50 (at weight_share 1.0): more
     # than 300 - 50 (else that request would have fitted), at most 300.
-    assert 125 < metrics.rest_weight_limit.labels("fapi_dapi")._value.get() <= 150
+    assert 250 < metrics.rest_weight_limit.labels("fapi_dapi")._value.get() <= 300
 
 
 async def test_a_bad_key_isolates_one_account(
@@ -299,7 +299,9 @@ async def test_more_rows_in_one_millisecond_than_a_page_dead_letters_the_window(
     pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
     metrics = Metrics(CollectorRegistry())
     try:
-        async with running_accounts(_config(emulator, (classic,)), pool, metrics, clock):
+        async with running_accounts(
+            _config(emulator, (classic,), weight_share=1.0), pool, metrics, clock
+        ):
             await _until(lambda: _settled(pg, 2), 60)
     finally:
         await pool.close()
@@ -350,7 +352,7 @@ async def test_failed_polls_back_off_and_a_success_resets_the_backoff(
     api.fail_next(path, 10_000)
     classic = AccountConfig("classic", "classic", Secret("CLASSICKEY"), Secret(SECRET_C),
                             products=("um",), backfill_days=1)  # fmt: skip
-    config = _config(emulator, (classic,), poll_failure_backoff_max_s=0.8)
+    config = _config(emulator, (classic,), poll_failure_backoff_max_s=0.8, weight_share=1.0)
     pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
     metrics = Metrics(CollectorRegistry())
     scopes = ("LIQUIDATION", "ADL")
@@ -521,7 +523,7 @@ async def test_endpoints_answering_5xx_or_404_show_failing_and_log_one_backfill_
                             products=("um", "cm"), backfill_days=1)  # fmt: skip
     pm = AccountConfig("pm", "portfolio_margin", Secret("PMKEY"), Secret(SECRET_P),
                        products=("um",), backfill_days=1)  # fmt: skip
-    config = _config(emulator, (classic, pm), poll_failure_backoff_max_s=0.4)
+    config = _config(emulator, (classic, pm), poll_failure_backoff_max_s=0.4, weight_share=1.0)
     pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
     metrics = Metrics(CollectorRegistry())
     failing = [(e, s) for e in ("/fapi/v1/forceOrders", "/dapi/v1/forceOrders")
@@ -583,7 +585,7 @@ async def test_the_announced_limit_is_used_and_never_exceeded(
     emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection, clock: SharedClock
 ) -> None:
     """Binance announces 600/min (exchangeInfo rateLimits and the headers), a quarter of the
-    documented 2400: polling as fast as it can for three minutes at weight_share 1.0, the
+    documented 2400: polling as fast as it can for two minutes at weight_share 1.0, the
     collector takes exactly that limit, spends up to it and draws no 429 or 418."""
     api = account_api(emulator)
     _accounts(api)
@@ -595,7 +597,7 @@ async def test_the_announced_limit_is_used_and_never_exceeded(
     try:
         async with running_accounts(config, pool, metrics, clock):
             await _until(lambda: _settled(pg, 4))
-            await _minutes_pass(clock, 3)
+            await _minutes_pass(clock, 2)
     finally:
         await pool.close()
     assert await _keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
@@ -610,7 +612,7 @@ async def test_two_processes_at_half_share_one_limit_without_429(
     emulator: core.Emulator, pg_dsn: str, pg: asyncpg.Connection, clock: SharedClock
 ) -> None:
     """Two collectors at weight_share 0.5 on one IP (each with its own budget, both reading
-    the shared used-weight header) poll as fast as they can for three minutes: together they
+    the shared used-weight header) poll as fast as they can for two minutes: together they
     use the limit but never pass 600, and draw no 429 or 418."""
     api = account_api(emulator)
     _accounts(api)
@@ -625,7 +627,7 @@ async def test_two_processes_at_half_share_one_limit_without_429(
             running_accounts(config, pool, second, clock),
         ):
             await _until(lambda: _settled(pg, 4))
-            await _minutes_pass(clock, 3)
+            await _minutes_pass(clock, 2)
     finally:
         await pool.close()
     assert await _keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
