@@ -9,6 +9,11 @@ Figures, not assertions: this is not a test. Uses $BENCH_DSN (a server where it 
 drop a database), default postgresql://postgres@127.0.0.1:5432/postgres.
 
     .venv/bin/python bench/e2e.py [--rate 30000] [--seconds 20] [--latency-seconds 20]
+                                  [--redundancy N]
+
+The collector runs at the default `[binance] redundancy` (2 connections per shard: every event
+is received on each and stored once) unless `--redundancy` says otherwise; "received" counts
+the copies on all connections.
 """
 
 from __future__ import annotations
@@ -124,7 +129,9 @@ class Phase:
     machine_cpu: float
 
 
-async def run_phase(dsn: str, rate: float, seconds: float, warmup_s: float) -> Phase:
+async def run_phase(
+    dsn: str, rate: float, seconds: float, warmup_s: float, redundancy: int | None = None
+) -> Phase:
     base = free_port_base(7)
     http_port = base + 6
     python = sys.executable
@@ -150,6 +157,8 @@ async def run_phase(dsn: str, rate: float, seconds: float, warmup_s: float) -> P
         "COLLECTOR_HTTP_PORT": str(http_port),
         "COLLECTOR_LOG_LEVEL": "warning",
     }
+    if redundancy is not None:
+        env["COLLECTOR_BINANCE_REDUNDANCY"] = str(redundancy)
     collector = await asyncio.create_subprocess_exec(
         python,
         "-m",
@@ -248,16 +257,22 @@ async def main() -> None:
     parser.add_argument("--latency-rate", type=float, default=2_000.0)
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds before measuring")
+    parser.add_argument(
+        "--redundancy", type=int, default=None, help="[binance] redundancy (default: the default)"
+    )
     args = parser.parse_args()
     admin = os.environ.get("BENCH_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-    print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
+    shown = "default (2)" if args.redundancy is None else str(args.redundancy)
+    print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; redundancy {shown}")
     for label, rate, seconds in (
         ("throughput", args.rate, args.seconds),
         ("latency", args.latency_rate, args.latency_seconds),
     ):
         name, dsn = await fresh_database(admin)
         try:
-            phase = await run_phase(dsn, rate, seconds, warmup_s=args.warmup)
+            phase = await run_phase(
+                dsn, rate, seconds, warmup_s=args.warmup, redundancy=args.redundancy
+            )
         finally:
             await drop_database(admin, name)
         print(

@@ -250,6 +250,15 @@ class BinanceConfig:
     # The ledger's per-session liveness mark (`last_alive_at`) is refreshed this often, to the
     # last moment the reader was caught up (not while it waits for writer queue space).
     heartbeat_s: float = 5.0
+    # Independent connections holding each shard at once: every event arrives on each, the
+    # content key stores it once, so one connection's drop, cut or stall loses nothing.
+    # Connection i of a shard first rotates after rotate_after_s * (1 - i / (2 * redundancy)),
+    # so the connections of a shard never rotate at the same time.
+    redundancy: int = 2
+    # A connection that received no data frame for this long while a twin of its shard
+    # received events in that time is stale: it is replaced (close reason `stale`). Silence on
+    # every connection of a shard is a quiet market, not a fault.
+    stall_after_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -640,6 +649,8 @@ _RANGES: dict[tuple[str | None, str], _Range] = {
     ("binance", "open_timeout_s"): _Range(0, 600, above=True),
     ("binance", "idle_timeout_s"): _Range(0, _DAY, above=True),
     ("binance", "heartbeat_s"): _Range(0, 10, above=True),
+    ("binance", "redundancy"): _Range(1, 4),
+    ("binance", "stall_after_s"): _Range(0, _DAY, above=True),
     ("writer", "queue_max"): _Range(1, 10_000_000),
     ("writer", "batch_max_rows"): _Range(1, 1_000_000),
     ("writer", "batch_max_age_s"): _Range(0, 60, above=True),

@@ -1,7 +1,8 @@
 """The HTTP side: `/metrics` for Prometheus, `/healthz` (alive) and `/readyz` (doing its job).
 
-`/readyz` runs every registered check and answers `{"ok": [...], "failing": {name: reason}}`,
-with 503 when any fails. Checks are async callables that raise to fail.
+`/readyz` runs every registered check and answers `{"ok": [...], "failing": {name: reason}}`
+(plus each registered detail, e.g. `"streams": {"state": "degraded", ...}`), with 503 when any
+fails. Checks are async callables that raise to fail.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import errno
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -28,11 +30,16 @@ class Health:
 
     def __init__(self) -> None:
         self.checks: dict[str, Check] = {}
+        self.details: dict[str, Callable[[], Any]] = {}
         self.is_draining = False
 
     def add(self, name: str, check: Check) -> None:
         """Register (or replace) a readiness check."""
         self.checks[name] = check
+
+    def describe(self, name: str, detail: Callable[[], Any]) -> None:
+        """Add `name: detail()` (JSON-serialisable) to every `/readyz` body."""
+        self.details[name] = detail
 
     async def run_checks(self) -> tuple[list[str], dict[str, str]]:
         """Run every check concurrently; return (passing names, failing name -> reason)."""
@@ -61,7 +68,8 @@ def make_app(health: Health, metrics: Metrics) -> web.Application:
 
     async def readyz(_: web.Request) -> web.Response:
         ok, failing = await health.run_checks()
-        body = orjson.dumps({"ok": ok, "failing": failing})
+        details = {name: detail() for name, detail in sorted(health.details.items())}
+        body = orjson.dumps({"ok": ok, "failing": failing, **details})
         return web.Response(
             body=body, status=503 if failing else 200, content_type="application/json"
         )

@@ -7,6 +7,7 @@ Label values come from small bounded sets (hosts, markets, endpoints, configured
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
@@ -63,6 +64,26 @@ class Metrics:
             "Websocket sessions ended by an unexpected error while reading (not the socket's):"
             " closed in the ledger at their last frame, then reconnected.",
             ["host"],
+            registry=r,
+        )
+        self.ws_shard_connections_up = Gauge(
+            "collector_ws_shard_connections_up",
+            "Open connections holding a shard ([binance] redundancy replicas each carry all of"
+            " its streams).",
+            ["shard"],
+            registry=r,
+        )
+        self.ws_shard_connections_wanted = Gauge(
+            "collector_ws_shard_connections_wanted",
+            "Connections a shard is meant to be held by ([binance] redundancy).",
+            ["shard"],
+            registry=r,
+        )
+        self.ws_shard_degraded = Gauge(
+            "collector_ws_shard_degraded",
+            "1 while a shard is held by fewer connections than [binance] redundancy (a drop of"
+            " the rest would lose events), else 0.",
+            ["shard"],
             registry=r,
         )
         self.ws_rotations = Counter(
@@ -248,6 +269,13 @@ class Metrics:
             ["account", "outcome"],
             registry=r,
         )
+
+    def watch_shard(self, shard: str, up: Callable[[], int], wanted: int) -> None:
+        """Export `shard`'s open connections (read from `up` at scrape time) and whether it is
+        degraded (fewer than `wanted`)."""
+        self.ws_shard_connections_up.labels(shard).set_function(up)
+        self.ws_shard_connections_wanted.labels(shard).set(wanted)
+        self.ws_shard_degraded.labels(shard).set_function(lambda: float(up() < wanted))
 
     def event_age_s(self) -> float:
         """Seconds since the newest event (or since start, before the first)."""

@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 import structlog
@@ -106,6 +107,27 @@ async def supervise(
             await sleep_or_stop(backoff.next_delay(), stop)
 
 
+def stream_state(shards: list[Shard]) -> dict[str, Any]:
+    """`/readyz`'s view of the streams: per shard its connections (one per replica, "up" or
+    "down") and counts; `state` is `ok` (every shard fully held), `degraded` (every shard has
+    a connection up, some fewer than `redundancy`) or `down` (some shard has none)."""
+    by_name: dict[str, list[Shard]] = {}
+    for shard in shards:
+        by_name.setdefault(shard.spec.name, []).append(shard)
+    view: dict[str, dict[str, Any]] = {}
+    for name, twins in by_name.items():
+        connections = ["up" if t.is_up else "down" for t in twins]
+        view[name] = {"up": connections.count("up"), "wanted": len(twins),
+                      "connections": connections}  # fmt: skip
+    if not view or any(not v["up"] for v in view.values()):
+        state = "down"
+    elif any(v["up"] < v["wanted"] for v in view.values()):
+        state = "degraded"
+    else:
+        state = "ok"
+    return {"state": state, "shards": view}
+
+
 def _add_readiness(runtime: Runtime) -> None:
     health = runtime.health
 
@@ -116,10 +138,10 @@ def _add_readiness(runtime: Runtime) -> None:
             await conn.fetchval("SELECT 1")
 
     async def streams() -> None:
-        down = [s.spec.name for s in runtime.shards
-                if s.current is None or s.current.closed.is_set()]  # fmt: skip
+        """Ready while at least one connection of every shard is up (degraded is still ready)."""
         if not runtime.shards:
             raise RuntimeError("no stream connection started yet")
+        down = [name for name, s in stream_state(runtime.shards)["shards"].items() if not s["up"]]
         if down:
             raise RuntimeError(f"not connected: {', '.join(down)}")
 
@@ -131,6 +153,7 @@ def _add_readiness(runtime: Runtime) -> None:
 
     health.add("database", database)
     health.add("streams", streams)
+    health.describe("streams", lambda: stream_state(runtime.shards))
     health.add("event_age", event_age)
 
 

@@ -33,6 +33,9 @@ def make_config(emulator: Emulator, dsn: str, **binance: Any) -> Config:
         heartbeat_s=0.2,
         control_messages_per_s=9.0,
         open_timeout_s=3.0,
+        # One connection per shard unless a test asks for more: most tests are about what one
+        # connection does (the daemon's default is 2; tests/test_ws_redundancy.py uses it).
+        redundancy=1,
     )
     return Config(
         database=DatabaseConfig(dsn=Secret(dsn), migrate_on_start=False),

@@ -107,7 +107,7 @@ def test_alerts_and_health_dashboard_use_only_exported_metrics() -> None:
         "collector_ws_reconnects_total", "collector_queue_depth", "collector_write_seconds_bucket",
         "collector_rest_weight_used", "collector_rest_weight_limit",
         "collector_rest_rate_limited_total", "collector_account_state",
-        "collector_account_backfill_complete",
+        "collector_account_backfill_complete", "collector_ws_shard_degraded",
     }  # fmt: skip
 
 
@@ -118,6 +118,7 @@ def test_every_alert_has_a_severity_and_a_summary() -> None:
         "CollectorDown", "CollectorNoEvents", "CollectorReconnectStorm", "CollectorQueueNearFull",
         "CollectorWriteErrors", "CollectorRateLimited", "CollectorIpBanned",
         "CollectorAccountUnhealthy", "CollectorAccountFailing", "CollectorBackfillStalled",
+        "CollectorStreamsDegraded",
     }  # fmt: skip
     for alert in alerts:
         assert alert["labels"]["severity"] in ("critical", "warning"), alert["alert"]
@@ -143,7 +144,7 @@ async def promtool(*args: str, stdin: bytes | None = None) -> tuple[int, str]:
 async def test_promtool_accepts_the_rules_and_the_config() -> None:
     """`promtool check rules` and `promtool check config` pass on the shipped files."""
     rc, out = await promtool("check", "rules", "alerts.yml")
-    assert (rc, "SUCCESS: 21 rules found" in out) == (0, True), out
+    assert (rc, "SUCCESS: 22 rules found" in out) == (0, True), out
     rc, out = await promtool("check", "config", "prometheus.yml")
     assert rc == 0, out
 

@@ -83,6 +83,21 @@ def test_a_heartbeat_slower_than_the_ledger_grace_allows_is_refused() -> None:
     ]
 
 
+def test_redundancy_and_stall_defaults_override_and_ranges() -> None:
+    """Two connections per shard and a 60 s stall threshold by default; 1 to 4 connections."""
+    b = load_config({}).binance
+    assert (b.redundancy, b.stall_after_s) == (2, 60.0)
+    env = {"COLLECTOR_BINANCE_REDUNDANCY": "1", "COLLECTOR_BINANCE_STALL_AFTER_S": "30"}
+    b = load_config(env).binance
+    assert (b.redundancy, b.stall_after_s) == (1, 30.0)
+    with pytest.raises(ConfigError) as info:
+        load_config({"COLLECTOR_BINANCE_REDUNDANCY": "0", "COLLECTOR_BINANCE_STALL_AFTER_S": "0"})
+    assert info.value.problems == [
+        "[binance] redundancy: must be 1..4, got 0",
+        "[binance] stall_after_s: must be above 0 and at most 86400, got 0.0",
+    ]
+
+
 def test_database_ping_settings_default_override_and_must_be_positive() -> None:
     """The database ping runs every 10 s within 3 s by default; the environment sets both, and
     a value that is not positive is a configuration error."""

@@ -85,3 +85,25 @@ async def test_a_closed_session_covers_up_to_its_close(pg: asyncpg.Connection) -
         )
         now, closed = await pg.fetchrow("SELECT now(), now() - interval '3 seconds'")
         assert await gaps(pg, timedelta(minutes=5)) == [(closed, now)]
+
+
+async def test_coverage_is_the_union_of_redundant_sessions(pg: asyncpg.Connection) -> None:
+    """Two connections of one shard: a gap only where neither covered, not where one did."""
+    async with pg.transaction():
+        # Replica 0 from -5 min to -2 min, replica 1 from -4 min on (open, live): no gap.
+        await add_session(
+            pg, timedelta(minutes=5), timedelta(minutes=2), closed_ago=timedelta(minutes=2)
+        )
+        await add_session(pg, timedelta(minutes=4), timedelta(seconds=2))
+        assert await gaps(pg, timedelta(minutes=5)) == []
+    await pg.execute("DELETE FROM ws_sessions")
+    async with pg.transaction():
+        # Replica 0 from -5 min to -3 min, replica 1 from -2 min on: the minute between.
+        await add_session(
+            pg, timedelta(minutes=5), timedelta(minutes=3), closed_ago=timedelta(minutes=3)
+        )
+        await add_session(pg, timedelta(minutes=2), timedelta(seconds=2))
+        now = await pg.fetchval("SELECT now()")
+        assert await gaps(pg, timedelta(minutes=5)) == [
+            (now - timedelta(minutes=3), now - timedelta(minutes=2))
+        ]

@@ -485,6 +485,32 @@ async def test_stall_drops_data_but_keeps_sockets(
     assert (emulator.stats.events_published, emulator.stats.events_stalled) == (2, 1)
 
 
+async def test_one_connection_can_be_stalled_or_dropped_alone(
+    start_emulator: StartEmulator, session: aiohttp.ClientSession
+) -> None:
+    """`stall_connection` withholds data from one connection only (its control replies go on,
+    0 s ends it); `drop_connection` aborts that one and leaves its twin open."""
+    emulator = await start_emulator()
+    url = f"{emulator.fstream_url}/market/ws/!forceOrder@arr"
+    async with session.ws_connect(url) as first, session.ws_connect(url) as second:
+        one, two = await emulator.wait_for_connections(2)
+        assert emulator.stall_connection(one, 60.0)
+        assert await emulator.publish(BTCUSDT) == 1
+        assert await next_text(second) == dumps(BTCUSDT)
+        reply = await request(first, {"method": "LIST_SUBSCRIPTIONS", "id": 1})
+        assert reply == '{"result":["!forceOrder@arr"],"id":1}'
+        assert emulator.stall_connection(one, 0.0)
+        assert await emulator.publish(ETHUSDT) == 2
+        assert await next_text(first) == dumps(ETHUSDT)
+        assert await next_text(second) == dumps(ETHUSDT)
+        assert await emulator.drop_connection(one)
+        assert (await next_frame(first)).type is WSMsgType.CLOSED
+        await emulator.wait_until(lambda: [c.id for c in emulator.connections] == [two.id])
+        assert not await emulator.drop_connection(one)
+        assert not emulator.stall_connection(one, 1.0)
+    assert emulator.stats.disconnects["dropped"] == 1
+
+
 async def test_held_control_replies_wait_for_release_while_data_flows(
     start_emulator: StartEmulator, session: aiohttp.ClientSession
 ) -> None:

@@ -30,6 +30,7 @@ async def test_sigterm_drains_every_received_event_and_exits_zero(
             "COLLECTOR_HTTP_PORT": "0",
             "COLLECTOR_LOG_FORMAT": "json",
             "COLLECTOR_SHUTDOWN_GRACE_S": "10",
+            "COLLECTOR_BINANCE_REDUNDANCY": "1",  # counts one connection's frames
         }
         proc = await asyncio.create_subprocess_exec(
             sys.executable,

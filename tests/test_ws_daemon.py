@@ -335,7 +335,12 @@ async def test_metrics_and_health_answer(pg_dsn: str) -> None:
                     return r.status, await r.json()
 
             _, body = await eventually(ready, lambda sb: sb[0] == 200)
-            assert body == {"ok": ["database", "event_age", "streams"], "failing": {}}
+            one_up = {"fstream/market#0": {"up": 1, "wanted": 1, "connections": ["up"]}}
+            assert body == {
+                "ok": ["database", "event_age", "streams"],
+                "failing": {},
+                "streams": {"state": "ok", "shards": one_up},
+            }
             emu.fail_upgrades(1000)
             await emu.drop_connections()
             _status, body = await eventually(ready, lambda sb: sb[0] == 503)

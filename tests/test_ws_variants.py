@@ -69,6 +69,7 @@ def config_for(base: str, dsn: str) -> Config:
             reconnect_initial_s=0.05,
             reconnect_max_s=0.2,
             heartbeat_s=0.2,
+            redundancy=1,  # these tests are about one connection's handshake
         ),
         writer=WriterConfig(
             batch_max_age_s=0.01, spill_dir=tempfile.mkdtemp(prefix="collector-spill-")

@@ -1,5 +1,6 @@
 """The Binance emulator: fstream/dstream WebSocket hosts and fapi/dapi/papi/sapi REST hosts on
-loopback, plus the scripting surface tests use (publish, drop, stall, failed upgrades).
+loopback, plus the scripting surface tests use (publish, drop, stall, failed upgrades; drop and
+stall also per connection).
 
 Delivery follows docs/binance.md §1: liquidation events reach fstream `/market` and
 dstream subscribers of `!forceOrder@arr` or `<symbol>@forceOrder`; with `merged` (the
@@ -320,6 +321,16 @@ class Emulator:
     async def drop_connections(self, host: str | None = None) -> int:
         """Abort the TCP connection of every (or `host`'s) WebSocket without a close frame."""
         return sum(h.drop() for name, h in self.stream_hosts.items() if host in (None, name))
+
+    async def drop_connection(self, info: ConnectionInfo) -> bool:
+        """Abort one connection's TCP transport (no close frame); False if it is not open."""
+        return self.stream_hosts[info.host].drop({info.id}) == 1
+
+    def stall_connection(self, info: ConnectionInfo, seconds: float) -> bool:
+        """Deliver no data to one connection for `seconds` (its socket stays open, pings and
+        control replies go on; the other connections get everything; 0 ends it); False if
+        it is not open."""
+        return self.stream_hosts[info.host].stall_connection(info.id, seconds)
 
     def close_connections(self, host: str | None = None) -> int:
         """Close every (or `host`'s) open WebSocket with a 1001 close frame; return the count."""

@@ -20,7 +20,7 @@ import functools
 import struct
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Final, TypeVar
@@ -165,6 +165,7 @@ class _Connection:
         "opened_mono",
         "pending_pings",
         "request",
+        "stalled_until",
         "ws",
     )
 
@@ -180,6 +181,8 @@ class _Connection:
         self.closer: asyncio.Task[bool] | None = None
         self.corked: list[bytes] | None = None
         """While not None, text frames are collected here and written at once by `uncork`."""
+        self.stalled_until = 0.0
+        """`time.monotonic()` until which this connection alone gets no data."""
 
     async def send(self, data: bytes) -> bool:
         """Write one text frame; return False if the socket is closing."""
@@ -257,12 +260,18 @@ class StreamHost:
         connections, enveloped on combined ones); return the number of distinct sockets reached.
         """
         targets: list[tuple[_Connection, bytes]] = []
+        now = 0.0
         for stream in streams:
             subscribers = self._subscribers.get(stream)
             if not subscribers:
                 continue
             wrapped: bytes | None = None
             for conn in subscribers:
+                if conn.stalled_until:
+                    now = now or time.monotonic()
+                    if now < conn.stalled_until:
+                        continue
+                    conn.stalled_until = 0.0
                 if conn.info.is_combined:
                     if wrapped is None:
                         wrapped = envelope(stream, payload)
@@ -300,6 +309,15 @@ class StreamHost:
                 # private, so poll the public buffer size.)
                 await asyncio.sleep(0.001)
 
+    def stall_connection(self, connection_id: int, seconds: float) -> bool:
+        """Deliver no data to the connection with `connection_id` for `seconds` (its socket stays
+        open, pings and control replies go on; 0 ends it); False if no such connection is open."""
+        for conn in self._connections:
+            if conn.info.id == connection_id and conn.info.close_reason is None:
+                conn.stalled_until = time.monotonic() + seconds
+                return True
+        return False
+
     async def send_text(self, data: bytes) -> int:
         """Send one text frame to every open connection; return how many took it."""
         sent = 0
@@ -309,11 +327,12 @@ class StreamHost:
         self._stats.frames_sent += sent
         return sent
 
-    def drop(self) -> int:
-        """Abort every open connection's TCP transport, with no close frame; return the count."""
+    def drop(self, ids: Collection[int] | None = None) -> int:
+        """Abort every open connection's (or those with `ids`) TCP transport, with no close
+        frame; return the count."""
         dropped = 0
         for conn in list(self._connections):
-            if conn.info.close_reason is not None:
+            if conn.info.close_reason is not None or (ids is not None and conn.info.id not in ids):
                 continue
             self._mark_closed(conn, "dropped")
             transport = conn.request.transport

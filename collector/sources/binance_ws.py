@@ -1,10 +1,13 @@
 """Binance forceOrder websocket streams into the writer, with a ledger of when we listened.
 
 `plan_shards` spreads the configured streams over connections within Binance's per-connection
-limits. A `Shard` owns one logical connection: it connects (with capped, jittered backoff over
-failed attempts; at once after a confirmed connection ends), rotates make-before-break ahead of
-the 24 h cut, and records every session in the coverage ledger. A `Connection` is one
-websocket session: it reads frames,
+limits. Each is held by `redundancy` `Shard`s (replicas) at once, every one its own
+connection carrying every event, so that one drop loses nothing (the writer stores each event
+once); their rotations are staggered, and a replica silent while its twin receives events is
+replaced as stale. A `Shard` owns one such connection: it connects (with capped, jittered
+backoff over failed attempts; at once after a confirmed connection ends), rotates
+make-before-break ahead of the 24 h cut, and records every session in the coverage ledger.
+A `Connection` is one websocket session: it reads frames,
 answers each ping with a pong carrying its payload (docs/binance.md §1.4), routes
 control replies apart from data (§1.5), dead-letters what it cannot parse, and on close
 UNSUBSCRIBEs first so no frame already sent to it is dropped.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import random
 import time
@@ -144,6 +148,7 @@ class Connection:
         catalog: SymbolCatalog,
         config: BinanceConfig,
         anomalies: set[tuple[str, str]],
+        replica: int = 0,
     ) -> None:
         self.spec = spec
         self._http = http
@@ -173,6 +178,10 @@ class Connection:
         self._source_by_stream: dict[str | None, Source] = {}
         self._last_frame_monotonic = time.monotonic()
         self._last_frame_at: datetime | None = None
+        # Monotonic times of the last data frame (any text frame) and the last event: a
+        # replica silent while its twin receives events is stale (`Shard._is_stale`).
+        self.last_data_monotonic = self._last_frame_monotonic
+        self.last_event_monotonic: float | None = None
         # Whether the reader is waiting on the socket (everything that arrived has been read),
         # and the last moment it was seen so: the ledger's liveness mark.
         self._receiving = False
@@ -182,7 +191,7 @@ class Connection:
         self._checked_version = -1
         # Events per (market, stream kind) not yet added to the Prometheus counter.
         self._unpublished: dict[tuple[str, str], int] = {}
-        self.log = log.bind(connection=spec.name, conn_id=next(self._ids))
+        self.log = log.bind(connection=spec.name, replica=replica, conn_id=next(self._ids))
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -205,7 +214,7 @@ class Connection:
         except (aiohttp.ClientError, OSError) as exc:
             raise ConnectionClosed("connect_failed") from exc
         now = datetime.now(UTC)
-        self.opened_monotonic = time.monotonic()
+        self.opened_monotonic = self.last_data_monotonic = time.monotonic()
         self._read_through_at = now
         self._record = SessionRecord(
             session_id=uuid.uuid4(),
@@ -411,6 +420,11 @@ class Connection:
             )
         self._unpublished.clear()
 
+    @property
+    def is_receiving(self) -> bool:
+        """Whether the reader waits on the socket (it is not held up by a full writer queue)."""
+        return self._receiving
+
     def _read_through(self) -> datetime:
         """Until when everything the server sent is known to be read: now while the reader
         waits on the socket, else the last moment it was seen waiting. (A reader held up by a
@@ -488,7 +502,7 @@ class Connection:
             await ws.close()
 
     async def _on_text(self, text: str, received_at: datetime) -> None:
-        received_mono = self._last_frame_monotonic
+        received_mono = self.last_data_monotonic = self._last_frame_monotonic
         try:
             frame = decode_frame(text)
         except MalformedPayload as exc:
@@ -539,6 +553,7 @@ class Connection:
             await self._dead_letter(reason, str(exc), text.encode())
             return
         self.events_received += 1
+        self.last_event_monotonic = received_mono
         if self._first_event_at is None:
             self._first_event_at = received_at
             self.delivered.set()
@@ -587,7 +602,9 @@ class Connection:
 
 
 class Shard:
-    """Keeps one logical connection up: reconnects with backoff, rotates before the 24 h cut."""
+    """Keeps one connection of a shard up: reconnects with backoff, rotates before the 24 h
+    cut, and replaces its connection when it is stale next to a twin (`twins`: every replica
+    of the same `ShardSpec`, this one included)."""
 
     def __init__(
         self,
@@ -601,8 +618,11 @@ class Shard:
         rng: random.Random | None = None,
         pause: Pause = sleep_or_stop,
         budget: AttemptBudget | None = None,
+        replica: int = 0,
     ) -> None:
         self.spec = spec
+        self.replica = replica
+        self.twins: list[Shard] = [self]
         self._http = http
         self._writer = writer
         self._metrics = metrics
@@ -616,7 +636,43 @@ class Shard:
         self._budget = budget or AttemptBudget(config.connection_attempts_per_5min, 300.0)
         self.backoff = Backoff(config.reconnect_initial_s, config.reconnect_max_s, rng=self._rng)
         self.current: Connection | None = None
-        self.log = log.bind(connection=spec.name)
+        self.log = log.bind(connection=spec.name, replica=replica)
+
+    @property
+    def is_up(self) -> bool:
+        """Whether this replica holds an open connection."""
+        return self.current is not None and not self.current.closed.is_set()
+
+    def share_with(self, twins: list[Shard]) -> None:
+        """Make `twins` (every replica of this shard) this one's twins, sharing one anomaly
+        set so that each anomaly is dead-lettered once per shard, not once per replica."""
+        self.twins = twins
+        self._anomalies = twins[0]._anomalies
+
+    def _first_rotation_s(self) -> float:
+        """When a fresh connection first rotates: replica i of r after
+        `rotate_after_s * (1 - i / (2r))`, so the replicas of a shard rotate (and would be cut)
+        at different times, `rotate_after_s / (2r)` apart (5 h 45 min at 23 h and r = 2)."""
+        redundancy = max(self._config.redundancy, len(self.twins), 1)
+        return self._config.rotate_after_s * (1 - self.replica / (2 * redundancy))
+
+    def _is_stale(self, conn: Connection) -> bool:
+        """Whether `conn`, waiting on its socket, received no data frame for `stall_after_s`
+        while an open twin received an event in that time (silence on all is a quiet market)."""
+        window = self._config.stall_after_s
+        now = time.monotonic()
+        if not conn.is_receiving or now - conn.last_data_monotonic < window:
+            return False
+        for twin in self.twins:
+            other = twin.current
+            if twin is self or other is None or other.closed.is_set():
+                continue
+            if (
+                other.last_event_monotonic is not None
+                and other.last_event_monotonic >= now - window
+            ):
+                return True
+        return False
 
     def _new_connection(self) -> Connection:
         return Connection(
@@ -627,6 +683,7 @@ class Shard:
             self._catalog,
             self._config,
             self._anomalies,
+            self.replica,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -689,16 +746,17 @@ class Shard:
 
         Returns the connection that closed, or None when `stop` was set.
         """
-        rotate_at = conn.opened_monotonic + self._config.rotate_after_s
+        rotate_at = conn.opened_monotonic + self._first_rotation_s()
+        # With twins, look for staleness a few times per `stall_after_s`.
+        check_s = self._config.stall_after_s / 4 if len(self.twins) > 1 else None
         while True:
             rotate_in = rotate_at - time.monotonic()
+            timeout = max(rotate_in, 0) if check_s is None else max(min(rotate_in, check_s), 0)
             stopping: asyncio.Future[bool] = asyncio.ensure_future(stop.wait())
             closing: asyncio.Future[bool] = asyncio.ensure_future(conn.closed.wait())
             try:
                 await asyncio.wait(
-                    {stopping, closing},
-                    timeout=max(rotate_in, 0),
-                    return_when=asyncio.FIRST_COMPLETED,
+                    {stopping, closing}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
             finally:
                 stopping.cancel()
@@ -707,6 +765,22 @@ class Shard:
                 return None
             if conn.closed.is_set():
                 return conn
+            if self._is_stale(conn):
+                self.log.warning(
+                    "ws.stale",
+                    silent_s=round(time.monotonic() - conn.last_data_monotonic, 3),
+                    stall_after_s=self._config.stall_after_s,
+                )
+                # Make before break, as rotation does; the replacement keeps the schedule.
+                replacement = await self._rotate(conn, reason="stale")
+                if replacement is None:
+                    await conn.close("stale")
+                    return conn  # `run` counts it and reconnects
+                self._metrics.ws_reconnects.labels(self.spec.host, "stale").inc()
+                conn = replacement
+                continue
+            if time.monotonic() < rotate_at:
+                continue
             successor = await self._rotate(conn)
             if successor is None:  # the old connection keeps the stream covered; retry soon
                 rotate_at = time.monotonic() + _ROTATION_RETRY_S
@@ -714,20 +788,26 @@ class Shard:
                 conn = successor
                 rotate_at = conn.opened_monotonic + self._config.rotate_after_s
 
-    async def _rotate(self, old: Connection) -> Connection | None:
+    async def _rotate(self, old: Connection, *, reason: str = "rotated") -> Connection | None:
         """Make before break: open a new session, wait until it delivers or is subscribed,
-        then close the old one. On failure keep the old one and try again later."""
+        then close the old one (with `reason`). On failure keep the old one (the caller
+        decides what then)."""
         new = self._new_connection()
         try:
             await new.open(require_confirmation=True)
         except ConnectionClosed as exc:
-            self.log.warning("ws.rotation_failed", reason=exc.reason)
+            self.log.warning("ws.replacement_failed", reason=exc.reason, replacing=reason)
             return None
         self.current = new
-        await old.close("rotated")
-        self._metrics.ws_rotations.labels(self.spec.host).inc()
-        self.log.info("ws.rotated")
+        await old.close(reason)
+        if reason == "rotated":
+            self._metrics.ws_rotations.labels(self.spec.host).inc()
+        self.log.info("ws.replaced", reason=reason)
         return new
+
+
+def _connections_up(twins: list[Shard]) -> int:
+    return sum(twin.is_up for twin in twins)
 
 
 async def run_ws_sources(
@@ -738,16 +818,23 @@ async def run_ws_sources(
     stop: asyncio.Event,
     shards_out: list[Shard] | None = None,
 ) -> None:
-    """Run every shard until `stop`; each closes its session in the ledger on the way out.
+    """Run every shard, each held by `config.redundancy` replicas, until `stop`; each closes
+    its session in the ledger on the way out.
 
-    `shards_out` (readiness reads it) is set to this run's shards, replacing a failed run's.
+    `shards_out` (readiness reads it) is set to this run's replicas, replacing a failed run's.
     """
     async with aiohttp.ClientSession() as http:
         budget = AttemptBudget(config.connection_attempts_per_5min, 300.0)
-        shards = [
-            Shard(s, http, writer, metrics, catalog, config, budget=budget)
-            for s in plan_shards(config)
-        ]
+        shards: list[Shard] = []
+        for spec in plan_shards(config):
+            twins = [
+                Shard(spec, http, writer, metrics, catalog, config, budget=budget, replica=i)
+                for i in range(config.redundancy)
+            ]
+            for shard in twins:
+                shard.share_with(twins)
+            metrics.watch_shard(spec.name, functools.partial(_connections_up, twins), len(twins))
+            shards += twins
         if shards_out is not None:
             shards_out[:] = shards
         async with asyncio.TaskGroup() as group:
