@@ -81,8 +81,9 @@ def _client(
 ) -> RestClient:
     rest = RestConfig(retry_initial_s=0.001, retry_max_s=0.002)
     clocks = ServerClocks(metrics, 300.0, wall_ms=lambda: wall_ms[0])
-    return RestClient(session, BinanceConfig(fapi_url=url), rest, Budget(0.5, metrics),
-                      clocks, metrics)  # fmt: skip
+    # Every family on the loopback server: nothing may reach a real Binance host.
+    binance = BinanceConfig(fapi_url=url, dapi_url=url, papi_url=url, sapi_url=url)
+    return RestClient(session, binance, rest, Budget(0.5, metrics), clocks, metrics)
 
 
 CREDS = Credentials("KEY123", HmacSigner(Secret(SECRET)))

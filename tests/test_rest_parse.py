@@ -139,6 +139,14 @@ def test_bad_rows_are_set_aside_and_good_rows_kept() -> None:
     assert page.received == 2
 
 
+def test_a_number_postgres_cannot_store_sets_the_row_aside() -> None:
+    """A price beyond Postgres numeric's 131072 integer digits is a bad row, not a 0 stored."""
+    huge = dict(FAPI_EXAMPLE[0], orderId=2, price="1E+140000")
+    page = parse_rows([huge, FAPI_EXAMPLE[0]], "a", Scope(FAPI_FORCE_ORDERS, "ADL", (), "ADL"))
+    assert [o.order_id for o in page.orders] == [FAPI_EXAMPLE[0]["orderId"]]
+    assert page.bad == [(huge, "decimal out of range: '1E+140000' (field 'price')")]
+
+
 def test_wrong_shape_raises() -> None:
     """A page-style endpoint answering with a list is malformed."""
     with pytest.raises(MalformedPayload):
