@@ -106,6 +106,9 @@ def free_port() -> int:
 
 def emulator_env(emu: Emulator) -> dict[str, str]:
     return {
+        # One connection per shard: these tests count what each connection delivers; the
+        # redundant pair has its own tests (tests/test_ws_redundancy.py).
+        "COLLECTOR_BINANCE_REDUNDANCY": "1",
         "COLLECTOR_BINANCE_FSTREAM_URL": emu.fstream_url,
         "COLLECTOR_BINANCE_DSTREAM_URL": emu.dstream_url,
         "COLLECTOR_BINANCE_FAPI_URL": emu.fapi_url,
