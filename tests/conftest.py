@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import queue
 import tempfile
+import threading
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -99,8 +101,47 @@ def pg_template(pg_admin_dsn: str) -> Iterator[str]:
     asyncio.run(drop())
 
 
+class _Dropper:
+    """Drops the tests' databases on a thread of its own, so that a test's teardown does not
+    wait for the server to remove its files (about 0.1-0.2 s a test on this machine)."""
+
+    def __init__(self, admin_dsn: str) -> None:
+        self._admin_dsn = admin_dsn
+        self._names: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="drop-test-databases")
+        self._thread.start()
+
+    def drop(self, name: str) -> None:
+        self._names.put(name)
+
+    def close(self) -> None:
+        self._names.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (name := self._names.get()) is not None:
+            asyncio.run(self._drop(name))
+
+    async def _drop(self, name: str) -> None:
+        admin = await asyncpg.connect(self._admin_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture(scope="session")
+def _dropper(pg_admin_dsn: str) -> Iterator[_Dropper]:
+    """The session's database dropper; every pending drop is done when the session ends."""
+    dropper = _Dropper(pg_admin_dsn)
+    try:
+        yield dropper
+    finally:
+        dropper.close()
+
+
 @pytest.fixture
-async def pg_dsn(pg_admin_dsn: str, pg_template: str) -> AsyncIterator[str]:
+async def pg_dsn(pg_admin_dsn: str, pg_template: str, _dropper: _Dropper) -> AsyncIterator[str]:
     """A fresh, migrated database for one test (cloned from the template); dropped after."""
     name = f"collector_t_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(pg_admin_dsn)
@@ -109,11 +150,7 @@ async def pg_dsn(pg_admin_dsn: str, pg_template: str) -> AsyncIterator[str]:
     finally:
         await admin.close()
     yield _with_database(pg_admin_dsn, name)
-    admin = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    _dropper.drop(name)
 
 
 @pytest.fixture
