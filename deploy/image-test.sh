@@ -130,7 +130,8 @@ fi
 phase "tests/test_image.py against $IMAGE"
 [ -x "$ROOT/.venv/bin/python" ] || { python3 -m venv "$ROOT/.venv" && "$ROOT/.venv/bin/pip" install -q -e "$ROOT[dev]"; }
 cd "$ROOT"
+# -n 0: one proof at a time (they share one podman), whatever the suite's -n says.
 COLLECTOR_TEST_IMAGE=$IMAGE COLLECTOR_TEST_POSTGRES_IMAGE=$POSTGRES_IMAGE \
     COLLECTOR_TEST_COMPOSE=$WORK/compose/bin/docker-compose \
-    .venv/bin/python -m pytest -p no:cacheprovider -m image tests/test_image.py
+    .venv/bin/python -m pytest -n 0 -p no:cacheprovider -m image tests/test_image.py
 phase "image test passed"
