@@ -87,17 +87,23 @@ async def running(
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T]], until: Callable[[T], bool], timeout: float = 10.0
+    probe: Callable[[], Awaitable[T]],
+    until: Callable[[T], bool],
+    timeout: float = 10.0,
+    what: str = "condition",
+    *,
+    interval_s: float = 0.02,
 ) -> T:
-    """Re-run `probe` until `until(result)` holds; fail after `timeout` seconds."""
+    """Re-run `probe` every `interval_s` until `until(result)` holds; fail after `timeout`
+    seconds, naming `what`."""
     deadline = time.monotonic() + timeout
     while True:
         value = await probe()
         if until(value):
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s; last value: {value!r}")
-        await asyncio.sleep(0.02)
+            raise AssertionError(f"{what} not met within {timeout}s; last value: {value!r}")
+        await asyncio.sleep(interval_s)
 
 
 def count_rows(

@@ -25,6 +25,7 @@ import asyncpg
 import pytest
 
 from collector.emulator import Emulator, EmulatorOptions
+from tests.daemon import eventually as poll_until
 from tests.factories import um_event
 
 T = TypeVar("T")
@@ -82,15 +83,8 @@ async def ok(*argv: str, env: dict[str, str] | None = None, timeout: float = 300
 async def eventually(
     probe: Callable[[], Awaitable[T]], until: Callable[[T], bool], timeout: float, what: str
 ) -> T:
-    """Re-run `probe` until `until(result)` holds; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if until(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s; last: {value!r}")
-        await asyncio.sleep(0.25)  # a container's state raises no event to await
+    """tests.daemon.eventually, polled every 0.25 s: a container's state raises no event."""
+    return await poll_until(probe, until, timeout, what, interval_s=0.25)
 
 
 async def health(container: str) -> bool:
