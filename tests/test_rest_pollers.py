@@ -4,8 +4,7 @@ documents them), writing to a real Postgres."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -25,8 +24,9 @@ from collector.emulator.account_rest import (
 from collector.metrics import Metrics
 from collector.rest.client import RequestRejected
 from collector.rest.pollers import MIN_WINDOW_MS, can_only_fail
-from tests.accounts import account_state, running_accounts
+from tests.accounts import account_state, running_accounts, settled, stored_keys
 from tests.clocks import SharedClock
+from tests.daemon import eventually, metric_value
 
 DAY = 86_400_000
 WEEK = 7 * DAY
@@ -84,28 +84,6 @@ def _config(
     return Config(binance=binance, rest=rest, accounts=accounts)
 
 
-async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float = 20.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        # A condition with a deadline: the database is the only place the outcome shows.
-        while not await check():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-
-
-async def _keys(pg: asyncpg.Connection) -> set[tuple[Any, ...]]:
-    rows = await pg.fetch("SELECT account, product, symbol, order_id, auto_close_type, endpoint "
-                          "FROM account_force_orders")  # fmt: skip
-    return {tuple(r) for r in rows}
-
-
-async def _complete(pg: asyncpg.Connection, scopes: int) -> bool:
-    n = await pg.fetchval("SELECT count(*) FROM account_poll_checkpoints WHERE backfill_complete")
-    pending = await pg.fetchval(
-        "SELECT count(*) FROM account_force_orders WHERE product = 'margin' "
-        "AND enrichment IS NULL AND enrichment_error IS NULL"
-    )
-    return bool(n == scopes and pending == 0)
-
-
 async def test_every_order_stored_once_after_backfill_polling_and_restart(
     binance: tuple[core.Emulator, AccountEmulator, SharedClock],
     pg_dsn: str,
@@ -150,7 +128,7 @@ async def test_every_order_stored_once_after_backfill_polling_and_restart(
     metrics = Metrics(CollectorRegistry())
     try:
         async with running_accounts(config, pool, metrics, clock):
-            await _until(lambda: _complete(pg, 11), 30)
+            await eventually(lambda: settled(pg, 11), timeout=30)
         expected = (
             {("classic", "um", "BTCUSDT", 1000 + i, "LIQUIDATION", "/fapi/v1/forceOrders")
              for i in range(150)}
@@ -165,7 +143,7 @@ async def test_every_order_stored_once_after_backfill_polling_and_restart(
             | {("classic", "margin", "BNBBTC", 300 + i, "LIQUIDATION",
                 "/sapi/v1/margin/forceLiquidationRec") for i in range(120)}
         )  # fmt: skip
-        assert await _keys(pg) == expected
+        assert await stored_keys(pg) == expected
         assert (
             await pg.fetchval(
                 "SELECT enrichment_error FROM account_force_orders WHERE order_id = 900"
@@ -179,8 +157,9 @@ async def test_every_order_stored_once_after_backfill_polling_and_restart(
             == "c1"
         )
         first_run_requests = len(accepted(api))
-        rows_new = metrics.account_rows.labels("classic", "/fapi/v1/forceOrders", "new")
-        assert rows_new._value.get() == 151
+        rows_new = metric_value(metrics.registry, "collector_account_rows_total", account="classic",
+                                endpoint="/fapi/v1/forceOrders", result="new")  # fmt: skip
+        assert rows_new == 151
         assert account_state(metrics, "classic", "/fapi/v1/forceOrders") == "ok"
 
         # Restart: one new order and one later version of a recent one (within the overlap);
@@ -191,15 +170,16 @@ async def test_every_order_stored_once_after_backfill_polling_and_restart(
         api.update_order("pm", Product.UM, 11, updateTime=recent.update_time_ms + 1000,
                          status="EXPIRED")  # fmt: skip
         async with running_accounts(config, pool, metrics, clock):
-            await _until(lambda: _has(pg, 6000), 20)
-            await _until(lambda: _status(pg, "pm", 11, "EXPIRED"), 20)
+            await eventually(lambda: _has(pg, 6000), timeout=20)
+            await eventually(lambda: _status(pg, "pm", 11, "EXPIRED"), timeout=20)
         expected.add(("classic", "um", "BTCUSDT", 6000, "ADL", "/fapi/v1/forceOrders"))
-        assert await _keys(pg) == expected
+        assert await stored_keys(pg) == expected
         oldest = min(int(p["startTime"]) for _, p in accepted(api) if "startTime" in p)
         assert oldest >= now - 700_000  # only the overlap was re-read
         assert len(accepted(api)) < first_run_requests
-        updated = metrics.account_rows.labels("pm", "/papi/v1/um/forceOrders", "updated")
-        assert updated._value.get() == 1
+        updated = metric_value(metrics.registry, "collector_account_rows_total", account="pm",
+                               endpoint="/papi/v1/um/forceOrders", result="updated")  # fmt: skip
+        assert updated == 1
     finally:
         await pool.close()
 
@@ -234,20 +214,19 @@ async def test_a_bad_key_isolates_one_account(
     try:
         path = "/fapi/v1/forceOrders"
         async with running_accounts(_config(emu, (good, bad)), pool, metrics, clock):
-            await _until(lambda: _complete(pg, 2))
-            await _until(
-                lambda: _true(account_state(metrics, "bad", path) == "credentials_rejected")
+            await eventually(lambda: settled(pg, 2), timeout=20)
+            await eventually(
+                lambda: account_state(metrics, "bad", path) == "credentials_rejected", timeout=20
             )
             assert account_state(metrics, "good", path) == "ok"
-        assert await _keys(pg) == {("good", "um", "BTCUSDT", 1, "ADL", "/fapi/v1/forceOrders")}
-        outcome = metrics.rest_requests.labels("/fapi/v1/forceOrders", "auth_error")
-        assert outcome._value.get() == 2  # one per scope, then the long backoff
+        assert await stored_keys(pg) == {
+            ("good", "um", "BTCUSDT", 1, "ADL", "/fapi/v1/forceOrders")
+        }
+        outcome = metric_value(metrics.registry, "collector_rest_requests_total",
+                               endpoint="/fapi/v1/forceOrders", outcome="auth_error")  # fmt: skip
+        assert outcome == 2  # one per scope, then the long backoff
     finally:
         await pool.close()
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 def test_only_rejections_of_the_window_itself_count_as_unavailable() -> None:
