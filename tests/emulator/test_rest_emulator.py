@@ -3,7 +3,6 @@ documented account endpoints): exactly-once storage, limits, clock skew, key iso
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import time
