@@ -11,7 +11,7 @@ import inspect
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import asyncpg
 from prometheus_client import CollectorRegistry
@@ -90,14 +90,36 @@ async def running(
             await daemon.shutdown()
 
 
+@overload
 async def eventually(
-    probe: Callable[[], Awaitable[T] | T],
-    until: Callable[[T], object] = bool,
+    probe: Callable[[], Awaitable[T]],
+    until: Callable[[T], object] = ...,
+    timeout: float = ...,
+    what: str = ...,
+    *,
+    interval_s: float = ...,
+) -> T: ...
+
+
+@overload
+async def eventually(
+    probe: Callable[[], T],
+    until: Callable[[T], object] = ...,
+    timeout: float = ...,
+    what: str = ...,
+    *,
+    interval_s: float = ...,
+) -> T: ...
+
+
+async def eventually(
+    probe: Callable[[], Any],
+    until: Callable[[Any], object] = bool,
     timeout: float = 10.0,
     what: str = "condition",
     *,
     interval_s: float = 0.02,
-) -> T:
+) -> Any:
     """Re-run `probe` (a coroutine function or a plain one) every `interval_s` until
     `until(result)` holds (by default: the result is true); fail after `timeout` seconds,
     naming `what` and the last value. For state that raises no event to await: a database
