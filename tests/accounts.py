@@ -1,10 +1,12 @@
-"""Account components run by tests on a test's clock (plain helpers, no fixtures)."""
+"""Account components run by tests on a test's clock, and what they stored (plain helpers, no
+fixtures)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 
@@ -45,3 +47,22 @@ def account_state(metrics: Metrics, account: str, endpoint: str) -> str | None:
     assert len(on) == 1, values
     assert sum(v or 0 for v in values.values()) == 1, values
     return on[0]
+
+
+async def stored_keys(pg: asyncpg.Connection) -> set[tuple[Any, ...]]:
+    """Every stored account force order as (account, product, symbol, order_id,
+    auto_close_type, endpoint)."""
+    rows = await pg.fetch("SELECT account, product, symbol, order_id, auto_close_type, endpoint "
+                          "FROM account_force_orders")  # fmt: skip
+    return {tuple(r) for r in rows}
+
+
+async def settled(pg: asyncpg.Connection, scopes: int) -> bool:
+    """Whether `scopes` scopes finished their backfill and no margin order awaits enrichment."""
+    done = await pg.fetchval("SELECT count(*) FROM account_poll_checkpoints "
+                             "WHERE backfill_complete")  # fmt: skip
+    pending = await pg.fetchval(
+        "SELECT count(*) FROM account_force_orders WHERE product = 'margin' "
+        "AND enrichment IS NULL AND enrichment_error IS NULL"
+    )
+    return bool(done == scopes and pending == 0)

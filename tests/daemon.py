@@ -1,16 +1,20 @@
-"""Run the real daemon in-process against the emulator and a real database (test helper)."""
+"""The test suite's shared helpers: the real daemon run in-process against the emulator and a
+real database (`make_config`, `running`), waiting for a condition with a deadline
+(`eventually`), and reading a metric through prometheus_client's public API (`metric_value`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import asyncpg
+from prometheus_client import CollectorRegistry
 
 from collector.config import BinanceConfig, Config, DatabaseConfig, HttpConfig, Secret, WriterConfig
 from collector.emulator import Emulator
@@ -86,24 +90,58 @@ async def running(
             await daemon.shutdown()
 
 
+@overload
 async def eventually(
     probe: Callable[[], Awaitable[T]],
-    until: Callable[[T], bool],
+    until: Callable[[T], object] = ...,
+    timeout: float = ...,
+    what: str = ...,
+    *,
+    interval_s: float = ...,
+) -> T: ...
+
+
+@overload
+async def eventually(
+    probe: Callable[[], T],
+    until: Callable[[T], object] = ...,
+    timeout: float = ...,
+    what: str = ...,
+    *,
+    interval_s: float = ...,
+) -> T: ...
+
+
+async def eventually(
+    probe: Callable[[], Any],
+    until: Callable[[Any], object] = bool,
     timeout: float = 10.0,
     what: str = "condition",
     *,
     interval_s: float = 0.02,
-) -> T:
-    """Re-run `probe` every `interval_s` until `until(result)` holds; fail after `timeout`
-    seconds, naming `what`."""
+) -> Any:
+    """Re-run `probe` (a coroutine function or a plain one) every `interval_s` until
+    `until(result)` holds (by default: the result is true); fail after `timeout` seconds,
+    naming `what` and the last value. For state that raises no event to await: a database
+    row, a log line, a metric."""
     deadline = time.monotonic() + timeout
     while True:
-        value = await probe()
+        value = probe()
+        if inspect.isawaitable(value):
+            value = await value
         if until(value):
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not met within {timeout}s; last value: {value!r}")
         await asyncio.sleep(interval_s)
+
+
+def metric_value(registry: CollectorRegistry, name: str, /, **labels: str) -> float:
+    """The sample `name` with exactly `labels` (`collector_rows_inserted_total`, table=...),
+    read through `registry.get_sample_value`; 0.0 while the series does not exist (a counter
+    that has not counted yet)."""
+    value = registry.get_sample_value(name, labels)
+    return 0.0 if value is None else float(value)
 
 
 def count_rows(

@@ -10,16 +10,20 @@ import json
 import os
 import shutil
 import signal
+import site
 import socket
 import subprocess
 import sys
+import sysconfig
 import uuid
+import zipfile
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
 
+from collector.cli import EMULATOR_MISSING
 from collector.emulator import Emulator, EmulatorOptions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,6 +127,61 @@ def test_build_context_holds_only_what_the_image_needs() -> None:
     assert {p.split("/")[0] for p in context} == {
         "pyproject.toml", "README.md", "collector", "migrations",
     }  # fmt: skip
+    assert not {p for p in context if p.startswith("collector/emulator/")}
+
+
+def test_a_wheel_built_from_the_image_context_has_no_emulator(tmp_path: Path) -> None:
+    """The wheel the Dockerfile builds (from the same context) holds every package but the
+    emulator; installed (not editable), `collector simulate` says the emulator is missing and
+    exits 2, and `collector.emulator` cannot be imported."""
+    context = tmp_path / "context"
+    for path in build_context():
+        (context / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / path, context / path)
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels),
+         str(context)], check=True, capture_output=True,
+    )  # fmt: skip
+    [wheel] = wheels.glob("collector-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    packages = {str(Path(n).parent) for n in names if n.endswith(".py")}
+    in_tree = {str(p.parent.relative_to(ROOT)) for p in (ROOT / "collector").rglob("__init__.py")}
+    assert "collector/emulator" in in_tree
+    assert packages == in_tree - {"collector/emulator"}
+    assert sorted(n for n in names if n.endswith(".sql")) == sorted(
+        f"collector/migrations/{p.name}" for p in (ROOT / "migrations").glob("*.sql")
+    )
+
+    # A virtualenv of its own with the wheel installed, then this one's dependencies on its path
+    # (a .pth line adds the directory only: this checkout's editable install is not loaded).
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
+         "--no-deps", str(wheel)], check=True, capture_output=True,
+    )  # fmt: skip
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    assert purelib != sysconfig.get_paths()["purelib"]
+    Path(purelib, "dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    simulate = subprocess.run(
+        [venv / "bin" / "collector", "simulate"], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert (simulate.returncode, simulate.stdout, simulate.stderr) == (
+        2, "", EMULATOR_MISSING + "\n",
+    )  # fmt: skip
+    probe = subprocess.run(
+        [python, "-c", "import importlib.util as u, collector.cli;"
+         "print(collector.cli.__file__, u.find_spec('collector.emulator'))"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert probe.stdout == f"{purelib}/collector/cli.py None\n"
 
 
 def test_dependency_list_step_reads_pyproject_without_the_embedded_server(tmp_path: Path) -> None:

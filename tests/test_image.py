@@ -2,7 +2,8 @@
 
 The script builds the images and sets COLLECTOR_TEST_IMAGE (and the postgres stand-in and the
 compose binary); without them every test here is skipped with that reason. The emulator runs in
-this process on loopback; containers share the host's network namespace and listen on 127.0.0.1.
+this process on loopback, from the checkout (the image has none); containers share the host's
+network namespace and listen on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from collector.cli import EMULATOR_MISSING
 from collector.emulator import Emulator, EmulatorOptions
 from tests.daemon import eventually as poll_until
 from tests.factories import um_event
@@ -245,6 +247,23 @@ async def test_image_runs_unprivileged_follows_the_streams_and_drains_on_sigterm
     assert (
         await rows(pg_dsn, "SELECT count(*) FROM ws_sessions") == 2
     )  # before and after the outage
+
+
+async def test_the_image_has_no_emulator_and_simulate_says_so() -> None:
+    """The emulator is not in the runtime image (this harness runs it from the checkout):
+    `collector simulate` prints one line saying so and exits 2; nothing of it is installed."""
+    # --no-healthcheck: without systemd, podman itself would complain on stderr about the timer.
+    once = ("podman", "run", "--rm", "--network", "none", "--no-healthcheck")
+    simulate = await run(*once, IMAGE, "simulate")
+    assert (simulate.code, simulate.out, simulate.err) == (2, "", EMULATOR_MISSING + "\n")
+    probe = await ok(
+        *once, "--entrypoint", "python", IMAGE, "-c",
+        "import importlib.util as u; print(u.find_spec('collector.emulator'),"
+        " u.find_spec('collector.sources') is not None)",
+    )  # fmt: skip
+    assert probe == "None True"
+    found = await ok(*once, "--entrypoint", "find", IMAGE, "/venv", "/app", "-path", "*emulator*")
+    assert found == ""
 
 
 async def connectable(dsn: str) -> bool:

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 from collector.metrics import Metrics
 from collector.rest.budget import FAPI_DAPI_POOL, PAPI_POOL, Budget, WeightPool, pool_for
 from tests.clocks import SharedClock
+from tests.daemon import metric_value
 
 
 class FakeClock:
@@ -90,7 +91,7 @@ def test_a_429_lowers_the_limit_to_the_weight_used_before_it() -> None:
     budget.observe_used(FAPI_DAPI_POOL, 1250)
     assert budget.rate_limited(FAPI_DAPI_POOL, 5.0, 50, 1250) == 5.0
     assert budget.pool(FAPI_DAPI_POOL).allowed_1m == 600
-    assert metrics.rest_weight_limit.labels(FAPI_DAPI_POOL)._value.get() == 600
+    assert metric_value(metrics.registry, "collector_rest_weight_limit", pool=FAPI_DAPI_POOL) == 600
     budget.rate_limited(FAPI_DAPI_POOL, 5.0, 50, 2000)  # a higher figure never raises it
     assert budget.pool(FAPI_DAPI_POOL).allowed_1m == 600
 
@@ -123,8 +124,10 @@ def test_429_blocks_only_its_pool_and_418_blocks_all() -> None:
     assert budget.reserve("sapi:/sapi/v1/margin/order", 1) == 30.0
     clock.now = 151.0
     assert budget.reserve(FAPI_DAPI_POOL, 1) == 0.0
-    assert metrics.rest_rate_limited.labels(FAPI_DAPI_POOL, "429")._value.get() == 1
-    assert metrics.rest_rate_limited.labels(PAPI_POOL, "418")._value.get() == 1
+    assert metric_value(metrics.registry, "collector_rest_rate_limited_total",
+                        pool=FAPI_DAPI_POOL, status="429") == 1  # fmt: skip
+    assert metric_value(metrics.registry, "collector_rest_rate_limited_total",
+                        pool=PAPI_POOL, status="418") == 1  # fmt: skip
 
 
 def test_429_without_retry_after_waits_for_the_next_minute() -> None:
@@ -141,12 +144,10 @@ def test_limit_gauge_shows_this_process_share() -> None:
     budget = Budget(0.25, metrics, clock=FakeClock(0.0))
     budget.reserve("sapi:/sapi/v1/margin/forceLiquidationRec", 1)
     budget.reserve(FAPI_DAPI_POOL, 50)
-    assert metrics.rest_weight_limit.labels(FAPI_DAPI_POOL)._value.get() == 600
-    assert (
-        metrics.rest_weight_limit.labels("sapi:/sapi/v1/margin/forceLiquidationRec")._value.get()
-        == 3000
-    )
-    assert metrics.rest_weight_used.labels(FAPI_DAPI_POOL)._value.get() == 50
+    assert metric_value(metrics.registry, "collector_rest_weight_limit", pool=FAPI_DAPI_POOL) == 600
+    assert metric_value(metrics.registry, "collector_rest_weight_limit",
+                        pool="sapi:/sapi/v1/margin/forceLiquidationRec") == 3000  # fmt: skip
+    assert metric_value(metrics.registry, "collector_rest_weight_used", pool=FAPI_DAPI_POOL) == 50
 
 
 async def test_requests_of_a_busy_pool_are_served_in_the_order_they_asked() -> None:

@@ -26,6 +26,7 @@ from collector.rest.client import (
 )
 from collector.rest.clock import ServerClocks
 from collector.rest.signing import HmacSigner
+from tests.daemon import metric_value
 
 SECRET = "2b5eb11e18796d12d88f13dc27dbbd02c2cc51ff7059765ed9821957d82bb4d9"
 
@@ -102,8 +103,10 @@ async def test_sends_the_signed_string_with_key_header(
     payload = "autoCloseType=ADL&recvWindow=5000&timestamp=1591702613943"
     assert script.queries == [f"{payload}&signature={HmacSigner(Secret(SECRET)).sign(payload)}"]
     assert script.keys == ["KEY123"]
-    assert metrics.rest_requests.labels("/fapi/v1/forceOrders", "ok")._value.get() == 1
-    assert metrics.rest_clock_offset.labels("fapi")._value.get() == -9.75
+    assert metric_value(metrics.registry, "collector_rest_requests_total",
+                        endpoint="/fapi/v1/forceOrders", outcome="ok") == 1  # fmt: skip
+    assert metric_value(metrics.registry, "collector_rest_clock_offset_seconds",
+                        family="fapi") == -9.75  # fmt: skip
 
 
 async def test_429_pauses_then_succeeds_and_header_corrects_weight(
@@ -120,8 +123,9 @@ async def test_429_pauses_then_succeeds_and_header_corrects_weight(
     assert await client.get_signed("fapi", "/fapi/v1/forceOrders", [], 50, CREDS,
                                    asyncio.Event()) == []  # fmt: skip
     assert len(script.queries) == 2
-    assert metrics.rest_rate_limited.labels(FAPI_DAPI_POOL, "429")._value.get() == 1
-    assert metrics.rest_weight_used.labels(FAPI_DAPI_POOL)._value.get() == 777
+    assert metric_value(metrics.registry, "collector_rest_rate_limited_total",
+                        pool=FAPI_DAPI_POOL, status="429") == 1  # fmt: skip
+    assert metric_value(metrics.registry, "collector_rest_weight_used", pool=FAPI_DAPI_POOL) == 777
 
 
 async def test_418_bans_every_pool_until_retry_after(
@@ -134,7 +138,8 @@ async def test_418_bans_every_pool_until_retry_after(
     client = _client(url, session, metrics, [0.0])
     await client.get_signed("fapi", "/fapi/v1/forceOrders", [], 50, CREDS, asyncio.Event())
     assert client.budget.banned_until > 0
-    assert metrics.rest_rate_limited.labels(FAPI_DAPI_POOL, "418")._value.get() == 1
+    assert metric_value(metrics.registry, "collector_rest_rate_limited_total",
+                        pool=FAPI_DAPI_POOL, status="418") == 1  # fmt: skip
     assert len(script.queries) == 2
 
 
@@ -154,7 +159,8 @@ async def test_minus_1021_resyncs_the_clock_and_retries(
     assert [q.split("&")[1] for q in script.queries] == [
         "timestamp=999750", "timestamp=999750", "timestamp=1059750",
     ]  # fmt: skip
-    assert metrics.rest_requests.labels("/fapi/v1/forceOrders", "clock_skew")._value.get() == 1
+    assert metric_value(metrics.registry, "collector_rest_requests_total",
+                        endpoint="/fapi/v1/forceOrders", outcome="clock_skew") == 1  # fmt: skip
 
 
 @pytest.mark.parametrize("code", [-2015, -2014, -1002, -1022])

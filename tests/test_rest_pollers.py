@@ -1,112 +1,41 @@
-"""End to end: account pollers against a small fake of Binance's documented account endpoints
-(signature checked, windows and pages enforced), writing to a real Postgres."""
+"""End to end: account pollers against the in-repo emulator's account endpoints
+(collector/emulator: signature checked, windows and pages enforced, as docs/binance.md
+documents them), writing to a real Postgres."""
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import hmac
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import parse_qsl
 
 import asyncpg
 import pytest
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from collector.config import AccountConfig, BinanceConfig, Config, RestConfig, Secret
+from collector.emulator import core
+from collector.emulator.account_rest import (
+    AccountEmulator,
+    AccountOptions,
+    Product,
+    account_api,
+    account_extension,
+)
 from collector.metrics import Metrics
 from collector.rest.client import RequestRejected
 from collector.rest.pollers import MIN_WINDOW_MS, can_only_fail
-from tests.accounts import account_state, running_accounts
+from tests.accounts import account_state, running_accounts, settled, stored_keys
 from tests.clocks import SharedClock
+from tests.daemon import eventually, metric_value
 
 DAY = 86_400_000
 WEEK = 7 * DAY
 
 
-@dataclass
-class FakeBinance:
-    """Binance's account endpoints as documented, over in-memory orders."""
-
-    keys: dict[str, str] = field(default_factory=dict)  # api key -> HMAC secret
-    futures: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # path -> rows
-    margin: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # path -> rows
-    lookups: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
-    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
-    clock: SharedClock = field(default_factory=lambda: SharedClock.at_minute_start(rate=20))
-    """Server time; the collector under test shares it (20x: a weight minute every 3 s)."""
-
-    def _check(self, request: web.Request) -> dict[str, str] | web.Response:
-        raw = request.query_string
-        key = request.headers.get("X-MBX-APIKEY", "")
-        payload, _, signature = raw.rpartition("&signature=")
-        secret = self.keys.get(key)
-        if secret is None:
-            return _error(401, -2015, "Invalid API-key, IP, or permissions for action.")
-        expected = hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, signature):
-            return _error(400, -1022, "Signature for this request is not valid.")
-        params = dict(request.query)
-        stamp = int(params["timestamp"])
-        now = self.clock.ms()
-        if not (stamp < now + 1000 and now - stamp <= int(params["recvWindow"])):
-            return _error(400, -1021, "Timestamp for this request is outside of the recvWindow.")
-        self.requests.append((request.path, params))
-        return params
-
-    async def time(self, request: web.Request) -> web.Response:
-        return web.json_response({"serverTime": self.clock.ms()})
-
-    async def futures_orders(self, request: web.Request) -> web.Response:
-        params = self._check(request)
-        if isinstance(params, web.Response):
-            return params
-        start, end = int(params["startTime"]), int(params["endTime"])
-        if end - start > WEEK:
-            return _error(400, -1127, "More than 168 hours between startTime and endTime.")
-        act, limit = params["autoCloseType"], int(params["limit"])
-        rows = [r for r in self.futures.get(request.path, [])
-                if r["_act"] == act and start <= r["time"] <= end]  # fmt: skip
-        rows.sort(key=lambda r: r["time"])
-        return web.json_response([_public(r) for r in rows[:limit]])
-
-    async def margin_orders(self, request: web.Request) -> web.Response:
-        params = self._check(request)
-        if isinstance(params, web.Response):
-            return params
-        start, end = int(params["startTime"]), int(params["endTime"])
-        current, size = int(params["current"]), int(params["size"])
-        isolated = params.get("isolatedSymbol")
-        rows = [r for r in self.margin.get(request.path, [])
-                if start <= r["updatedTime"] <= end
-                and (r["symbol"] == isolated if isolated else not r.get("isIsolated"))]  # fmt: skip
-        rows.sort(key=lambda r: r["updatedTime"], reverse=True)
-        page = rows[(current - 1) * size : current * size]
-        return web.json_response({"rows": page, "total": len(rows)})
-
-    async def margin_order(self, request: web.Request) -> web.Response:
-        params = self._check(request)
-        if isinstance(params, web.Response):
-            return params
-        found = self.lookups.get((params["symbol"], int(params["orderId"])))
-        if found is None:
-            return _error(400, -2013, "Order does not exist.")
-        return web.json_response(found)
-
-
-def _error(status: int, code: int, msg: str) -> web.Response:
-    return web.json_response({"code": code, "msg": msg}, status=status)
-
-
-def _public(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in row.items() if not k.startswith("_")}
-
-
-def futures_row(order_id: int, t: int, act: str, symbol: str = "BTCUSDT") -> dict[str, Any]:
-    """A force order as /fapi/v1/forceOrders documents it (plus the type it is filed under)."""
-    return {"_act": act, "orderId": order_id, "symbol": symbol, "status": "FILLED",
+def futures_fields(order_id: int, t: int, act: str, symbol: str = "BTCUSDT") -> dict[str, Any]:
+    """A force order as /fapi/v1/forceOrders documents it (autoCloseType: the type it is filed
+    under)."""
+    return {"autoCloseType": act, "orderId": order_id, "symbol": symbol, "status": "FILLED",
             "clientOrderId": "autoclose-1" if act == "LIQUIDATION" else "adl_autoclose",
             "price": "100.5", "avgPrice": "101", "origQty": "2", "executedQty": "2",
             "cumQuote": "202", "timeInForce": "IOC", "type": "LIMIT", "side": "SELL",
@@ -114,107 +43,92 @@ def futures_row(order_id: int, t: int, act: str, symbol: str = "BTCUSDT") -> dic
             "updateTime": t + 5}  # fmt: skip
 
 
-def margin_row(
-    order_id: int, t: int, symbol: str = "BNBBTC", isolated: bool = False
-) -> dict[str, Any]:
-    """A margin force order as /sapi/v1/margin/forceLiquidationRec documents it."""
-    return {"avgPrice": "0.5", "executedQty": "3", "orderId": order_id, "price": "0.4",
-            "qty": "3", "side": "SELL", "symbol": symbol, "timeInForce": "GTC",
-            "isIsolated": isolated, "updatedTime": t}  # fmt: skip
+def margin_fields(order_id: int, t: int, symbol: str = "BNBBTC", isolated: bool = False,
+                  client_order_id: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """A margin force order as /sapi/v1/margin/forceLiquidationRec documents it (the
+    clientOrderId only the margin order lookup shows)."""
+    fields = {"avgPrice": "0.5", "executedQty": "3", "orderId": order_id, "price": "0.4",
+              "qty": "3", "side": "SELL", "symbol": symbol, "timeInForce": "GTC",
+              "isIsolated": isolated, "time": t, "updatedTime": t}  # fmt: skip
+    if client_order_id is not None:
+        fields["clientOrderId"] = client_order_id
+    return fields
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[tuple[FakeBinance, str]]:
-    """The fake on a loopback port; every API family shares its base URL."""
-    fb = FakeBinance()
-    app = web.Application()
-    for path in ("/fapi/v1/time", "/dapi/v1/time", "/api/v3/time"):
-        app.router.add_get(path, fb.time)
-    for path in ("/fapi/v1/forceOrders", "/dapi/v1/forceOrders", "/papi/v1/um/forceOrders",
-                 "/papi/v1/cm/forceOrders"):  # fmt: skip
-        app.router.add_get(path, fb.futures_orders)
-    for path in ("/sapi/v1/margin/forceLiquidationRec", "/papi/v1/margin/forceOrders"):
-        app.router.add_get(path, fb.margin_orders)
-    for path in ("/sapi/v1/margin/order", "/papi/v1/margin/order"):
-        app.router.add_get(path, fb.margin_order)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield fb, f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+async def binance() -> AsyncIterator[tuple[core.Emulator, AccountEmulator, SharedClock]]:
+    """The emulator with its account API on loopback; its clock is the collector's too (20x: a
+    weight minute every 3 s). Windows over 168 hours are refused (-1127), and the signed-request
+    log keeps every request of a test."""
+    clock = SharedClock.at_minute_start(rate=20)
+    options = AccountOptions(clock=clock.ms, max_span_hours=168, signed_log_size=100_000)
+    async with core.Emulator(core.EmulatorOptions(),
+                             extensions=[account_extension(options)]) as emu:  # fmt: skip
+        yield emu, account_api(emu), clock
 
 
-def _config(url: str, accounts: tuple[AccountConfig, ...], enrich_per_poll: int = 20) -> Config:
+def accepted(api: AccountEmulator) -> list[tuple[str, dict[str, str]]]:
+    """(path, parameters) of every signed request that passed the key, signature and timestamp
+    checks, oldest first."""
+    return [(r.path, dict(parse_qsl(r.payload))) for r in api.stats.signed if r.code == 0]
+
+
+def _config(
+    emu: core.Emulator, accounts: tuple[AccountConfig, ...], enrich_per_poll: int = 20
+) -> Config:
     rest = RestConfig(poll_interval_s=0.2, overlap_s=600, retry_initial_s=0.01,
                       retry_max_s=0.05, auth_failure_backoff_s=60, recv_window_ms=60_000,
                       enrich_per_poll=enrich_per_poll)  # fmt: skip
-    binance = BinanceConfig(fapi_url=url, dapi_url=url, papi_url=url, sapi_url=url)
+    binance = BinanceConfig(fapi_url=emu.fapi_url, dapi_url=emu.dapi_url, papi_url=emu.papi_url,
+                            sapi_url=emu.sapi_url)  # fmt: skip
     return Config(binance=binance, rest=rest, accounts=accounts)
 
 
-async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float = 20.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        # A condition with a deadline: the database is the only place the outcome shows.
-        while not await check():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-
-
-async def _keys(pg: asyncpg.Connection) -> set[tuple[Any, ...]]:
-    rows = await pg.fetch("SELECT account, product, symbol, order_id, auto_close_type, endpoint "
-                          "FROM account_force_orders")  # fmt: skip
-    return {tuple(r) for r in rows}
-
-
-async def _complete(pg: asyncpg.Connection, scopes: int) -> bool:
-    n = await pg.fetchval("SELECT count(*) FROM account_poll_checkpoints WHERE backfill_complete")
-    pending = await pg.fetchval(
-        "SELECT count(*) FROM account_force_orders WHERE product = 'margin' "
-        "AND enrichment IS NULL AND enrichment_error IS NULL"
-    )
-    return bool(n == scopes and pending == 0)
-
-
 async def test_every_order_stored_once_after_backfill_polling_and_restart(
-    fake: tuple[FakeBinance, str], pg_dsn: str, pg: asyncpg.Connection
+    binance: tuple[core.Emulator, AccountEmulator, SharedClock],
+    pg_dsn: str,
+    pg: asyncpg.Connection,
 ) -> None:
     """Backfill, keep-up and a restart store each order of every endpoint exactly once."""
-    fb, url = fake
-    now = fb.clock.ms()
-    fb.keys = {"CLASSICKEY": "s1", "PMKEY": "s2"}
+    emu, api, clock = binance
+    now = clock.ms()
+    api.add_account("classic", "classic", "CLASSICKEY", "s1")
+    api.add_account("pm", "portfolio_margin", "PMKEY", "s2")
+
+    def add(account: str, product: Product, rows: list[dict[str, Any]], **options: Any) -> None:
+        for fields in rows:
+            api.add_force_order(account, product, **options, **fields)
+
     # 150 UM liquidations within three days force bisection of a full page.
-    fb.futures["/fapi/v1/forceOrders"] = [
-        futures_row(1000 + i, now - 4 * DAY + i * 1_800_000, "LIQUIDATION") for i in range(150)
-    ] + [futures_row(5000, now - 10 * DAY, "ADL")]
-    fb.futures["/dapi/v1/forceOrders"] = [
-        futures_row(7, now - DAY, "LIQUIDATION", "BTCUSD_PERP"),
-        futures_row(8, now - 30 * DAY, "LIQUIDATION", "BTCUSD_PERP"),  # beyond backfill_days
-    ]
-    fb.futures["/papi/v1/um/forceOrders"] = [
-        futures_row(7, now - 2 * DAY, "ADL", "ETHUSDT"),
-        futures_row(11, now - 60_000, "LIQUIDATION", "ETHUSDT"),
-    ]
-    fb.futures["/papi/v1/cm/forceOrders"] = [
-        futures_row(9, now - DAY, "LIQUIDATION", "ETHUSD_PERP")
-    ]
-    fb.margin["/sapi/v1/margin/forceLiquidationRec"] = [
-        margin_row(300 + i, now - 5 * DAY + i * 1000) for i in range(120)
-    ] + [margin_row(900, now - DAY, "ETHUSDT", isolated=True)]
-    fb.margin["/papi/v1/margin/forceOrders"] = [margin_row(42, now - 2 * DAY)]
-    fb.lookups = {("BNBBTC", 300 + i): {"orderId": 300 + i, "symbol": "BNBBTC", "time": now,
-                                        "type": "LIMIT", "clientOrderId": f"c{i}",
-                                        "status": "FILLED"} for i in range(120)}  # fmt: skip
-    fb.lookups[("BNBBTC", 42)] = {"orderId": 42, "symbol": "BNBBTC", "time": now, "type": "LIMIT"}
+    add("classic", Product.UM, [
+        futures_fields(1000 + i, now - 4 * DAY + i * 1_800_000, "LIQUIDATION") for i in range(150)
+    ] + [futures_fields(5000, now - 10 * DAY, "ADL")])  # fmt: skip
+    add("classic", Product.CM, [
+        futures_fields(7, now - DAY, "LIQUIDATION", "BTCUSD_PERP"),
+        futures_fields(8, now - 30 * DAY, "LIQUIDATION", "BTCUSD_PERP"),  # beyond backfill_days
+    ])  # fmt: skip
+    add("pm", Product.UM, [
+        futures_fields(7, now - 2 * DAY, "ADL", "ETHUSDT"),
+        futures_fields(11, now - 60_000, "LIQUIDATION", "ETHUSDT"),
+    ])  # fmt: skip
+    add("pm", Product.CM, [futures_fields(9, now - DAY, "LIQUIDATION", "ETHUSD_PERP")])
+    add("classic", Product.MARGIN_CLASSIC, [
+        margin_fields(300 + i, now - 5 * DAY + i * 1000, client_order_id=f"c{i}")
+        for i in range(120)
+    ])  # fmt: skip
+    # The lookup of this one answers -2013.
+    add("classic", Product.MARGIN_CLASSIC, [margin_fields(900, now - DAY, "ETHUSDT", True)],
+        is_queryable=False)  # fmt: skip
+    add("pm", Product.MARGIN_PM, [margin_fields(42, now - 2 * DAY)])
     classic = AccountConfig("classic", "classic", Secret("CLASSICKEY"), Secret("s1"),
                             isolated_symbols=("ETHUSDT",), backfill_days=20)  # fmt: skip
     pm = AccountConfig("pm", "portfolio_margin", Secret("PMKEY"), Secret("s2"), backfill_days=20)
-    config = _config(url, (classic, pm), enrich_per_poll=200)
+    config = _config(emu, (classic, pm), enrich_per_poll=200)
     pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
     metrics = Metrics(CollectorRegistry())
     try:
-        async with running_accounts(config, pool, metrics, fb.clock):
-            await _until(lambda: _complete(pg, 11), 30)
+        async with running_accounts(config, pool, metrics, clock):
+            await eventually(lambda: settled(pg, 11), timeout=30)
         expected = (
             {("classic", "um", "BTCUSDT", 1000 + i, "LIQUIDATION", "/fapi/v1/forceOrders")
              for i in range(150)}
@@ -229,7 +143,7 @@ async def test_every_order_stored_once_after_backfill_polling_and_restart(
             | {("classic", "margin", "BNBBTC", 300 + i, "LIQUIDATION",
                 "/sapi/v1/margin/forceLiquidationRec") for i in range(120)}
         )  # fmt: skip
-        assert await _keys(pg) == expected
+        assert await stored_keys(pg) == expected
         assert (
             await pg.fetchval(
                 "SELECT enrichment_error FROM account_force_orders WHERE order_id = 900"
@@ -242,27 +156,30 @@ async def test_every_order_stored_once_after_backfill_polling_and_restart(
             )
             == "c1"
         )
-        first_run_requests = len(fb.requests)
-        rows_new = metrics.account_rows.labels("classic", "/fapi/v1/forceOrders", "new")
-        assert rows_new._value.get() == 151
+        first_run_requests = len(accepted(api))
+        rows_new = metric_value(metrics.registry, "collector_account_rows_total", account="classic",
+                                endpoint="/fapi/v1/forceOrders", result="new")  # fmt: skip
+        assert rows_new == 151
         assert account_state(metrics, "classic", "/fapi/v1/forceOrders") == "ok"
 
         # Restart: one new order and one later version of a recent one (within the overlap);
         # history is not downloaded again.
-        fb.requests.clear()
-        fb.futures["/fapi/v1/forceOrders"].append(futures_row(6000, fb.clock.ms() - 1000, "ADL"))
-        fb.futures["/papi/v1/um/forceOrders"][1]["updateTime"] += 1000
-        fb.futures["/papi/v1/um/forceOrders"][1]["status"] = "EXPIRED"
-        async with running_accounts(config, pool, metrics, fb.clock):
-            await _until(lambda: _has(pg, 6000), 20)
-            await _until(lambda: _status(pg, "pm", 11, "EXPIRED"), 20)
+        api.stats.signed.clear()
+        api.add_force_order("classic", Product.UM, **futures_fields(6000, clock.ms() - 1000, "ADL"))
+        recent = api.orders("pm", Product.UM)[1]
+        api.update_order("pm", Product.UM, 11, updateTime=recent.update_time_ms + 1000,
+                         status="EXPIRED")  # fmt: skip
+        async with running_accounts(config, pool, metrics, clock):
+            await eventually(lambda: _has(pg, 6000), timeout=20)
+            await eventually(lambda: _status(pg, "pm", 11, "EXPIRED"), timeout=20)
         expected.add(("classic", "um", "BTCUSDT", 6000, "ADL", "/fapi/v1/forceOrders"))
-        assert await _keys(pg) == expected
-        oldest = min(int(p["startTime"]) for _, p in fb.requests if "startTime" in p)
+        assert await stored_keys(pg) == expected
+        oldest = min(int(p["startTime"]) for _, p in accepted(api) if "startTime" in p)
         assert oldest >= now - 700_000  # only the overlap was re-read
-        assert len(fb.requests) < first_run_requests
-        updated = metrics.account_rows.labels("pm", "/papi/v1/um/forceOrders", "updated")
-        assert updated._value.get() == 1
+        assert len(accepted(api)) < first_run_requests
+        updated = metric_value(metrics.registry, "collector_account_rows_total", account="pm",
+                               endpoint="/papi/v1/um/forceOrders", result="updated")  # fmt: skip
+        assert updated == 1
     finally:
         await pool.close()
 
@@ -279,13 +196,15 @@ async def _status(pg: asyncpg.Connection, account: str, order_id: int, status: s
 
 
 async def test_a_bad_key_isolates_one_account(
-    fake: tuple[FakeBinance, str], pg_dsn: str, pg: asyncpg.Connection
+    binance: tuple[core.Emulator, AccountEmulator, SharedClock],
+    pg_dsn: str,
+    pg: asyncpg.Connection,
 ) -> None:
     """An account whose key is rejected shows credentials_rejected while the other one is
     collected and shows ok."""
-    fb, url = fake
-    fb.keys = {"GOODKEY": "good"}
-    fb.futures["/fapi/v1/forceOrders"] = [futures_row(1, fb.clock.ms() - DAY, "ADL")]
+    emu, api, clock = binance
+    api.add_account("good", "classic", "GOODKEY", "good")
+    api.add_force_order("good", Product.UM, **futures_fields(1, clock.ms() - DAY, "ADL"))
     good = AccountConfig("good", "classic", Secret("GOODKEY"), Secret("good"),
                          products=("um",), backfill_days=2)  # fmt: skip
     bad = AccountConfig("bad", "classic", Secret("GOODKEY"), Secret("wrong"),
@@ -294,21 +213,20 @@ async def test_a_bad_key_isolates_one_account(
     metrics = Metrics(CollectorRegistry())
     try:
         path = "/fapi/v1/forceOrders"
-        async with running_accounts(_config(url, (good, bad)), pool, metrics, fb.clock):
-            await _until(lambda: _complete(pg, 2))
-            await _until(
-                lambda: _true(account_state(metrics, "bad", path) == "credentials_rejected")
+        async with running_accounts(_config(emu, (good, bad)), pool, metrics, clock):
+            await eventually(lambda: settled(pg, 2), timeout=20)
+            await eventually(
+                lambda: account_state(metrics, "bad", path) == "credentials_rejected", timeout=20
             )
             assert account_state(metrics, "good", path) == "ok"
-        assert await _keys(pg) == {("good", "um", "BTCUSDT", 1, "ADL", "/fapi/v1/forceOrders")}
-        outcome = metrics.rest_requests.labels("/fapi/v1/forceOrders", "auth_error")
-        assert outcome._value.get() == 2  # one per scope, then the long backoff
+        assert await stored_keys(pg) == {
+            ("good", "um", "BTCUSDT", 1, "ADL", "/fapi/v1/forceOrders")
+        }
+        outcome = metric_value(metrics.registry, "collector_rest_requests_total",
+                               endpoint="/fapi/v1/forceOrders", outcome="auth_error")  # fmt: skip
+        assert outcome == 2  # one per scope, then the long backoff
     finally:
         await pool.close()
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 def test_only_rejections_of_the_window_itself_count_as_unavailable() -> None:

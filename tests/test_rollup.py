@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -20,9 +20,9 @@ from collector.rollup import pending_minutes, rebuild, refresh_pending, run_roll
 from collector.sink.writer import Writer
 from collector.sources.catalog import SymbolInfo
 from collector.sources.exchange_info import store_symbols
-from collector.supervisor import Component, Runtime, run
+from collector.supervisor import Component, Runtime
 from tests import factories
-from tests.daemon import make_config
+from tests.daemon import eventually, make_config, running, subscribed
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 D = Decimal
@@ -71,17 +71,6 @@ async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
         yield p
     finally:
         await p.close()
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]], timeout_s: float = 5.0) -> None:
-    """Re-check `check()` until it holds; fail after `timeout_s`.
-
-    Database state (a lock wait, an emptied table) raises no event a test could await, so this
-    polls, with a deadline.
-    """
-    async with asyncio.timeout(timeout_s):
-        while not await check():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
 
 
 async def test_refresh_builds_exact_minute_and_hour_totals(
@@ -301,7 +290,7 @@ async def test_run_rollups_refreshes_until_stopped(
     async def drained() -> bool:
         return await pending_minutes(pool) == 0
 
-    await wait_until(drained)
+    await eventually(drained, timeout=5)
     stop.set()
     async with asyncio.timeout(5):
         await task
@@ -322,33 +311,25 @@ async def test_daemon_with_the_rollup_component_keeps_the_rollup_current(
     pg: asyncpg.Connection, pg_dsn: str
 ) -> None:
     """Wired as a supervisor component, the task rolls up a liquidation the stream delivered."""
-    stop = asyncio.Event()
-    ready: asyncio.Future[Runtime] = asyncio.get_running_loop().create_future()
 
     def rollup(runtime: Runtime) -> dict[str, Component]:
         return {"rollup": lambda s: run_rollups(runtime.pool, s, interval_s=0.05)}
 
-    async with Emulator(EmulatorOptions()) as emu:
-        daemon = asyncio.create_task(
-            run(make_config(emu, pg_dsn), stop=stop, on_ready=ready.set_result,
-                extra_components=rollup)
-        )  # fmt: skip
-        try:
-            await asyncio.wait_for(asyncio.shield(ready), 20)
-            await emu.wait_for_connections(1, host="fstream")
-            await emu.wait_until(lambda: all(c.streams for c in emu.connections))
-            event = make_force_order_event(
-                "ETHUSDT", "BUY", "2", "3000", "3000", 1_795_000_000_000, 1_795_000_000_001
-            )
-            assert await emu.publish(event) >= 1
+    async with (
+        Emulator(EmulatorOptions()) as emu,
+        running(make_config(emu, pg_dsn), extra_components=rollup) as daemon,
+    ):
+        await subscribed(emu, host="fstream")
+        event = make_force_order_event(
+            "ETHUSDT", "BUY", "2", "3000", "3000", 1_795_000_000_000, 1_795_000_000_001
+        )
+        assert await emu.publish(event) >= 1
 
-            async def rolled_up() -> bool:
-                return bool(await pg.fetchval("SELECT count(*) FROM market_liquidations_1h"))
+        async def rolled_up() -> bool:
+            return bool(await pg.fetchval("SELECT count(*) FROM market_liquidations_1h"))
 
-            await wait_until(rolled_up, timeout_s=10)
-        finally:
-            stop.set()
-            assert await asyncio.wait_for(daemon, 20) == 0
+        await eventually(rolled_up, timeout=10)
+        assert await daemon.shutdown() == 0
     row = await pg.fetchrow(
         "SELECT symbol, liquidated_side, events, notional_usd FROM market_liquidations_1h"
     )

@@ -3,11 +3,10 @@ documented account endpoints): exactly-once storage, limits, clock skew, key iso
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -26,9 +25,10 @@ from collector.emulator.account_rest import (
     account_extension,
 )
 from collector.metrics import Metrics
-from tests.accounts import account_state, running_accounts
+from tests.accounts import account_state, running_accounts, settled, stored_keys
 from tests.clocks import SharedClock
 from tests.conftest import OwnPostgres
+from tests.daemon import eventually, metric_value
 
 DAY = 86_400_000
 SECRET_C = "classicsecret0123456789"
@@ -42,13 +42,6 @@ ENDPOINT = {
     ("pm", "margin_pm"): "/papi/v1/margin/forceOrders",
 }
 SCOPES = 4 + 2 + 4 + 1  # classic: 2 futures x 2 types, cross + 1 isolated; pm: 4 + margin
-
-
-async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float = 30.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        # A condition with a deadline: the database is the only place the outcome shows.
-        while not await check():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -119,22 +112,6 @@ def _config(emu: core.Emulator, accounts: tuple[AccountConfig, ...], **rest: Any
     return Config(binance=binance, rest=RestConfig(**settings), accounts=accounts)
 
 
-async def _keys(pg: asyncpg.Connection) -> set[tuple[Any, ...]]:
-    rows = await pg.fetch("SELECT account, product, symbol, order_id, auto_close_type, endpoint "
-                          "FROM account_force_orders")  # fmt: skip
-    return {tuple(r) for r in rows}
-
-
-async def _settled(pg: asyncpg.Connection, scopes: int) -> bool:
-    done = await pg.fetchval("SELECT count(*) FROM account_poll_checkpoints "
-                             "WHERE backfill_complete")  # fmt: skip
-    pending = await pg.fetchval(
-        "SELECT count(*) FROM account_force_orders WHERE product = 'margin' "
-        "AND enrichment IS NULL AND enrichment_error IS NULL"
-    )
-    return bool(done == scopes and pending == 0)
-
-
 # Polling 11 scopes every 0.2 s needs more weight than a real minute gives; on a clock 20 times
 # as fast a minute's allowance comes every 3 s, and the limits stay the documented ones.
 @pytest.mark.clock_rate(20)
@@ -151,21 +128,21 @@ async def test_every_order_once_after_backfill_polling_and_restart_without_429(
     metrics = Metrics(CollectorRegistry())
     try:
         async with running_accounts(config, pool, metrics, clock):
-            await _until(lambda: _settled(pg, SCOPES))
+            await eventually(lambda: settled(pg, SCOPES), timeout=30)
             # Keep-up: a new order appears and a recent one gets a later updateTime.
             fresh = api.add_force_order("pm", Product.UM, symbol="BTCUSDT",
                                         time=clock.ms() - 500, updateTime=clock.ms() - 400,
                                         autoCloseType="ADL")  # fmt: skip
-            await _until(lambda: _has(pg, "pm", fresh.order_id))
-        assert await _keys(pg) == _expected(api)
+            await eventually(lambda: _has(pg, "pm", fresh.order_id), timeout=30)
+        assert await stored_keys(pg) == _expected(api)
         api.update_order("pm", Product.UM, fresh.order_id, updateTime=clock.ms(),
                          status="EXPIRED")  # fmt: skip
         late = api.add_force_order("classic", Product.CM, symbol="BTCUSD_PERP",
                                    time=clock.ms() - 1000, updateTime=clock.ms() - 900)  # fmt: skip
         async with running_accounts(config, pool, metrics, clock):
-            await _until(lambda: _has(pg, "classic", late.order_id))
-            await _until(lambda: _status(pg, fresh.order_id, "EXPIRED"))
-        assert await _keys(pg) == _expected(api)
+            await eventually(lambda: _has(pg, "classic", late.order_id), timeout=30)
+            await eventually(lambda: _status(pg, fresh.order_id, "EXPIRED"), timeout=30)
+        assert await stored_keys(pg) == _expected(api)
         assert (api.stats.rate_limited_429, api.stats.banned_418) == (0, 0)
         enriched = await pg.fetchval("SELECT count(*) FROM account_force_orders "
                                      "WHERE enrichment IS NOT NULL")  # fmt: skip
@@ -204,14 +181,17 @@ async def test_clock_skew_is_recovered(
     metrics = Metrics(CollectorRegistry())
     try:
         async with running_accounts(_config(emulator, accounts[:1]), pool, metrics, clock):
-            await _until(lambda: _settled(pg, 6))
+            await eventually(lambda: settled(pg, 6), timeout=30)
     finally:
         await pool.close()
-    assert await _keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
-    offset = metrics.rest_clock_offset
-    assert round(offset.labels("fapi")._value.get()) == 45
-    assert round(offset.labels("dapi")._value.get()) == -30
-    assert round(offset.labels("sapi")._value.get()) == 20
+    assert await stored_keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
+
+    def offset(family: str) -> float:
+        return metric_value(metrics.registry, "collector_rest_clock_offset_seconds", family=family)
+
+    assert round(offset("fapi")) == 45
+    assert round(offset("dapi")) == -30
+    assert round(offset("sapi")) == 20
 
 
 @pytest.mark.clock_rate(20)  # a minute's weight window passes in 3 s
@@ -235,18 +215,20 @@ async def test_forced_429_lowers_the_limit_so_no_second_429_follows(
     try:
         async with running_accounts(config, pool, metrics, clock):
             # After the 429 the limit is about 300: fresh reads take three grants in four.
-            await _until(lambda: _settled(pg, 4), 60)
+            await eventually(lambda: settled(pg, 4), timeout=60)
     finally:
         await pool.close()
-    assert await _keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
+    assert await stored_keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
     assert len(api.stats.minutes_429["futures"]) == 1
     assert api.stats.banned_418 == 0
     refused = api.stats.rate_limited_429
     assert 1 <= refused <= 4  # at most one per scope in flight
-    assert metrics.rest_rate_limited.labels("fapi_dapi", "429")._value.get() == refused
+    assert metric_value(metrics.registry, "collector_rest_rate_limited_total",
+                        pool="fapi_dapi", status="429") == refused  # fmt: skip
     # What was used before the first refused request of weight 50 (at weight_share 1.0): more
     # than 300 - 50 (else that request would have fitted), at most 300.
-    assert 250 < metrics.rest_weight_limit.labels("fapi_dapi")._value.get() <= 300
+    assert 250 < metric_value(metrics.registry, "collector_rest_weight_limit",
+                              pool="fapi_dapi") <= 300  # fmt: skip
 
 
 async def test_a_bad_key_isolates_one_account(
@@ -270,12 +252,12 @@ async def test_a_bad_key_isolates_one_account(
     try:
         config = _config(emulator, (good, wrong_kind, wrong_secret))
         async with running_accounts(config, pool, metrics, clock):
-            await _until(lambda: _settled(pg, 2))
-            await _until(lambda: _true(all(account_state(metrics, *r) == "credentials_rejected"
-                                           for r in rejected)))  # fmt: skip
+            await eventually(lambda: settled(pg, 2), timeout=30)
+            await eventually(lambda: all(account_state(metrics, *r) == "credentials_rejected"
+                                           for r in rejected), timeout=30)  # fmt: skip
     finally:
         await pool.close()
-    assert await _keys(pg) == {k for k in _expected(api) if k[0] == "pm"}
+    assert await stored_keys(pg) == {k for k in _expected(api) if k[0] == "pm"}
     assert account_state(metrics, "pm", "/papi/v1/um/forceOrders") == "ok"
     assert (api.stats.errors[-2015], api.stats.errors[-1022]) == (2, 2)
     del accounts
@@ -302,12 +284,12 @@ async def test_more_rows_in_one_millisecond_than_a_page_dead_letters_the_window(
         async with running_accounts(
             _config(emulator, (classic,), weight_share=1.0), pool, metrics, clock
         ):
-            await _until(lambda: _settled(pg, 2), 60)
+            await eventually(lambda: settled(pg, 2), timeout=60)
     finally:
         await pool.close()
     endpoint = "/fapi/v1/forceOrders"
     first_page = sorted(o.order_id for o in burst)[:100]
-    assert await _keys(pg) == {("classic", "um", "BTCUSDT", i, "LIQUIDATION", endpoint)
+    assert await stored_keys(pg) == {("classic", "um", "BTCUSDT", i, "LIQUIDATION", endpoint)
                                for i in first_page} | {
         ("classic", "um", "BTCUSDT", other.order_id, "ADL", endpoint)}  # fmt: skip
     dead = await pg.fetch("SELECT source, reason, convert_from(raw, 'UTF8')::jsonb AS raw "
@@ -319,8 +301,10 @@ async def test_more_rows_in_one_millisecond_than_a_page_dead_letters_the_window(
     assert window["endTime"] - window["startTime"] <= 2
     assert window["startTime"] <= burst_ms <= window["endTime"]
     assert (window["scope"], window["limit"], window["received"]) == ("LIQUIDATION", 100, 100)
-    assert metrics.account_windows_truncated.labels("classic", endpoint)._value.get() == 1
-    assert metrics.dead_letters.labels("account_window_truncated")._value.get() == 1
+    assert metric_value(metrics.registry, "collector_account_windows_truncated_total",
+                        account="classic", endpoint=endpoint) == 1  # fmt: skip
+    assert metric_value(metrics.registry, "collector_dead_letters_total",
+                        reason="account_window_truncated") == 1  # fmt: skip
 
 
 def _timed(_: Any, __: str, event_dict: structlog.typing.EventDict) -> Any:
@@ -331,13 +315,6 @@ def _timed(_: Any, __: str, event_dict: structlog.typing.EventDict) -> Any:
 
 def _failures(logs: list[dict[str, Any]], scope: str) -> list[dict[str, Any]]:
     return [e for e in logs if e["event"] == "account.poll_failed" and e["scope"] == scope]
-
-
-async def _logged(logs: list[dict[str, Any]], check: Callable[[], bool]) -> None:
-    async with asyncio.timeout(30):
-        # A condition with a deadline: the log is where the retry schedule shows.
-        while not check():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
 
 
 @pytest.mark.clock_rate(20)  # each failed poll is 5 requests of weight 50
@@ -359,12 +336,16 @@ async def test_failed_polls_back_off_and_a_success_resets_the_backoff(
     try:
         with structlog.testing.capture_logs(processors=[_timed]) as logs:
             async with running_accounts(config, pool, metrics, clock):
-                await _logged(logs, lambda: all(len(_failures(logs, s)) >= 5 for s in scopes))
+                await eventually(
+                    lambda: all(len(_failures(logs, s)) >= 5 for s in scopes), timeout=30
+                )
                 api.clear_faults()
-                await _until(lambda: _settled(pg, 2))
+                await eventually(lambda: settled(pg, 2), timeout=30)
                 seen = {s: len(_failures(logs, s)) for s in scopes}
                 api.fail_next(path, 10_000)
-                await _logged(logs, lambda: all(len(_failures(logs, s)) > seen[s] for s in scopes))
+                await eventually(
+                    lambda: all(len(_failures(logs, s)) > seen[s] for s in scopes), timeout=30
+                )
     finally:
         await pool.close()
     bounds = [(0.1, 0.2), (0.2, 0.4), (0.4, 0.8), (0.4, 0.8), (0.4, 0.8)]
@@ -400,14 +381,14 @@ async def test_a_window_binance_can_only_reject_is_skipped_with_its_reason(
     path = "/fapi/v1/forceOrders"
     try:
         async with running_accounts(_config(emulator, (classic,)), pool, metrics, clock):
-            await _until(lambda: _settled(pg, 2))
+            await eventually(lambda: settled(pg, 2), timeout=30)
             rejected = api.stats.errors[-1130]
             polled = api.stats.requests[path]
-            await _until(lambda: _true(api.stats.requests[path] >= polled + 10))
+            await eventually(lambda: api.stats.requests[path] >= polled + 10, timeout=30)
             assert api.stats.errors[-1130] == rejected
     finally:
         await pool.close()
-    assert await _keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
+    assert await stored_keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
     assert 2 <= rejected <= 2 * 9  # per scope: the window, then at most 8 halvings to 1 h
     reasons = await pg.fetch("SELECT scope, horizon_at, unavailable_reason "
                              "FROM account_poll_checkpoints ORDER BY scope")  # fmt: skip
@@ -427,8 +408,9 @@ async def test_a_window_binance_can_only_reject_is_skipped_with_its_reason(
         assert window["startTime"] == round(checkpoint["horizon_at"].timestamp() * 1000)
         # The kept 5 days start within the last hour skipped (the clock runs 20x meanwhile).
         assert 5 * DAY <= window["endTime"] - window["startTime"] <= 5 * DAY + 3_600_000 + 600_000
-    unavailable = metrics.account_windows_unavailable.labels("classic", path)
-    assert unavailable._value.get() == 2
+    unavailable = metric_value(metrics.registry, "collector_account_windows_unavailable_total",
+                               account="classic", endpoint=path)  # fmt: skip
+    assert unavailable == 2
 
 
 @pytest.mark.clock_rate(20)
@@ -451,13 +433,13 @@ async def test_a_row_postgres_rejects_is_dead_lettered_once_and_the_rest_commits
     path = "/fapi/v1/forceOrders"
     try:
         async with running_accounts(_config(emulator, (classic,)), pool, metrics, clock):
-            await _until(lambda: _settled(pg, 2))
+            await eventually(lambda: settled(pg, 2), timeout=30)
             polled = api.stats.requests[path]
-            await _until(lambda: _true(api.stats.requests[path] >= polled + 10))
+            await eventually(lambda: api.stats.requests[path] >= polled + 10, timeout=30)
     finally:
         await pool.close()
     expected = {k for k in _expected(api) if k[0] == "classic"}
-    assert await _keys(pg) == expected - {("classic", "um", bad.symbol, bad.order_id,
+    assert await stored_keys(pg) == expected - {("classic", "um", bad.symbol, bad.order_id,
                                            "LIQUIDATION", path)}  # fmt: skip
     dead = await pg.fetch("SELECT source, reason, detail, raw_text FROM dead_letters_text")
     assert len(dead) == 1
@@ -467,8 +449,10 @@ async def test_a_row_postgres_rejects_is_dead_lettered_once_and_the_rest_commits
     )  # fmt: skip
     raw = orjson.loads(dead[0]["raw_text"])
     assert (raw["orderId"], raw["clientOrderId"]) == (bad.order_id, "autoclose-\x00-1")
-    assert metrics.dead_letters.labels("account_row_rejected")._value.get() == 1
-    assert metrics.account_rows.labels("classic", path, "new")._value.get() == 10
+    assert metric_value(metrics.registry, "collector_dead_letters_total",
+                        reason="account_row_rejected") == 1  # fmt: skip
+    assert metric_value(metrics.registry, "collector_account_rows_total",
+                        account="classic", endpoint=path, result="new") == 10  # fmt: skip
 
 
 @pytest.mark.clock_rate(20)
@@ -491,21 +475,22 @@ async def test_pollers_wait_for_a_stopped_database_and_lose_nothing(
         with structlog.testing.capture_logs() as logs:
             async with running_accounts(_config(emulator, (classic,)), pool, metrics, clock):
                 async with _connected(own_postgres.dsn) as pg:
-                    await _until(lambda: _settled(pg, 2))
+                    await eventually(lambda: settled(pg, 2), timeout=30)
                 await own_postgres.stop()
                 late = api.add_force_order("classic", Product.UM, time=clock.ms() - 1000)
-                await _logged(logs, lambda: {e["scope"] for e in logs
+                await eventually(lambda: {e["scope"] for e in logs
                                              if (e["event"], e["log_level"]) == waiting}
-                              == {"LIQUIDATION", "ADL"})  # fmt: skip
+                              == {"LIQUIDATION", "ADL"}, timeout=30)  # fmt: skip
                 await own_postgres.start()
                 async with _connected(own_postgres.dsn) as pg:
-                    await _until(lambda: _has(pg, "classic", late.order_id))
+                    await eventually(lambda: _has(pg, "classic", late.order_id), timeout=30)
         async with _connected(own_postgres.dsn) as pg:
-            assert await _keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
+            assert await stored_keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
     finally:
         await pool.close()
     assert [e for e in logs if "exc_info" in e or e["log_level"] in ("error", "critical")] == []
-    assert metrics.account_rows.labels("classic", path, "new")._value.get() == 4
+    assert metric_value(metrics.registry, "collector_account_rows_total",
+                        account="classic", endpoint=path, result="new") == 4  # fmt: skip
 
 
 @pytest.mark.clock_rate(20)
@@ -536,11 +521,11 @@ async def test_endpoints_answering_5xx_or_404_show_failing_and_log_one_backfill_
     try:
         with structlog.testing.capture_logs() as logs:
             async with running_accounts(config, pool, metrics, clock):
-                await _logged(logs, lambda: retried(logs))
+                await eventually(lambda: retried(logs), timeout=30)
                 states = {e: account_state(metrics, "classic", e) for e, _ in failing}
                 pm_state = account_state(metrics, "pm", "/papi/v1/um/forceOrders")
                 api.clear_faults()
-                await _until(lambda: _settled(pg, 6))
+                await eventually(lambda: settled(pg, 6), timeout=30)
                 recovered = {e: account_state(metrics, "classic", e) for e, _ in failing}
     finally:
         await pool.close()
@@ -563,10 +548,6 @@ async def _connected(dsn: str) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
-async def _true(value: bool) -> bool:
-    return value
-
-
 def _classic_futures(name: str = "classic") -> AccountConfig:
     """USD-M and COIN-M of the classic account, six days deep: one window per scope."""
     return AccountConfig(name, "classic", Secret("CLASSICKEY"), Secret(SECRET_C),
@@ -576,7 +557,7 @@ def _classic_futures(name: str = "classic") -> AccountConfig:
 async def _minutes_pass(clock: SharedClock, minutes: float) -> None:
     """Return once `minutes` of the shared clock have passed (a condition, with a deadline)."""
     end = clock() + minutes * 60
-    await _until(lambda: asyncio.sleep(0.05, clock() >= end))
+    await eventually(lambda: clock() >= end, timeout=30)
 
 
 @pytest.mark.clock_rate(20)
@@ -596,13 +577,13 @@ async def test_the_announced_limit_is_used_and_never_exceeded(
     config = _config(emulator, (_classic_futures(),), recv_window_ms=60_000, weight_share=1.0)
     try:
         async with running_accounts(config, pool, metrics, clock):
-            await _until(lambda: _settled(pg, 4))
+            await eventually(lambda: settled(pg, 4), timeout=30)
             await _minutes_pass(clock, 2)
     finally:
         await pool.close()
-    assert await _keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
+    assert await stored_keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
     assert (api.stats.rate_limited_429, api.stats.banned_418) == (0, 0)
-    assert metrics.rest_weight_limit.labels("fapi_dapi")._value.get() == 600
+    assert metric_value(metrics.registry, "collector_rest_weight_limit", pool="fapi_dapi") == 600
     assert 500 <= api.stats.max_used_weight["futures"] <= 600
 
 
@@ -626,14 +607,14 @@ async def test_two_processes_at_half_share_one_limit_without_429(
             running_accounts(config, pool, first, clock),
             running_accounts(config, pool, second, clock),
         ):
-            await _until(lambda: _settled(pg, 4))
+            await eventually(lambda: settled(pg, 4), timeout=30)
             await _minutes_pass(clock, 2)
     finally:
         await pool.close()
-    assert await _keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
+    assert await stored_keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
     assert (api.stats.rate_limited_429, api.stats.banned_418) == (0, 0)
-    assert first.rest_weight_limit.labels("fapi_dapi")._value.get() == 300
-    assert second.rest_weight_limit.labels("fapi_dapi")._value.get() == 300
+    assert metric_value(first.registry, "collector_rest_weight_limit", pool="fapi_dapi") == 300
+    assert metric_value(second.registry, "collector_rest_weight_limit", pool="fapi_dapi") == 300
     assert 500 <= api.stats.max_used_weight["futures"] <= 600
 
 
@@ -658,7 +639,7 @@ async def test_a_server_clock_jump_costs_one_resync_per_family_and_no_row(
     time_paths = ("/fapi/v1/time", "/dapi/v1/time", "/api/v3/time")
     try:
         async with running_accounts(config, pool, metrics, clock):
-            await _until(lambda: _settled(pg, 6))
+            await eventually(lambda: settled(pg, 6), timeout=30)
             syncs_before = {p: api.stats.requests[p] for p in time_paths}
             api.configure(skew_ms={"fapi": 8000, "dapi": 8000, "sapi": 8000})
             after = [
@@ -668,10 +649,10 @@ async def test_a_server_clock_jump_costs_one_resync_per_family_and_no_row(
                                     time=clock.ms() + 8000 - 500, autoCloseType="ADL"),
             ]  # fmt: skip
             for order in after:
-                await _until(lambda o=order: _has(pg, "classic", o.order_id))  # type: ignore[misc]
+                await eventually(lambda o=order: _has(pg, "classic", o.order_id), timeout=30)  # type: ignore[misc]
     finally:
         await pool.close()
-    assert await _keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
+    assert await stored_keys(pg) == {k for k in _expected(api) if k[0] == "classic"}
     assert {p: api.stats.requests[p] - syncs_before[p] for p in time_paths} == dict.fromkeys(
         time_paths, 1
     )
@@ -701,12 +682,12 @@ async def test_a_new_force_order_is_stored_while_a_long_backfill_runs(
     config = _config(emulator, accounts, poll_interval_s=1.0, recv_window_ms=60_000)
     try:
         async with running_accounts(config, pool, metrics, clock):
-            await _until(lambda: _backfilling(pg, "pm", "/papi/v1/um/forceOrders"))
+            await eventually(lambda: _backfilling(pg, "pm", "/papi/v1/um/forceOrders"), timeout=30)
             fresh = api.add_force_order(
                 "pm", Product.UM, symbol="BTCUSDT", time=clock.ms() - 500,
                 autoCloseType="LIQUIDATION",
             )  # fmt: skip
-            await _until(lambda: _has(pg, "pm", fresh.order_id))
+            await eventually(lambda: _has(pg, "pm", fresh.order_id), timeout=30)
             assert await _backfilling(pg, "pm", "/papi/v1/um/forceOrders", "LIQUIDATION")
     finally:
         await pool.close()
