@@ -1,11 +1,12 @@
 """A Bybit-speaking server on loopback: the v5 public linear/inverse streams and instruments-info.
 
 Reproduces docs/bybit.md: `/v5/public/linear` and `/v5/public/inverse` with the
-`allLiquidation.{symbol}` topic (§1.2), op `subscribe`/`unsubscribe`/`ping` and their replies
-(§1.3), the 21,000-character args limit, the connection-rate limit and the idle cut (§1.4);
-`GET /v5/market/instruments-info`, paged with a cursor, under the 600 requests / 5 s IP limit
-(§2). Pushes batch a symbol's liquidations into one frame, as Bybit does every 500 ms. Wordings
-Bybit does not document (error `ret_msg`s, close codes, the refusal status) are the emulator's.
+`allLiquidation.{symbol}` topic (section 1.2), op `subscribe`/`unsubscribe`/`ping` and their replies
+(section 1.3), the 21,000-character args limit, the connection-rate limit and the idle cut
+(section 1.4); `GET /v5/market/instruments-info`, paged with a cursor, under the 600 requests /
+5 s IP limit (section 2). Pushes batch a symbol's liquidations into one frame, as Bybit does
+every 500 ms. Wordings Bybit does not document (error `ret_msg`s, close codes, the refusal
+status) are the emulator's.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ DEFAULT_LINEAR: Final = (
 )
 DEFAULT_INVERSE: Final = ("BTCUSD", "ETHUSD", "XRPUSD")
 IDLE_CLOSE_CODE: Final = 1000
-"""⚠ Bybit documents the idle cut (§1.4) but not its close code."""
+"""⚠ Bybit documents the idle cut (section 1.4) but not its close code."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +61,12 @@ class BybitOptions:
     linear_symbols: tuple[str, ...] = DEFAULT_LINEAR
     inverse_symbols: tuple[str, ...] = DEFAULT_INVERSE
     push_interval_s: float = 0.5
-    """Generated liquidations are pushed in batches this often (§1.2: "Push frequency: 500ms")."""
+    """Generated liquidations are pushed in batches this often (section 1.2: "Push frequency:
+    500ms")."""
     max_args_chars: int = 21_000
-    """Per public connection: the JSON text of all subscribed args (§1.4)."""
+    """Per public connection: the JSON text of all subscribed args (section 1.4)."""
     idle_timeout_s: float = 600.0
-    """No ping-pong and no data for this long cuts the connection (§1.4: 10 minutes)."""
+    """No ping-pong and no data for this long cuts the connection (section 1.4: 10 minutes)."""
     connections_per_window: int = 500
     connection_window_s: float = 300.0
     rest_limit: int = 600
@@ -89,20 +91,20 @@ class BybitOptions:
 def make_bybit_liquidation(
     symbol: str, side: str, size: str, price: str, trade_time_ms: int
 ) -> dict[str, Any]:
-    """One `allLiquidation` data item (§1.2). `side` is the liquidated position's ("Buy" = a
+    """One `allLiquidation` data item (section 1.2). `side` is the liquidated position's ("Buy" = a
     long was liquidated); `size` and `price` are sent exactly as given."""
     return {"T": trade_time_ms, "s": symbol, "S": side, "v": size, "p": price}
 
 
 def push_frame(symbol: str, items: Sequence[Mapping[str, Any]], ts_ms: int) -> str:
-    """The push of one batch of `symbol`'s liquidations (§1.2 response example)."""
+    """The push of one batch of `symbol`'s liquidations (section 1.2 response example)."""
     return orjson.dumps(
         {"topic": TOPIC_PREFIX + symbol, "type": "snapshot", "ts": ts_ms, "data": list(items)}
     ).decode()
 
 
 def instrument_row(category: str, symbol: str, status: str = "Trading") -> dict[str, Any]:
-    """An instruments-info `list` row for `symbol` (§2.1), with plausible filters."""
+    """An instruments-info `list` row for `symbol` (section 2.1), with plausible filters."""
     if category == "inverse":
         base, quote, settle = symbol.removesuffix("USD"), "USD", symbol.removesuffix("USD")
         contract_type = "InversePerpetual"
@@ -312,7 +314,7 @@ class BybitEmulator:
         await self.ws.wait_until(lambda: len(self.ws.connections) >= n, timeout=timeout)
         return self.ws.connections
 
-    # -- the stream protocol (§1.3) -------------------------------------------------------------
+    # -- the stream protocol (section 1.3) ---------------------------------------------------------
 
     def _idle_deadline(self, info: VenueConnection) -> tuple[float, int, str]:
         return info.last_sent_at + self.options.idle_timeout_s, IDLE_CLOSE_CODE, "idle"
@@ -340,7 +342,7 @@ class BybitEmulator:
     async def _reply(
         self, info: VenueConnection, op: str, req_id: str | None, *, ok: bool, msg: str
     ) -> None:
-        # The linear/inverse reply shape of §1.3: req_id is "" when the request had none.
+        # The linear/inverse reply shape of section 1.3: req_id is "" when the request had none.
         reply = {
             "success": ok,
             "ret_msg": msg,
@@ -378,13 +380,13 @@ class BybitEmulator:
             info.subscribed_at = self.ws.now()
         return None
 
-    # -- REST (§2) ------------------------------------------------------------------------------
+    # -- REST (section 2) --------------------------------------------------------------------------
 
     @web.middleware
     async def _limit(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.rest_requests += 1
         if not self.rest_limit.admit():
-            # §2.2: "403, access too frequent"; the body is the emulator's.
+            # section 2.2: "403, access too frequent"; the body is the emulator's.
             return web.Response(status=403, text="access too frequent")
         response: web.StreamResponse = await handler(request)
         return response

@@ -1,12 +1,13 @@
 """An OKX-speaking server on loopback: `/ws/v5/public` and the public REST calls the collector uses.
 
-Reproduces docs/okx.md: the `liquidation-orders` channel per instType (§1.2), subscribe /
-unsubscribe / error events (§1.3), text `ping`/`pong` and the 30 s no-data cut (close 4004),
+Reproduces docs/okx.md: the `liquidation-orders` channel per instType (section 1.2), subscribe /
+unsubscribe / error events (section 1.3), text `ping`/`pong` and the 30 s no-data cut (close 4004),
 3 connection requests per second per IP, 480 subscribe requests per hour per connection, the
-64 KB request limit (close 1009) (§1.4); `GET /api/v5/public/instruments` (§2.1) and the
-best-effort `GET /api/v5/public/liquidation-orders` (§2.2: per instFamily/uly, `state=filled`,
-a one-day look-back, 40 requests / 2 s, 429 with code 50011), whose `liquidation_orders_mode`
-can make it answer 404 or an error, as it is missing from the current docs. Every published
+64 KB request limit (close 1009) (section 1.4); `GET /api/v5/public/instruments` (section 2.1)
+and the best-effort `GET /api/v5/public/liquidation-orders` (section 2.2: per instFamily/uly,
+`state=filled`, a one-day look-back, 40 requests / 2 s, 429 with code 50011), whose
+`liquidation_orders_mode` can make it answer 404 or an error, as it is missing from the current
+docs. Every published
 liquidation is kept for the REST look-back. What OKX does not document is the emulator's choice.
 """
 
@@ -36,11 +37,11 @@ from collector.emulator.venue_ws import (
 
 CHANNEL: Final = "liquidation-orders"
 INST_TYPES: Final = ("SWAP", "FUTURES", "MARGIN", "OPTION")
-"""The instTypes the channel documents (§1.2)."""
+"""The instTypes the channel documents (section 1.2)."""
 LOOK_BACK_MS: Final = 86_400_000
-"""The REST endpoint's look-back: "liquidation orders in the last day" (§2.2)."""
+"""The REST endpoint's look-back: "liquidation orders in the last day" (section 2.2)."""
 NO_DATA_CLOSE: Final = 4004
-"""Close code "No data received in 30s" (§1.4)."""
+"""Close code "No data received in 30s" (section 1.4)."""
 
 LiquidationOrdersMode = Literal["serve", "not_found", "error"]
 
@@ -118,7 +119,7 @@ class OkxOptions:
 def make_okx_detail(
     side: str, pos_side: str, sz: str, bk_px: str, ts_ms: int, *, bk_loss: str = "0", ccy: str = ""
 ) -> dict[str, str]:
-    """One `details[]` entry (§1.2), every value a string as OKX sends them."""
+    """One `details[]` entry (section 1.2), every value a string as OKX sends them."""
     return {
         "bkLoss": bk_loss,
         "bkPx": bk_px,
@@ -131,7 +132,7 @@ def make_okx_detail(
 
 
 def instrument_row(spec: OkxInstrumentSpec) -> dict[str, Any]:
-    """A `GET /api/v5/public/instruments` row (§2.1) for `spec`."""
+    """A `GET /api/v5/public/instruments` row (section 2.1) for `spec`."""
     base, quote = spec.family.split("-")
     is_margin = spec.inst_type == "MARGIN"
     return {
@@ -278,7 +279,7 @@ class OkxEmulator:
         return await self.ws.send_raw(text)
 
     async def send_notice(self) -> int:
-        """Send the service-upgrade `notice` event (§1.3, code 64008) to every connection."""
+        """Send the service-upgrade `notice` event (section 1.3, code 64008) to every connection."""
         sent = 0
         for info in self.ws.connections:
             notice = {
@@ -313,11 +314,11 @@ class OkxEmulator:
         await self.ws.wait_until(lambda: len(self.ws.connections) >= n, timeout=timeout)
         return self.ws.connections
 
-    # -- the WebSocket protocol (§1.3, §1.4) ----------------------------------------------------
+    # -- the WebSocket protocol (section 1.3, section 1.4) -----------------------------------------
 
     def _idle_deadline(self, info: VenueConnection) -> tuple[float, int, str]:
         # "The connection will break automatically if the subscription is not established or
-        # data has not been pushed for more than 30 seconds" (§1.4): from the upgrade while
+        # data has not been pushed for more than 30 seconds" (section 1.4): from the upgrade while
         # nothing is subscribed, else from the last frame sent (a pong counts).
         start = info.opened_at if not info.subscriptions else info.last_sent_at
         return start + self.options.no_data_timeout_s, NO_DATA_CLOSE, "no_data"
@@ -353,7 +354,7 @@ class OkxEmulator:
             await self._apply(info, req_id, op, arg)
 
     def _admit_request(self, info: VenueConnection) -> bool:
-        """480 subscribe/unsubscribe requests per connection per hour (§1.4)."""
+        """480 subscribe/unsubscribe requests per connection per hour (section 1.4)."""
         now = self.ws.now()
         times = self._subscribe_counts.setdefault(info.id, [])
         times[:] = [t for t in times if t > now - 3600.0]
@@ -398,7 +399,7 @@ class OkxEmulator:
         reply |= {"event": "error", "code": code, "msg": msg, "connId": info.conn_id}
         await self.ws.send(info, orjson.dumps(reply).decode())
 
-    # -- REST (§2) ------------------------------------------------------------------------------
+    # -- REST (section 2) --------------------------------------------------------------------------
 
     async def _instruments(self, request: web.Request) -> web.Response:
         if not self.instruments_limit.admit():
@@ -512,5 +513,5 @@ def _error(status: int, code: str, msg: str) -> web.Response:
 
 
 def _rate_limited() -> web.Response:
-    # §2.2 / error codes: HTTP 429 with code 50011 "Too Many Requests".
+    # section 2.2 / error codes: HTTP 429 with code 50011 "Too Many Requests".
     return _error(429, "50011", "Too Many Requests")

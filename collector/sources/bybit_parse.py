@@ -25,13 +25,13 @@ from collector.venues import (
 )
 
 CATEGORIES: Final = ("linear", "inverse")
-"""The categories whose public streams carry `allLiquidation` (docs/bybit.md §1.1)."""
+"""The categories whose public streams carry `allLiquidation` (docs/bybit.md section 1.1)."""
 TOPIC_PREFIX: Final = "allLiquidation."
 
 
 @dataclass(frozen=True, slots=True)
 class BybitReply:
-    """A reply to an op (`subscribe`, `unsubscribe`, `ping`), docs/bybit.md §1.3."""
+    """A reply to an op (`subscribe`, `unsubscribe`, `ping`), docs/bybit.md section 1.3."""
 
     op: str
     success: bool
@@ -42,7 +42,7 @@ class BybitReply:
 
 @dataclass(frozen=True, slots=True)
 class BybitInstrument:
-    """What instruments-info says about one linear or inverse contract (docs/bybit.md §2.1)."""
+    """What instruments-info says about one linear or inverse contract (docs/bybit.md 2.1)."""
 
     category: str
     symbol: str
@@ -133,7 +133,8 @@ def parse_frame(
     push_ts = obj.get("ts")
     wire.millis(push_ts, "ts")
     data = obj.get("data")
-    # ⚠ docs/bybit.md §1.2: the field table says "Object", the example (and every push) an array.
+    # ⚠ docs/bybit.md section 1.2: the field table says "Object", the example (and every push)
+    # an array.
     items = [data] if isinstance(data, dict) else data
     if not isinstance(items, list):
         raise MalformedPayload(f"expected an array, got {data!r}", field="data")
@@ -194,7 +195,7 @@ def _liquidation(
             # Linear sizes are in the base coin; USDT and USDC quotes count as USD.
             qty, notional = size, size * price
         else:
-            # ⚠ docs/bybit.md §1.2: inverse sizes are USD (one contract is one USD); the base
+            # ⚠ docs/bybit.md section 1.2: inverse sizes are USD (one contract is one USD); the base
             # quantity, USD / price, has no exact decimal and stays None.
             qty, notional = None, size
     except ArithmeticError as exc:
@@ -273,7 +274,7 @@ def _instrument(row: Any, category: str) -> BybitInstrument:
 
 def plan_subscriptions(symbols: Sequence[str], *, max_args_chars: int = 21_000) -> list[list[str]]:
     """Split the topics of `symbols` into per-connection groups whose `args` array, serialised as
-    JSON, stays within `max_args_chars` (docs/bybit.md §1.4: 21,000 characters per public
+    JSON, stays within `max_args_chars` (docs/bybit.md section 1.4: 21,000 characters per public
     connection). Counting the JSON text (quotes and commas included) is the strictest reading
     of an ambiguous rule, so a group is accepted under any reading. Order is kept.
     """

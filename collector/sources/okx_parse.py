@@ -29,20 +29,20 @@ from collector.venues import (
 CHANNEL: Final = "liquidation-orders"
 INST_TYPES: Final = ("SWAP", "FUTURES", "MARGIN")
 """The instTypes the collector records (OPTION is documented for the channel, but has no
-size or price fields; docs/okx.md §1.2)."""
+size or price fields; docs/okx.md section 1.2)."""
 _ITEM_FIELDS: Final = ("instId", "instFamily", "instType", "uly")
 _DETAIL_FIELDS: Final = ("side", "posSide", "bkPx", "sz", "bkLoss", "ccy", "ts")
 
 
 @dataclass(frozen=True, slots=True)
 class OkxPong:
-    """The text `pong` answering a text `ping` (docs/okx.md §1.4)."""
+    """The text `pong` answering a text `ping` (docs/okx.md section 1.4)."""
 
 
 @dataclass(frozen=True, slots=True)
 class OkxEvent:
     """An event message: `subscribe`/`unsubscribe` acks, `error`, `notice`,
-    `channel-conn-count(-error)` (docs/okx.md §1.3)."""
+    `channel-conn-count(-error)` (docs/okx.md section 1.3)."""
 
     event: str
     arg: Mapping[str, Any] | None
@@ -54,7 +54,7 @@ class OkxEvent:
 
 @dataclass(frozen=True, slots=True)
 class OkxInstrument:
-    """Contract terms from `GET /api/v5/public/instruments` (docs/okx.md §2.1)."""
+    """Contract terms from `GET /api/v5/public/instruments` (docs/okx.md section 2.1)."""
 
     inst_type: str
     inst_id: str
@@ -110,7 +110,7 @@ def _ms(text: str, name: str) -> tuple[int, datetime]:
 
 
 def liquidated_side(side: str, pos_side: str, name: str = "details") -> LiquidatedSide | None:
-    """The liquidated position (docs/okx.md §1.2): `posSide` long/short in hedge mode; in net
+    """The liquidated position (docs/okx.md section 1.2): `posSide` long/short in hedge mode; in net
     mode it follows from the order side, as a liquidation closes the position: a `sell` closes
     a long, a `buy` a short. None where neither says (MARGIN rows may leave `side` empty).
     A hedge-mode row whose order side would not close its position is refused."""
@@ -266,7 +266,7 @@ def _base_from_id(inst_id: str) -> str | None:
 def _amounts(
     inst_type: str, size: Decimal, price: Decimal | None, instrument: OkxInstrument | None
 ) -> tuple[Decimal | None, Decimal | None]:
-    """(base quantity, USD notional) of one detail, docs/okx.md §2.1: MARGIN sizes are base
+    """(base quantity, USD notional) of one detail, docs/okx.md section 2.1: MARGIN sizes are base
     currency; SWAP/FUTURES sizes are contracts of `ctVal` x `ctMult` units of `ctValCcy`."""
     if inst_type == "MARGIN":
         quote = instrument.quote_ccy if instrument is not None else None
