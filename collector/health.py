@@ -143,9 +143,3 @@ async def serve_http(
         yield runner
     finally:
         await runner.cleanup()
-
-
-def bound_port(runner: web.AppRunner) -> int:
-    """The port the runner's first site listens on (useful with port 0)."""
-    server = runner.addresses[0]
-    return int(server[1])

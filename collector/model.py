@@ -1,4 +1,5 @@
-"""Pure data: the records that flow from sources to the writer. No I/O here."""
+"""Pure data: the records that flow from sources to the writer, and the narrow `Sink` interface
+sources put them through. No I/O here."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 
 class Market(StrEnum):
@@ -103,3 +104,16 @@ class Barrier:
 
 
 WriteItem = MarketLiquidation | DeadLetter | SessionRecord | Barrier
+
+
+class Sink(Protocol):
+    """Where sources put what they read: all they may know of the writer (`sink.writer.Writer`
+    implements it), so that sources import nothing from the sink floor."""
+
+    async def put(self, item: WriteItem, *, release: asyncio.Event | None = None) -> None:
+        """Queue `item`; wait while the sink is full (backpressure), unless `release` is set:
+        then take it at once, behind what is queued (a closing connection must not lose what it
+        has read, nor wait on a slow database)."""
+
+    async def flush(self) -> None:
+        """Return once everything put before this call is committed (or dead-lettered)."""

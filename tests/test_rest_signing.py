@@ -17,7 +17,6 @@ from collector.rest.signing import (
     encode_query,
     make_signer,
     signed_query,
-    strip_signature,
 )
 
 DOC_SECRET = "2b5eb11e18796d12d88f13dc27dbbd02c2cc51ff7059765ed9821957d82bb4d9"
@@ -111,8 +110,3 @@ def test_garbage_pem_is_a_config_error() -> None:
 def test_signers_never_print_secrets() -> None:
     """Signer reprs show <SECRET>."""
     assert repr(HmacSigner(Secret(DOC_SECRET))) == "HmacSigner(<SECRET>)"
-
-
-def test_strip_signature_drops_the_query() -> None:
-    """Logged URLs carry neither signature nor parameters."""
-    assert strip_signature("http://h/fapi/v1/x?a=1&signature=abc") == "http://h/fapi/v1/x"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collector.config import BinanceConfig
-from collector.sources.binance_ws import ShardSpec, plan_shards
+from collector.sources.binance_plan import ShardSpec, plan_shards
 
 
 def test_default_is_one_routed_all_market_connection() -> None:

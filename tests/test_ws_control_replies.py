@@ -11,7 +11,7 @@ import structlog
 
 from collector.emulator import Emulator, EmulatorOptions
 from collector.metrics import Metrics
-from collector.sources.binance_ws import Connection
+from collector.sources.binance_session import Connection
 from tests.daemon import Daemon, count_rows, eventually, make_config, running, subscribed
 from tests.factories import um_event
 

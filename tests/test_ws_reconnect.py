@@ -19,7 +19,9 @@ from collector.metrics import Metrics
 from collector.model import Market
 from collector.retry import AttemptBudget, Backoff, sleep_or_stop
 from collector.sink.writer import Writer
-from collector.sources.binance_ws import Connection, Shard, plan_shards, run_ws_sources
+from collector.sources.binance_plan import plan_shards
+from collector.sources.binance_session import Connection
+from collector.sources.binance_ws import Shard, run_ws_sources
 from collector.sources.catalog import SymbolCatalog
 from collector.supervisor import Component, Runtime
 from tests.daemon import count_rows, eventually, make_config, running, subscribed

@@ -1,7 +1,8 @@
-"""Supervisor components for the configured accounts: one per account, so an account whose
-key fails (or whose poller crashes and is restarted) never stops the others or the streams.
+"""Pollers for the configured accounts, one task per account, so an account whose key fails
+(or whose poller crashes and is restarted) never stops the others or the streams.
 
-Wiring: `supervisor.run(config, extra_components=account_components)`.
+`build_account_components` gives the supervisor one `AccountTask` per enabled account, which
+it runs (and restarts) beside the streams.
 """
 
 from __future__ import annotations
@@ -9,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import asyncpg
@@ -26,10 +26,10 @@ from collector.rest.endpoints import order_lookup_for, scopes_for
 from collector.rest.pollers import AccountState, Health, PollerContext, ScopePoller
 from collector.rest.signing import make_signer
 
-if TYPE_CHECKING:
-    from collector.supervisor import Component, Runtime
-
 log = structlog.get_logger(__name__)
+
+# One account's pollers, run until the stop event is set (a supervisor component).
+AccountTask = Callable[[asyncio.Event], Awaitable[None]]
 
 
 async def run_account(
@@ -73,8 +73,8 @@ def build_account_components(
     metrics: Metrics,
     *,
     clock: Callable[[], float] = time.time,
-) -> dict[str, Component]:
-    """One component per enabled account, sharing one budget and one set of server clocks.
+) -> dict[str, AccountTask]:
+    """One task per enabled account, sharing one budget and one set of server clocks.
 
     `clock` is this host's time in Unix seconds (tests share theirs with an emulator); the
     budget counts each pool's minutes on Binance's time, this clock plus the measured offset.
@@ -86,7 +86,7 @@ def build_account_components(
         clock=clock,
         offset_s=lambda name: clocks.offset_ms(pool_family(name)) / 1000,
     )
-    components: dict[str, Component] = {}
+    components: dict[str, AccountTask] = {}
     for account in config.accounts:
         if not account.enabled:
             continue
@@ -94,8 +94,3 @@ def build_account_components(
             run_account, account, config, pool, metrics, budget, clocks
         )
     return components
-
-
-def account_components(runtime: Runtime) -> dict[str, Component]:
-    """The `extra_components` hook for `supervisor.run`."""
-    return build_account_components(runtime.config, runtime.pool, runtime.metrics)

@@ -62,9 +62,10 @@ class AccountForceOrder:
         return (self.account, self.product, self.symbol, self.order_id)
 
 
-def ms_to_datetime(value: Any, field: str) -> datetime | None:
-    """Epoch milliseconds (an integer, or digits in a string) to an exact UTC datetime; None
-    stays None."""
+def time_field(row: Mapping[str, Any], field: str) -> datetime | None:
+    """`row[field]`, epoch milliseconds (an integer, or digits in a string), as an exact UTC
+    datetime (`wire.millis`); None when absent."""
+    value = row.get(field)
     if value is None:
         return None
     if type(value) is str and value.isdigit():
@@ -168,8 +169,8 @@ def parse_futures_row(row: Mapping[str, Any], account: str, scope: Scope) -> Acc
         cum_base=decimal_field(row, "cumBase"),
         pair=_str(row, "pair"),
         is_isolated=None,
-        order_time=ms_to_datetime(row.get("time"), "time"),
-        update_time=ms_to_datetime(row.get("updateTime"), "updateTime"),
+        order_time=time_field(row, "time"),
+        update_time=time_field(row, "updateTime"),
         notional=notional,
         notional_asset=asset,
         raw=row,
@@ -187,7 +188,7 @@ def parse_margin_row(row: Mapping[str, Any], account: str, scope: Scope) -> Acco
     symbol = _symbol(row)
     executed = decimal_field(row, "executedQty")
     avg = decimal_field(row, "avgPrice")
-    updated = ms_to_datetime(row.get("updatedTime"), "updatedTime")
+    updated = time_field(row, "updatedTime")
     is_isolated = _bool(row, "isIsolated")
     if is_isolated is None and scope.name.startswith("isolated:"):
         is_isolated = True
@@ -278,7 +279,7 @@ def parse_margin_order(payload: Any) -> Enrichment:
     if not isinstance(payload, Mapping):
         raise MalformedPayload("expected an order object")
     return Enrichment(
-        order_time=ms_to_datetime(payload.get("time"), "time"),
+        order_time=time_field(payload, "time"),
         order_type=_str(payload, "type"),
         client_order_id=_str(payload, "clientOrderId"),
         status=_str(payload, "status"),

@@ -111,8 +111,3 @@ def signed_query(params: Sequence[Param], signer: Signer) -> str:
     """`encode_query(params)` followed by `&signature=<signature of that very string>`."""
     query = encode_query(params)
     return f"{query}&signature={signer.sign(query)}"
-
-
-def strip_signature(url: str) -> str:
-    """`url` without its query string, safe for logs (no signature, no timestamps)."""
-    return url.split("?", 1)[0]

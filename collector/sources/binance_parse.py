@@ -1,18 +1,20 @@
 """Pure parsing of Binance websocket frames into records: no I/O, no logging, no metrics.
 
 Wire format: docs/binance.md §1.2-§1.5 (combined envelope, forceOrder payload,
-control replies). Bad input raises `MalformedPayload`; callers dead-letter it.
+control replies). Bad input raises `MalformedPayload`; `judge_event` turns a data frame into
+its verdict (the row, or why it is dead-lettered) and `find_anomalies` lists what is odd about
+a row kept anyway.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -252,3 +254,66 @@ def parse_force_order(
         raw=orjson.dumps(event).decode() if raw is None else raw,
         received_monotonic=received_monotonic,
     )
+
+
+class Verdict(NamedTuple):
+    """What one data frame comes to: a `row` to store, or (`row` None) the dead-letter `reason`
+    (`unknown_event`, `malformed_event`) and its `detail`."""
+
+    row: MarketLiquidation | None
+    reason: str = ""
+    detail: str = ""
+
+
+class Anomaly(NamedTuple):
+    """Something odd about a row that is stored anyway: `kind` is a bounded metric label
+    (`unknown_field`, `unknown_symbol`), `what` names the instance (`o.new,x`, `UM:NEWUSDT`)."""
+
+    kind: str
+    what: str
+
+
+def judge_event(
+    frame: DataFrame,
+    *,
+    source: Source,
+    received_at: datetime,
+    raw: str,
+    received_monotonic: float = 0.0,
+    contract_sizes: Mapping[str, Decimal] | None = None,
+) -> Verdict:
+    """Parse `frame`'s event (see `parse_force_order`) into its verdict. Never raises for bad
+    input: an event whose `e` is not forceOrder is an `unknown_event`, any other that does not
+    parse a `malformed_event`."""
+    try:
+        row = parse_force_order(
+            frame.event,
+            source=source,
+            received_at=received_at,
+            raw=raw,
+            received_monotonic=received_monotonic,
+            contract_sizes=contract_sizes,
+        )
+    except MalformedPayload as exc:
+        reason = "unknown_event" if exc.field == "e" else "malformed_event"
+        return Verdict(None, reason, str(exc))
+    return Verdict(row)
+
+
+def find_anomalies(
+    frame: DataFrame,
+    row: MarketLiquidation,
+    *,
+    is_known: Callable[[Market, str], bool | None],
+) -> tuple[Anomaly, ...]:
+    """What is odd about `row`, parsed from `frame` (empty almost always): fields the documented
+    payload lacks, then a symbol that `is_known` (exchangeInfo's answer; None while that market
+    is not loaded) says is not listed. Asked after the row is stored, so that no check, nor a
+    bug in one, costs a row."""
+    anomalies: tuple[Anomaly, ...] = ()
+    extra = unknown_fields(frame.event)
+    if extra:
+        anomalies = (Anomaly("unknown_field", ",".join(sorted(extra))),)
+    if is_known(row.market, row.symbol) is False:
+        anomalies = (*anomalies, Anomaly("unknown_symbol", f"{row.market.value}:{row.symbol}"))
+    return anomalies

@@ -68,7 +68,7 @@ def parse_exchange_info(payload: Any, market: Market) -> list[SymbolInfo]:
 
 
 class SymbolCatalog:
-    """What exchangeInfo says, per market; empty (and `is_loaded` False) until the first load."""
+    """What exchangeInfo says, per market; empty until the first load."""
 
     def __init__(self) -> None:
         self._symbols: dict[Market, dict[str, SymbolInfo]] = {}
@@ -85,10 +85,6 @@ class SymbolCatalog:
                     sizes[s.symbol] = s.contract_size
         self.contract_sizes = sizes
         self.version += 1
-
-    def is_loaded(self, market: Market) -> bool:
-        """True once `market` has been loaded."""
-        return market in self._symbols
 
     def is_known(self, market: Market, symbol: str) -> bool | None:
         """Whether `symbol` is listed; None when that market is not loaded yet."""

@@ -20,6 +20,16 @@ from collector.sources.catalog import SymbolCatalog, SymbolInfo, parse_exchange_
 
 log = structlog.get_logger(__name__)
 
+# A failed refresh is retried from this multiple of the websocket's first reconnect delay (5 s
+# at the default 1 s): nothing waits on it (rows are stored anyway, COIN-M notional filled in
+# later), so it backs off slower than a lost stream does, up to `exchange_info_refresh_s`.
+RETRY_INITIAL_FACTOR = 5.0
+# exchangeInfo is a large body (every symbol with its filters), not a handshake: it gets this
+# multiple of `open_timeout_s`.
+FETCH_TIMEOUT_FACTOR = 3.0
+# How much of a failed refresh's error the warning quotes.
+_LOGGED_ERROR_CHARS = 300
+
 _UPSERT = """
 INSERT INTO symbols (market, symbol, pair, base_asset, quote_asset, margin_asset, contract_type,
                      contract_size, status, updated_at)
@@ -49,7 +59,7 @@ async def fetch_exchange_info(
         if market is Market.UM
         else f"{config.dapi_url.rstrip('/')}/dapi/v1/exchangeInfo"
     )
-    timeout = aiohttp.ClientTimeout(total=config.open_timeout_s * 3)
+    timeout = aiohttp.ClientTimeout(total=config.open_timeout_s * FETCH_TIMEOUT_FACTOR)
     async with http.get(url, timeout=timeout) as response:
         body = await response.read()
         if response.status != 200:
@@ -103,7 +113,11 @@ async def refresh_once(
         ) as exc:
             ok = False
             metrics.exchange_info_refreshes.labels(market.value, "error").inc()
-            log.warning("exchange_info.refresh_failed", market=market.value, error=str(exc)[:300])
+            log.warning(
+                "exchange_info.refresh_failed",
+                market=market.value,
+                error=str(exc)[:_LOGGED_ERROR_CHARS],
+            )
             continue
         metrics.exchange_info_refreshes.labels(market.value, "ok").inc()
         log.info("exchange_info.refreshed", market=market.value, symbols=len(symbols),
@@ -119,7 +133,9 @@ async def run_exchange_info(
     stop: asyncio.Event,
 ) -> None:
     """Refresh every `exchange_info_refresh_s` (sooner, with backoff, after a failure)."""
-    backoff = Backoff(config.reconnect_initial_s * 5, config.exchange_info_refresh_s)
+    backoff = Backoff(
+        config.reconnect_initial_s * RETRY_INITIAL_FACTOR, config.exchange_info_refresh_s
+    )
     async with aiohttp.ClientSession() as http:
         while not stop.is_set():
             if await refresh_once(http, pool, config, catalog, metrics):
