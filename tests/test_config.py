@@ -13,7 +13,15 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from collector.config import Config, Secret, load_config, redact_dsn
+from collector.config import (
+    AccountKind,
+    Config,
+    KeyType,
+    Product,
+    Secret,
+    load_config,
+    redact_dsn,
+)
 from collector.exceptions import ConfigError
 
 
@@ -243,6 +251,20 @@ def test_an_empty_credential_is_refused(tmp_path: Path) -> None:
         "[[accounts]] 'a' api_key_env: environment variable 'BLANK' is not set",
         f"[[accounts]] 'a' api_secret_file: file {str(empty)!r} is empty",
     ]
+
+
+def test_account_choices_are_enums(tmp_path: Path) -> None:
+    """An account's kind, key type and products load as their StrEnums, equal to the strings."""
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        '[[accounts]]\nname = "a"\nkind = "classic"\napi_key_env = "K"\napi_secret_env = "K"\n'
+        'isolated_symbols = ["btcusdt"]\n'
+    )
+    [account] = load_config({"K": "k"}, toml).accounts
+    assert account.kind is AccountKind.CLASSIC
+    assert account.key_type is KeyType.HMAC
+    assert account.products == (Product.UM, Product.CM, Product.MARGIN) == ("um", "cm", "margin")
+    assert account.isolated_symbols == ("BTCUSDT",)
 
 
 def test_unknown_collector_variables_are_reported() -> None:
