@@ -220,6 +220,19 @@ def test_no_number_is_left_without_a_range() -> None:
     )
 
 
+def test_the_unused_rotate_handover_timeout_is_an_unknown_setting(tmp_path: Path) -> None:
+    """rotate_handover_timeout_s was never read; in a file or the environment it is unknown."""
+    toml = tmp_path / "c.toml"
+    toml.write_text("[binance]\nrotate_handover_timeout_s = 30.0\n")
+    [problem] = _problems({}, toml)
+    assert problem.startswith("[binance] rotate_handover_timeout_s: unknown setting (known: ")
+    assert "rotate_handover_timeout_s" not in problem.split("known: ")[1]
+    assert _problems({"COLLECTOR_BINANCE_ROTATE_HANDOVER_TIMEOUT_S": "30"}) == [
+        "COLLECTOR_BINANCE_ROTATE_HANDOVER_TIMEOUT_S: unknown environment variable "
+        "(did you mean COLLECTOR_BINANCE_OPEN_TIMEOUT_S?)"
+    ]
+
+
 def test_an_empty_value_is_reported_like_any_unreadable_one(tmp_path: Path) -> None:
     """An empty variable or file for a number or a flag is a problem naming it (it used to
     crash the load with a TypeError)."""

@@ -203,7 +203,6 @@ class BinanceConfig:
     max_streams_per_connection_coinm: int = setting(200, between(1, 200))
     # Make-before-break rotation ahead of Binance's 24 h cut.
     rotate_after_s: float = setting(23 * 3600.0, between(60, _DAY, above=True))
-    rotate_handover_timeout_s: float = setting(30.0, _UP_TO_HOUR)
     # Backoff over consecutive failed attempts (connect, upgrade, subscribe); a confirmed
     # connection resets it.
     reconnect_initial_s: float = setting(1.0, _UP_TO_HOUR)
