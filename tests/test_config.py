@@ -13,7 +13,15 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from collector.config import Config, Secret, load_config, redact_dsn
+from collector.config import (
+    AccountKind,
+    Config,
+    KeyType,
+    Product,
+    Secret,
+    load_config,
+    redact_dsn,
+)
 from collector.exceptions import ConfigError
 
 
@@ -191,6 +199,85 @@ def test_every_number_has_a_range(tmp_path: Path) -> None:
         "[writer] retry_initial_s/retry_max_s: need initial <= max, got 5.0 > 1.0",
         "[database] pool_min_size/pool_max_size: need min <= max, got 3 > 2",
     ]
+
+
+def test_no_number_is_left_without_a_range() -> None:
+    """Every numeric setting, whatever its section, refuses an absurd value with its range."""
+    defaults = Config()
+    environ, expected = {}, []
+    for section, key in _setting_names(defaults):
+        value = getattr(getattr(defaults, section) if section else defaults, key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            name = "_".join(["COLLECTOR", *([section.upper()] if section else []), key.upper()])
+            environ[name] = "-1000000000000"
+            expected.append(f"[{section}] {key}" if section else key)
+    problems = _problems(environ)
+    assert sorted(p.split(":")[0] for p in problems) == sorted(expected)
+    assert all(
+        p.endswith(("got -1000000000000", "got -1000000000000.0"))
+        for p in problems
+        if "control_messages" not in p
+    )
+
+
+def test_the_unused_rotate_handover_timeout_is_an_unknown_setting(tmp_path: Path) -> None:
+    """rotate_handover_timeout_s was never read; in a file or the environment it is unknown."""
+    toml = tmp_path / "c.toml"
+    toml.write_text("[binance]\nrotate_handover_timeout_s = 30.0\n")
+    [problem] = _problems({}, toml)
+    assert problem.startswith("[binance] rotate_handover_timeout_s: unknown setting (known: ")
+    assert "rotate_handover_timeout_s" not in problem.split("known: ")[1]
+    assert _problems({"COLLECTOR_BINANCE_ROTATE_HANDOVER_TIMEOUT_S": "30"}) == [
+        "COLLECTOR_BINANCE_ROTATE_HANDOVER_TIMEOUT_S: unknown environment variable "
+        "(did you mean COLLECTOR_BINANCE_OPEN_TIMEOUT_S?)"
+    ]
+
+
+def test_an_empty_value_is_reported_like_any_unreadable_one(tmp_path: Path) -> None:
+    """An empty variable or file for a number or a flag is a problem naming it (it used to
+    crash the load with a TypeError)."""
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    environ = {
+        "COLLECTOR_DATABASE_POOL_MIN_SIZE": "",
+        "COLLECTOR_BINANCE_ALL_MARKET": " ",
+        "COLLECTOR_HTTP_PORT_FILE": str(empty),
+    }
+    assert _problems(environ) == [
+        "COLLECTOR_DATABASE_POOL_MIN_SIZE: expected an integer, got ''",
+        "COLLECTOR_BINANCE_ALL_MARKET: expected true or false, got ' '",
+        "COLLECTOR_HTTP_PORT_FILE: expected an integer, got ''",
+    ]
+
+
+def test_an_empty_credential_is_refused(tmp_path: Path) -> None:
+    """A blank key variable or an empty secret file fails the load, naming the account (such an
+    account used to be left out, or kept with an empty key, without a word)."""
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        '[[accounts]]\nname = "a"\nkind = "classic"\napi_key_env = "BLANK"\n'
+        f'api_secret_file = "{empty}"\n'
+    )
+    assert _problems({"BLANK": "  "}, toml) == [
+        "[[accounts]] 'a' api_key_env: environment variable 'BLANK' is not set",
+        f"[[accounts]] 'a' api_secret_file: file {str(empty)!r} is empty",
+    ]
+
+
+def test_account_choices_are_enums(tmp_path: Path) -> None:
+    """An account's kind, key type and products load as their StrEnums, equal to the strings."""
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        '[[accounts]]\nname = "a"\nkind = "classic"\napi_key_env = "K"\napi_secret_env = "K"\n'
+        'isolated_symbols = ["btcusdt"]\n'
+    )
+    [account] = load_config({"K": "k"}, toml).accounts
+    assert account.kind is AccountKind.CLASSIC
+    assert account.key_type is KeyType.HMAC
+    assert account.products == (Product.UM, Product.CM, Product.MARGIN) == ("um", "cm", "margin")
+    assert account.isolated_symbols == ("BTCUSDT",)
 
 
 def test_unknown_collector_variables_are_reported() -> None:

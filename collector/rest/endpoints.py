@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from collector.config import AccountConfig
+from collector.config import AccountConfig, AccountKind, ApiFamily, Product
 
 DAY_MS = 86_400_000
 AUTO_CLOSE_TYPES = ("LIQUIDATION", "ADL")
@@ -28,8 +28,8 @@ class EndpointSpec:
     """One force-order endpoint."""
 
     path: str
-    family: str  # fapi | dapi | papi | sapi: the base URL and the server clock
-    product: str  # um | cm | margin: the `product` column
+    family: ApiFamily  # the base URL and the server clock
+    product: Product  # the `product` column
     paging: Paging
     weight: int  # documented weight of one request as the collector sends it
     # Oldest data the endpoint serves, in days, when Binance documents it; requests older than
@@ -46,20 +46,28 @@ class EndpointSpec:
 # page-style endpoints. COIN-M retention: the docs say 200 days, the 2026 connectors 90 (§4.1 ⚠);
 # the shorter is used so no request can only fail. UM and margin retention is not documented.
 FAPI_FORCE_ORDERS = EndpointSpec(
-    "/fapi/v1/forceOrders", "fapi", "um", Paging.LIMIT, 50, None, 180.0
+    "/fapi/v1/forceOrders", ApiFamily.FAPI, Product.UM, Paging.LIMIT, 50, None, 180.0
 )
-DAPI_FORCE_ORDERS = EndpointSpec("/dapi/v1/forceOrders", "dapi", "cm", Paging.LIMIT, 50, 90.0, 90.0)
+DAPI_FORCE_ORDERS = EndpointSpec(
+    "/dapi/v1/forceOrders", ApiFamily.DAPI, Product.CM, Paging.LIMIT, 50, 90.0, 90.0
+)
 PAPI_UM_FORCE_ORDERS = EndpointSpec(
-    "/papi/v1/um/forceOrders", "papi", "um", Paging.LIMIT, 50, None, 180.0
+    "/papi/v1/um/forceOrders", ApiFamily.PAPI, Product.UM, Paging.LIMIT, 50, None, 180.0
 )
 PAPI_CM_FORCE_ORDERS = EndpointSpec(
-    "/papi/v1/cm/forceOrders", "papi", "cm", Paging.LIMIT, 50, 90.0, 90.0
+    "/papi/v1/cm/forceOrders", ApiFamily.PAPI, Product.CM, Paging.LIMIT, 50, 90.0, 90.0
 )
 PAPI_MARGIN_FORCE_ORDERS = EndpointSpec(
-    "/papi/v1/margin/forceOrders", "papi", "margin", Paging.PAGE, 1, None, 180.0
+    "/papi/v1/margin/forceOrders", ApiFamily.PAPI, Product.MARGIN, Paging.PAGE, 1, None, 180.0
 )
 SAPI_FORCE_LIQUIDATION_REC = EndpointSpec(
-    "/sapi/v1/margin/forceLiquidationRec", "sapi", "margin", Paging.PAGE, 1, None, 180.0
+    "/sapi/v1/margin/forceLiquidationRec",
+    ApiFamily.SAPI,
+    Product.MARGIN,
+    Paging.PAGE,
+    1,
+    None,
+    180.0,
 )
 
 
@@ -68,12 +76,12 @@ class OrderLookupSpec:
     """The margin order endpoint used to enrich margin force orders (§4.3), weight 10."""
 
     path: str
-    family: str
+    family: ApiFamily
     weight: int = 10
 
 
-PAPI_MARGIN_ORDER = OrderLookupSpec("/papi/v1/margin/order", "papi")
-SAPI_MARGIN_ORDER = OrderLookupSpec("/sapi/v1/margin/order", "sapi")
+PAPI_MARGIN_ORDER = OrderLookupSpec("/papi/v1/margin/order", ApiFamily.PAPI)
+SAPI_MARGIN_ORDER = OrderLookupSpec("/sapi/v1/margin/order", ApiFamily.SAPI)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,18 +101,17 @@ class Scope:
 
 def scopes_for(account: AccountConfig) -> list[Scope]:
     """Every scope polled for `account`, by kind and products (§4.4)."""
-    pm = account.kind == "portfolio_margin"
+    pm = account.kind == AccountKind.PORTFOLIO_MARGIN
     out: list[Scope] = []
     futures = {
-        "um": PAPI_UM_FORCE_ORDERS if pm else FAPI_FORCE_ORDERS,
-        "cm": PAPI_CM_FORCE_ORDERS if pm else DAPI_FORCE_ORDERS,
+        Product.UM: PAPI_UM_FORCE_ORDERS if pm else FAPI_FORCE_ORDERS,
+        Product.CM: PAPI_CM_FORCE_ORDERS if pm else DAPI_FORCE_ORDERS,
     }
-    for product in ("um", "cm"):
+    for product, spec in futures.items():
         if product in account.products:
-            spec = futures[product]
             for act in AUTO_CLOSE_TYPES:
                 out.append(Scope(spec, act, (("autoCloseType", act),), act))
-    if "margin" in account.products:
+    if Product.MARGIN in account.products:
         if pm:
             out.append(Scope(PAPI_MARGIN_FORCE_ORDERS, "all", (), "LIQUIDATION"))
         else:
@@ -123,7 +130,7 @@ def scopes_for(account: AccountConfig) -> list[Scope]:
 
 def order_lookup_for(account: AccountConfig) -> OrderLookupSpec:
     """The margin order endpoint for `account`'s kind."""
-    return PAPI_MARGIN_ORDER if account.kind == "portfolio_margin" else SAPI_MARGIN_ORDER
+    return PAPI_MARGIN_ORDER if account.kind == AccountKind.PORTFOLIO_MARGIN else SAPI_MARGIN_ORDER
 
 
 def depth_days(spec: EndpointSpec, backfill_days: float | None) -> float:

@@ -14,12 +14,10 @@ from collections.abc import Sequence
 from typing import Protocol
 from urllib.parse import quote, urlencode
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
-from collector.config import Secret
-from collector.exceptions import ConfigError
+from collector.config import KeyType, Secret, load_private_key
 
 Param = tuple[str, str | int]
 
@@ -86,19 +84,10 @@ def make_signer(key_type: str, secret: Secret, account: str) -> Signer:
     """A signer for `key_type` (`hmac`, `rsa`, `ed25519`); for the asymmetric types `secret`
     is the PEM private key. Raises `ConfigError` (naming the account, never the key) when the
     key cannot be loaded or has the wrong type."""
-    if key_type == "hmac":
+    if key_type == KeyType.HMAC:
         return HmacSigner(secret)
-    try:
-        key = serialization.load_pem_private_key(secret.reveal().encode(), password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise ConfigError(
-            [f"[[accounts]] {account!r} api_secret: not a PEM private key for {key_type}"]
-        ) from None
-    if key_type == "rsa" and isinstance(key, rsa.RSAPrivateKey):
-        return RsaSigner(key)
-    if key_type == "ed25519" and isinstance(key, ed25519.Ed25519PrivateKey):
-        return Ed25519Signer(key)
-    raise ConfigError([f"[[accounts]] {account!r} api_secret: the PEM key is not {key_type}"])
+    key = load_private_key(key_type, secret, account)
+    return RsaSigner(key) if isinstance(key, rsa.RSAPrivateKey) else Ed25519Signer(key)
 
 
 def encode_query(params: Sequence[Param]) -> str:

@@ -1,0 +1,53 @@
+"""Configuration: defaults < TOML file < environment, validated once at start.
+
+`load_config(environ, toml_path)` returns a frozen `Config` or raises one `ConfigError`
+listing every problem. Environment variables are `COLLECTOR_<SECTION>_<KEY>` (for example
+`COLLECTOR_DATABASE_DSN`, `COLLECTOR_BINANCE_FSTREAM_URL`); any key also accepts
+`..._FILE` naming a file whose stripped content is the value (Docker/k8s secrets).
+Accounts (`[[accounts]]`) come from the TOML file only; their credentials are read from the
+environment variables or files that the TOML names, never from the TOML itself.
+
+`settings` holds the sections, each field beside its rule; `loader` reads every section (and
+each account) with one mechanism; `dsn` checks DSNs at load and redacts them for logs.
+"""
+
+from collector.config.dsn import UNPARSEABLE_DSN, redact_dsn
+from collector.config.loader import ENV_PREFIX, load_config, load_from_process
+from collector.config.settings import (
+    AccountConfig,
+    AccountKind,
+    ApiFamily,
+    BinanceConfig,
+    Config,
+    DatabaseConfig,
+    HttpConfig,
+    KeyType,
+    LogConfig,
+    Product,
+    RestConfig,
+    Secret,
+    WriterConfig,
+    load_private_key,
+)
+
+__all__ = [
+    "ENV_PREFIX",
+    "UNPARSEABLE_DSN",
+    "AccountConfig",
+    "AccountKind",
+    "ApiFamily",
+    "BinanceConfig",
+    "Config",
+    "DatabaseConfig",
+    "HttpConfig",
+    "KeyType",
+    "LogConfig",
+    "Product",
+    "RestConfig",
+    "Secret",
+    "WriterConfig",
+    "load_config",
+    "load_from_process",
+    "load_private_key",
+    "redact_dsn",
+]
