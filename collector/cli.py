@@ -48,8 +48,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     """Apply pending migrations and exit."""
     config = _load(args)
     logs.configure(config.log.level, config.log.format)
-    from collector.database import connect_checked, database_dsn, wait_for_database  # noqa: PLC0415
-    from collector.sink.migrate import migrate  # noqa: PLC0415
+    from collector.db.connection import connect_checked, database_dsn, wait_for_database  # noqa: PLC0415
+    from collector.db.migrate import migrate  # noqa: PLC0415
     from collector.supervisor import install_signal_handlers  # noqa: PLC0415
 
     async def main() -> int:

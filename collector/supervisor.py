@@ -24,16 +24,16 @@ import asyncpg
 import structlog
 
 from collector.config import Config, redact_dsn
-from collector.database import connect, database_dsn, wait_for_database
+from collector.db.connection import connect, database_dsn, wait_for_database
+from collector.db.migrate import migrate
+from collector.db.rollup import run_rollups
 from collector.exceptions import ConfigError, MigrationError
 from collector.health import Health, listen, serve_http
 from collector.metrics import Metrics
 from collector.rest.accounts import build_account_components
 from collector.retry import Backoff, sleep_or_stop
-from collector.rollup import run_rollups
 from collector.sink import spill
 from collector.sink.liveness import run_database_ping
-from collector.sink.migrate import migrate
 from collector.sink.writer import Writer
 from collector.sources.binance_ws import Shard, run_ws_sources
 from collector.sources.catalog import SymbolCatalog

@@ -16,7 +16,7 @@ import asyncpg
 import structlog
 
 from collector.config import Config, redact_dsn
-from collector.embedded_pg import embedded_postgres
+from collector.db.embedded import embedded_postgres
 from collector.exceptions import ConfigError
 from collector.retry import Backoff, sleep_or_stop
 
