@@ -15,7 +15,7 @@ from collector.config import BinanceConfig
 from collector.exceptions import MalformedPayload
 from collector.metrics import Metrics
 from collector.model import Market
-from collector.retry import Backoff, sleep_or_stop
+from collector.retry import Attempt, exchange_info_retry, is_transient, sleep_or_stop
 from collector.sources.catalog import SymbolCatalog, SymbolInfo, parse_exchange_info
 
 log = structlog.get_logger(__name__)
@@ -93,14 +93,9 @@ async def refresh_once(
             symbols = await fetch_exchange_info(http, config, market)
             catalog.update(market, symbols)
             filled = await store_symbols(pool, symbols)
-        except (
-            aiohttp.ClientError,
-            OSError,
-            TimeoutError,
-            MalformedPayload,
-            asyncpg.PostgresError,
-            asyncpg.InterfaceError,
-        ) as exc:
+        except Exception as exc:
+            if not is_transient(exc, Attempt.REFRESH):
+                raise
             ok = False
             metrics.exchange_info_refreshes.labels(market.value, "error").inc()
             log.warning("exchange_info.refresh_failed", market=market.value, error=str(exc)[:300])
@@ -119,7 +114,9 @@ async def run_exchange_info(
     stop: asyncio.Event,
 ) -> None:
     """Refresh every `exchange_info_refresh_s` (sooner, with backoff, after a failure)."""
-    backoff = Backoff(config.reconnect_initial_s * 5, config.exchange_info_refresh_s)
+    backoff = exchange_info_retry(
+        config.reconnect_initial_s, config.exchange_info_refresh_s
+    ).backoff()
     async with aiohttp.ClientSession() as http:
         while not stop.is_set():
             if await refresh_once(http, pool, config, catalog, metrics):
