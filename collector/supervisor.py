@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -30,11 +31,13 @@ from collector.db.rollup import run_rollups
 from collector.exceptions import ConfigError, MigrationError
 from collector.health import Health, listen, serve_http
 from collector.metrics import Metrics
+from collector.model import MarketLiquidation
 from collector.rest.accounts import build_account_components
 from collector.retry import Backoff, sleep_or_stop
 from collector.sink import spill
 from collector.sink.liveness import run_database_ping
 from collector.sink.writer import Writer
+from collector.sources.binance_parse import reparse_frame
 from collector.sources.binance_ws import Shard, run_ws_sources
 from collector.sources.catalog import SymbolCatalog
 from collector.sources.exchange_info import run_exchange_info
@@ -301,7 +304,17 @@ async def _replay(
 ) -> bool:
     """Replay the spill files until committed; False when `stop` or a failed writer ended it
     first (the files not yet committed stay on disk for the next start)."""
-    replaying = asyncio.ensure_future(spill.replay(spill_dir, writer, catalog))
+
+    def reparse(
+        raw: str, *, host: str, route: str, stream: str, received_at: datetime
+    ) -> MarketLiquidation:
+        sizes = catalog.contract_sizes  # as known now: the catalog loads after the replay
+        return reparse_frame(
+            raw, host=host, route=route, stream=stream, received_at=received_at,
+            contract_sizes=sizes,
+        )  # fmt: skip
+
+    replaying = asyncio.ensure_future(spill.replay(spill_dir, writer, reparse))
     stopping = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait({replaying, stopping, writer_task}, return_when=asyncio.FIRST_COMPLETED)
