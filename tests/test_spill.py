@@ -19,10 +19,11 @@ from collector.config import WriterConfig
 from collector.emulator import Emulator, EmulatorOptions
 from collector.metrics import Metrics
 from collector.model import Barrier, DeadLetter
+from collector.signals import install_signal_handlers
 from collector.sink import spill
 from collector.sink.writer import Writer
 from collector.sources.binance_parse import reparse_frame
-from collector.supervisor import install_signal_handlers, run
+from collector.supervisor import run
 from tests.collector_process import collector_process, emulator_env
 from tests.conftest import OwnPostgres
 from tests.daemon import count_rows, eventually, make_config, running
