@@ -31,11 +31,11 @@ import asyncpg
 from prometheus_client import CollectorRegistry
 
 from collector.config import AccountConfig, BinanceConfig, Config, RestConfig, Secret
+from collector.db.migrate import migrate
 from collector.emulator import core
 from collector.emulator.account_rest import AccountOptions, Product, account_api, account_extension
 from collector.metrics import Metrics
 from collector.rest.accounts import build_account_components
-from collector.sink.migrate import migrate
 
 DAY_MS = 86_400_000
 # Documented weights (docs/binance.md §3.1) of what the pollers send, by path.

@@ -16,6 +16,7 @@ import structlog
 from collector import __version__, logs
 from collector.config import Config, load_from_process
 from collector.exceptions import CollectorError, ConfigError
+from collector.signals import install_signal_handlers
 from collector.sql import add_parser as add_sql_parser
 
 log = structlog.get_logger(__name__)
@@ -34,7 +35,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM/SIGINT."""
     config = _load(args)
     logs.configure(config.log.level, config.log.format)
-    from collector.supervisor import install_signal_handlers, run  # noqa: PLC0415
+    from collector.supervisor import run  # noqa: PLC0415
 
     async def main() -> int:
         stop = asyncio.Event()
@@ -48,9 +49,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     """Apply pending migrations and exit."""
     config = _load(args)
     logs.configure(config.log.level, config.log.format)
-    from collector.database import connect_checked, database_dsn, wait_for_database  # noqa: PLC0415
-    from collector.sink.migrate import migrate  # noqa: PLC0415
-    from collector.supervisor import install_signal_handlers  # noqa: PLC0415
+    from collector.db.connection import connect_checked, database_dsn, wait_for_database  # noqa: PLC0415
+    from collector.db.migrate import migrate  # noqa: PLC0415
 
     async def main() -> int:
         stop = asyncio.Event()
@@ -141,7 +141,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             for sock in listen("127.0.0.1", port, setting=f"--port-base ({name})",
                                fix="choose another --port-base, or 0 for free ports"):  # fmt: skip
                 sock.close()
-    from collector.supervisor import install_signal_handlers  # noqa: PLC0415
 
     async def main() -> int:
         stop = asyncio.Event()

@@ -30,8 +30,8 @@ class MarketLiquidation(NamedTuple):
     """One `forceOrder` event from a market stream, every wire field kept exactly.
 
     `content_key` is the deterministic identity (the event has no id); the database enforces
-    its uniqueness, so the same event seen on two connections is stored once. Fields are in the
-    writer's column order (a tuple is cheap to build on the hot path; see sink/writer.py).
+    its uniqueness, so the same event seen on two connections is stored once. Each field is the
+    column of its name (sink/columns.py); a tuple is cheap to build on the hot path.
     """
 
     trade_time: datetime  # o.T

@@ -78,7 +78,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 async def _run_statement(config: Config, statement: str) -> int:
-    from collector.database import database_dsn  # noqa: PLC0415  (heavy, only when used)
+    from collector.db.connection import database_dsn  # noqa: PLC0415  (heavy, only when used)
 
     async with database_dsn(config) as dsn:
         return await run_statement(dsn, statement, config.database.connect_timeout_s)
@@ -202,7 +202,7 @@ def interactive(config: Config) -> int:
 
 async def _interactive_embedded(config: Config, psql: str) -> int:
     """psql as a child (not exec), so a server started for it is stopped when it exits."""
-    from collector.database import database_dsn  # noqa: PLC0415
+    from collector.db.connection import database_dsn  # noqa: PLC0415
 
     async with database_dsn(config) as dsn:
         argv, extra = psql_invocation(psql, dsn)

@@ -1,40 +1,46 @@
-"""The daemon's lifecycle, top to bottom: HTTP port bound -> database -> migrations -> HTTP
-served -> writer -> sources;
-then, on SIGTERM/SIGINT, the ordered drain: stop sources (their sessions close in the ledger;
-the writer's `put` no longer waits, so they read up to their UNSUBSCRIBE replies), flush the
-writer within the grace period, spill what it could not commit, log where every item went
-(committed / spilled / lost), close HTTP and the database. Exit 0 only when nothing was lost.
+"""The daemon's lifecycle, top to bottom, in four phases (`run`):
 
-Every task has an owner. A component that fails unexpectedly is restarted with backoff; a fatal
-error (bad config, failed migration, a writer bug) stops the process with a non-zero exit.
+1. start-up: HTTP port bound -> database -> migrations -> pool -> HTTP served -> writer;
+2. replay: what a previous run spilled is committed before anything new (a stop ends it);
+3. run: the sources, each supervised, until SIGTERM/SIGINT or a fatal error;
+4. drain: stop the sources (their sessions close in the ledger; the writer's `put` no longer
+   waits, so they read up to their UNSUBSCRIBE replies), flush the writer within the grace
+   period, spill what it could not commit, log where every item went (committed / spilled /
+   lost), close HTTP and the database. Exit 0 only when nothing was lost.
+
+Every task has an owner: the phase that awaits it, and the exit stack that cancels and awaits
+it if a phase fails. A component that fails unexpectedly is restarted with backoff; a fatal
+error (bad config, failed migration, a writer bug) stops the process with a non-zero exit
+(`collector.retry` says which errors are which).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 import structlog
 
 from collector.config import Config, redact_dsn
-from collector.database import connect, database_dsn, wait_for_database
-from collector.exceptions import ConfigError, MigrationError
+from collector.db.connection import connect, database_dsn, wait_for_database
+from collector.db.migrate import migrate
+from collector.db.rollup import run_rollups
 from collector.health import Health, listen, serve_http
 from collector.metrics import Metrics
+from collector.model import MarketLiquidation
 from collector.rest.accounts import build_account_components
-from collector.retry import Backoff, sleep_or_stop
-from collector.rollup import run_rollups
+from collector.retry import COMPONENT_RESTART, FATAL_ERRORS, Backoff, sleep_or_stop
 from collector.sink import spill
 from collector.sink.liveness import run_database_ping
-from collector.sink.migrate import migrate
 from collector.sink.writer import Writer
+from collector.sources.binance_parse import reparse_frame
 from collector.sources.binance_ws import Shard, run_ws_sources
 from collector.sources.catalog import SymbolCatalog
 from collector.sources.exchange_info import run_exchange_info
@@ -61,43 +67,30 @@ class Runtime:
     shards: list[Shard] = field(default_factory=list)
 
 
-def install_signal_handlers(stop: asyncio.Event) -> None:
-    """SIGTERM and SIGINT request a graceful stop; a second one exits at once."""
-    loop = asyncio.get_running_loop()
-
-    def handle(signum: int) -> None:
-        if stop.is_set():
-            log.warning("supervisor.forced_exit", signal=signal.Signals(signum).name)
-            raise SystemExit(1)
-        log.info("supervisor.stop_requested", signal=signal.Signals(signum).name)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, handle, sig)
-
-
 async def supervise(
     name: str,
     component: Component,
     stop: asyncio.Event,
     metrics: Metrics,
     *,
-    initial_backoff_s: float = 1.0,
+    initial_backoff_s: float = COMPONENT_RESTART.initial_s,
 ) -> None:
-    """Run `component(stop)` until `stop`; restart it with backoff if it fails unexpectedly.
+    """Run `component(stop)` until `stop`; restart it with backoff if it fails unexpectedly
+    (`retry.COMPONENT_RESTART`; `initial_backoff_s` for tests).
 
-    ConfigError and MigrationError are fatal and propagate (the process exits non-zero).
+    Fatal errors (`retry.FATAL_ERRORS`) propagate: the process exits non-zero.
     """
-    backoff = Backoff(initial_backoff_s, 60.0)
+    policy = COMPONENT_RESTART
+    backoff = Backoff(initial_backoff_s, policy.max_s)
     while not stop.is_set():
         started = time.monotonic()
         try:
             await component(stop)
-        except (ConfigError, MigrationError):
+        except FATAL_ERRORS:
             raise
         except Exception:
             metrics.component_restarts.labels(name).inc()
-            if time.monotonic() - started > 300:
+            if policy.healthy_after_s and time.monotonic() - started > policy.healthy_after_s:
                 backoff.reset()
             delay = backoff.next_delay()
             log.exception("supervisor.component_failed", component=name, restart_in_s=delay)
@@ -157,6 +150,23 @@ def _add_readiness(runtime: Runtime) -> None:
     health.add("event_age", event_age)
 
 
+@dataclass(slots=True)
+class _Lifecycle:
+    """What the phases of one `run` share: the runtime, the writer's task, the stop request,
+    and the fatal errors met so far (any of them makes the exit code 1)."""
+
+    runtime: Runtime
+    writer_task: asyncio.Task[None]
+    stop: asyncio.Event
+    fatal: list[BaseException]
+
+    def exit_code(self, *, lost: int = 0) -> int:
+        """1 when a fatal error was met (each is logged) or an item was lost, else 0."""
+        for exc in self.fatal:
+            log.error("supervisor.fatal", error=str(exc))
+        return 1 if self.fatal or lost else 0
+
+
 async def run(
     config: Config,
     *,
@@ -166,142 +176,90 @@ async def run(
 ) -> int:
     """Run the daemon until `stop` (or a signal); return the process exit code."""
     stop = stop or asyncio.Event()
-    fatal: list[BaseException] = []
     async with AsyncExitStack() as stack:
-        # Bound first, so a port in use stops the start before anything connects or migrates.
-        sockets = listen(config.http.host, config.http.port)
-        for sock in sockets:
-            stack.callback(sock.close)
-        dsn = await stack.enter_async_context(database_dsn(config))
-        if not await wait_for_database(dsn, config, stop):
+        life = await _start_up(config, stack, stop)
+        if life is None:  # stopped while waiting for the database
             return 0
-        if config.database.migrate_on_start:
-            conn = await connect(dsn, config)
-            try:
-                await migrate(conn)
-            finally:
-                await conn.close()
-        pool = await asyncpg.create_pool(
-            dsn, min_size=config.database.pool_min_size, max_size=config.database.pool_max_size,
-            timeout=config.database.connect_timeout_s,
-        )  # fmt: skip
-        stack.push_async_callback(pool.close)
-        metrics = Metrics()
-        health = Health()
-        runner = await stack.enter_async_context(
-            serve_http(config.http.host, config.http.port, health, metrics, sockets=sockets)
-        )
-        port = int(runner.addresses[0][1])
-        writer = Writer(lambda: connect(dsn, config), config.writer, metrics)
-        runtime = Runtime(config, dsn, pool, metrics, health, writer, SymbolCatalog(), port)
-        _add_readiness(runtime)
-        writer_task = asyncio.create_task(writer.run(), name="writer")
-
-        def writer_done(task: asyncio.Task[None]) -> None:
-            if not task.cancelled() and task.exception() is not None:
-                fatal.append(task.exception())  # type: ignore[arg-type]
-                log.error("supervisor.writer_failed", error=repr(task.exception()))
-                stop.set()
-
-        writer_task.add_done_callback(writer_done)
-        # Rows a previous run could not commit before it stopped go in before anything new.
-        if not await _replay(config.writer.spill_dir, writer, writer_task, runtime.catalog, stop):
+        if not await _replay(life):
             # Stopped (or the writer failed) mid-replay: nothing was received yet, and what the
             # writer holds came from spill files that stay on disk, so nothing is spilled again.
-            writer_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer_task
-            for exc in fatal:
-                log.error("supervisor.fatal", error=str(exc))
-            return 1 if fatal else 0
-        components: dict[str, Component] = {
-            "ws": lambda s: run_ws_sources(
-                config.binance, writer, metrics, runtime.catalog, s, runtime.shards
-            ),
-            "exchange_info": lambda s: run_exchange_info(
-                config.binance, pool, runtime.catalog, metrics, s
-            ),
-            "rollup": lambda s: run_rollups(pool, s, interval_s=config.database.rollup_interval_s),
-            "database_ping": lambda s: run_database_ping(
-                pool,
-                metrics,
-                s,
-                interval_s=config.database.ping_interval_s,
-                timeout_s=config.database.ping_timeout_s,
-                write_failing=lambda: writer.is_failing,
-            ),
-        }
-        components.update(build_account_components(config, pool, metrics))
-        if extra_components is not None:
-            components.update(extra_components(runtime))
-        log.info("supervisor.started", http_port=port, components=sorted(components),
-                 database=redact_dsn(dsn))  # fmt: skip
+            await _cancel(life.writer_task)
+            return life.exit_code()
+        components = _components(life.runtime, extra_components)
+        log.info("supervisor.started", http_port=life.runtime.http_port,
+                 components=sorted(components), database=redact_dsn(life.runtime.dsn))  # fmt: skip
         if on_ready is not None:
-            on_ready(runtime)
-        sources = asyncio.create_task(_run_components(components, stop, metrics, fatal))
-        stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({sources, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        health.is_draining = True
-        # From here `put` never blocks: the sources read up to their UNSUBSCRIBE replies even
-        # when the queue is full, and what the queue cannot take waits in the overflow.
-        writer.begin_shutdown()
-        committed_at_stop = writer.items_committed
-        # The grace period covers the whole shutdown: stopping the sources (each closes its
-        # ledger session, which may wait for queue space while the database is down), then
-        # the drain. Sources still stuck at the deadline are cancelled; the queue is spilled.
-        deadline = time.monotonic() + config.shutdown_grace_s
-        done, _ = await asyncio.wait({sources}, timeout=config.shutdown_grace_s)
-        if not done:
-            log.error("supervisor.sources_stop_timeout", grace_s=config.shutdown_grace_s)
-            sources.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sources
-        remaining = max(deadline - time.monotonic(), _MIN_DRAIN_S)
-        await _drain(writer, writer_task, remaining)
-        spilled, lost = await _spill(writer, config.writer.spill_dir)
-        lost += writer.items_dropped
-        committed = writer.items_committed - committed_at_stop
-        (log.error if lost else log.info)(
-            "supervisor.shutdown_accounted",
-            committed_during_drain=committed,
-            spilled=spilled,
-            lost=lost,
-        )
-        if fatal:
-            for exc in fatal:
-                log.error("supervisor.fatal", error=str(exc))
-            return 1
-        return 1 if lost else 0
+            on_ready(life.runtime)
+        sources = _owned(stack, _run_components(components, life), "sources")
+        await _run_until_stop(life, sources)
+        return await _drain(life, sources)
     return 0  # pragma: no cover  (mypy: the stack above always returns)
 
 
-async def _run_components(
-    components: dict[str, Component],
-    stop: asyncio.Event,
-    metrics: Metrics,
-    fatal: list[BaseException],
-) -> None:
-    """Supervise every component until `stop`; a fatal error stops them all."""
-    try:
-        async with asyncio.TaskGroup() as group:
-            for name, component in components.items():
-                group.create_task(supervise(name, component, stop, metrics), name=name)
-    except* (ConfigError, MigrationError) as eg:
-        fatal.extend(eg.exceptions)
-        stop.set()
+async def _start_up(
+    config: Config, stack: AsyncExitStack, stop: asyncio.Event
+) -> _Lifecycle | None:
+    """Phase 1: port, database, migrations, pool, HTTP, writer; None when `stop` came while
+    the database was awaited. Everything started is closed by `stack`, in reverse order."""
+    # Bound first, so a port in use stops the start before anything connects or migrates.
+    sockets = listen(config.http.host, config.http.port)
+    for sock in sockets:
+        stack.callback(sock.close)
+    dsn = await stack.enter_async_context(database_dsn(config))
+    if not await wait_for_database(dsn, config, stop):
+        return None
+    if config.database.migrate_on_start:
+        conn = await connect(dsn, config)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+    pool = await asyncpg.create_pool(
+        dsn, min_size=config.database.pool_min_size, max_size=config.database.pool_max_size,
+        timeout=config.database.connect_timeout_s,
+    )  # fmt: skip
+    stack.push_async_callback(pool.close)
+    metrics = Metrics()
+    health = Health()
+    runner = await stack.enter_async_context(
+        serve_http(config.http.host, config.http.port, health, metrics, sockets=sockets)
+    )
+    port = int(runner.addresses[0][1])
+    writer = Writer(lambda: connect(dsn, config), config.writer, metrics)
+    runtime = Runtime(config, dsn, pool, metrics, health, writer, SymbolCatalog(), port)
+    _add_readiness(runtime)
+    fatal: list[BaseException] = []
+
+    def writer_done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            fatal.append(task.exception())  # type: ignore[arg-type]
+            log.error("supervisor.writer_failed", error=repr(task.exception()))
+            stop.set()
+
+    writer_task = _owned(stack, writer.run(), "writer")
+    writer_task.add_done_callback(writer_done)
+    return _Lifecycle(runtime, writer_task, stop, fatal)
 
 
-async def _replay(
-    spill_dir: str,
-    writer: Writer,
-    writer_task: asyncio.Task[None],
-    catalog: SymbolCatalog,
-    stop: asyncio.Event,
-) -> bool:
-    """Replay the spill files until committed; False when `stop` or a failed writer ended it
-    first (the files not yet committed stay on disk for the next start)."""
-    replaying = asyncio.ensure_future(spill.replay(spill_dir, writer, catalog))
+async def _replay(life: _Lifecycle) -> bool:
+    """Phase 2: replay the spill files until committed, before anything new is received.
+
+    False when `stop` or a failed writer ended it first (the files not yet committed stay on
+    disk for the next start)."""
+    runtime, stop, writer_task = life.runtime, life.stop, life.writer_task
+    spill_dir = runtime.config.writer.spill_dir
+    catalog = runtime.catalog
+
+    def reparse(
+        raw: str, *, host: str, route: str, stream: str, received_at: datetime
+    ) -> MarketLiquidation:
+        sizes = catalog.contract_sizes  # as known now: the catalog loads after the replay
+        return reparse_frame(
+            raw, host=host, route=route, stream=stream, received_at=received_at,
+            contract_sizes=sizes,
+        )  # fmt: skip
+
+    replaying = asyncio.ensure_future(spill.replay(spill_dir, runtime.writer, reparse))
     stopping = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait({replaying, stopping, writer_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -322,6 +280,88 @@ async def _replay(
     return True
 
 
+def _components(
+    runtime: Runtime, extra: Callable[[Runtime], dict[str, Component]] | None
+) -> dict[str, Component]:
+    """Every component the run phase supervises, by name."""
+    config, writer, pool, metrics = runtime.config, runtime.writer, runtime.pool, runtime.metrics
+    components: dict[str, Component] = {
+        "ws": lambda s: run_ws_sources(
+            config.binance, writer, metrics, runtime.catalog, s, runtime.shards
+        ),
+        "exchange_info": lambda s: run_exchange_info(
+            config.binance, pool, runtime.catalog, metrics, s
+        ),
+        "rollup": lambda s: run_rollups(pool, s, interval_s=config.database.rollup_interval_s),
+        "database_ping": lambda s: run_database_ping(
+            pool,
+            metrics,
+            s,
+            interval_s=config.database.ping_interval_s,
+            timeout_s=config.database.ping_timeout_s,
+            write_failing=lambda: writer.is_failing,
+        ),
+    }
+    components.update(build_account_components(config, pool, metrics))
+    if extra is not None:
+        components.update(extra(runtime))
+    return components
+
+
+async def _run_until_stop(life: _Lifecycle, sources: asyncio.Task[None]) -> None:
+    """Phase 3: until `stop` (a signal, a failed writer) or the sources end (a fatal error)."""
+    stopping = asyncio.ensure_future(life.stop.wait())
+    try:
+        await asyncio.wait({sources, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+
+
+async def _run_components(components: dict[str, Component], life: _Lifecycle) -> None:
+    """Supervise every component until `stop`; a fatal error stops them all."""
+    metrics = life.runtime.metrics
+    try:
+        async with asyncio.TaskGroup() as group:
+            for name, component in components.items():
+                group.create_task(supervise(name, component, life.stop, metrics), name=name)
+    except* FATAL_ERRORS as eg:
+        life.fatal.extend(eg.exceptions)
+        life.stop.set()
+
+
+async def _drain(life: _Lifecycle, sources: asyncio.Task[None]) -> int:
+    """Phase 4: stop the sources, flush and stop the writer, spill the rest; the exit code."""
+    runtime = life.runtime
+    config, writer = runtime.config, runtime.writer
+    runtime.health.is_draining = True
+    # From here `put` never blocks: the sources read up to their UNSUBSCRIBE replies even
+    # when the queue is full, and what the queue cannot take waits in the overflow.
+    writer.begin_shutdown()
+    committed_at_stop = writer.items_committed
+    # The grace period covers the whole shutdown: stopping the sources (each closes its
+    # ledger session, which may wait for queue space while the database is down), then
+    # the drain. Sources still stuck at the deadline are cancelled; the queue is spilled.
+    deadline = time.monotonic() + config.shutdown_grace_s
+    done, _ = await asyncio.wait({sources}, timeout=config.shutdown_grace_s)
+    if not done:
+        log.error("supervisor.sources_stop_timeout", grace_s=config.shutdown_grace_s)
+        sources.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sources
+    remaining = max(deadline - time.monotonic(), _MIN_DRAIN_S)
+    await _flush(writer, life.writer_task, remaining)
+    spilled, lost = await _spill(writer, config.writer.spill_dir)
+    lost += writer.items_dropped
+    committed = writer.items_committed - committed_at_stop
+    (log.error if lost else log.info)(
+        "supervisor.shutdown_accounted",
+        committed_during_drain=committed,
+        spilled=spilled,
+        lost=lost,
+    )
+    return life.exit_code(lost=lost)
+
+
 async def _spill(writer: Writer, spill_dir: str) -> tuple[int, int]:
     """Write what the writer could not commit to a spill file; return (spilled, lost) counts."""
     items = writer.unwritten()
@@ -336,8 +376,9 @@ async def _spill(writer: Writer, spill_dir: str) -> tuple[int, int]:
     return len(items), 0
 
 
-async def _drain(writer: Writer, writer_task: asyncio.Task[None], grace_s: float) -> int:
-    """Flush what is queued within `grace_s`; return 0 when everything was committed."""
+async def _flush(writer: Writer, writer_task: asyncio.Task[None], grace_s: float) -> int:
+    """Flush what is queued within `grace_s`, then stop the writer; return 0 when everything
+    was committed."""
     started = time.monotonic()
     flushed = asyncio.ensure_future(writer.flush())
     try:
@@ -345,10 +386,8 @@ async def _drain(writer: Writer, writer_task: asyncio.Task[None], grace_s: float
             {flushed, writer_task}, timeout=grace_s, return_when=asyncio.FIRST_COMPLETED
         )
     finally:
-        writer_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await writer_task
-        flushed.cancel()
+        await _cancel(writer_task)
+        await _cancel(flushed)
     if flushed in done and not flushed.cancelled() and flushed.exception() is None:
         log.info("supervisor.drained", seconds=round(time.monotonic() - started, 3))
         return 0
@@ -358,3 +397,17 @@ async def _drain(writer: Writer, writer_task: asyncio.Task[None], grace_s: float
         grace_s=grace_s,
     )
     return 1
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    """Cancel `task` and wait for it; what it raised was reported by its owner already."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
+def _owned(stack: AsyncExitStack, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    """A task that `stack` cancels and awaits on exit, unless a phase did so first."""
+    task = asyncio.create_task(coro, name=name)
+    stack.push_async_callback(_cancel, task)
+    return task

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from collector.sink.migrate import migrate
+from collector.db.migrate import migrate
 
 pytest_plugins = ["pytester", "tests.leaks"]
 

@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from collector.rollup import pending_minutes, refresh_pending
+from collector.db.rollup import pending_minutes, refresh_pending
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "deploy" / "grafana" / "dashboards"

@@ -17,8 +17,8 @@ import asyncpg
 import pytest
 
 from collector.config import WriterConfig
+from collector.db.migrate import migrate
 from collector.metrics import Metrics
-from collector.sink.migrate import migrate
 from collector.sink.writer import Writer
 from tests import factories
 

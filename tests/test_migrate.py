@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from collector.sink.migrate import discover, migrate
+from collector.db.migrate import discover, migrate
 from tests.conftest import _with_database
 
 NewDatabase = Callable[[], Awaitable[str]]

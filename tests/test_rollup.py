@@ -1,4 +1,4 @@
-"""The rollups of migration 0004 and `collector.rollup`: exact totals, late rows, COIN-M notional
+"""The rollups of migration 0004 and `collector.db.rollup`: exact totals, late rows, COIN-M notional
 filled in later, deletes, the mark-versioning that survives a concurrent writer, and the task."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import asyncpg
 import pytest
 
 from collector.config import WriterConfig
+from collector.db.rollup import pending_minutes, rebuild, refresh_pending, run_rollups
 from collector.emulator import Emulator, EmulatorOptions, make_force_order_event
 from collector.metrics import Metrics
 from collector.model import Market
-from collector.rollup import pending_minutes, rebuild, refresh_pending, run_rollups
 from collector.sink.writer import Writer
 from collector.sources.catalog import SymbolInfo
 from collector.sources.exchange_info import store_symbols

@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import shutil
 import signal
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal as D
 from pathlib import Path
 
 import asyncpg
@@ -16,10 +19,11 @@ from collector.config import WriterConfig
 from collector.emulator import Emulator, EmulatorOptions
 from collector.metrics import Metrics
 from collector.model import Barrier, DeadLetter
+from collector.signals import install_signal_handlers
 from collector.sink import spill
 from collector.sink.writer import Writer
-from collector.sources.catalog import SymbolCatalog
-from collector.supervisor import install_signal_handlers, run
+from collector.sources.binance_parse import reparse_frame
+from collector.supervisor import run
 from tests.collector_process import collector_process, emulator_env
 from tests.conftest import OwnPostgres
 from tests.daemon import count_rows, eventually, make_config, running
@@ -114,7 +118,7 @@ async def test_every_kind_of_item_round_trips_through_a_spill_file(
     writer = Writer(lambda: asyncpg.connect(pg_dsn), WriterConfig(writers=1), Metrics())
     task = asyncio.create_task(writer.run())
     try:
-        assert await spill.replay(str(tmp_path), writer, SymbolCatalog()) == 3
+        assert await spill.replay(str(tmp_path), writer, reparse_frame) == 3
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -305,3 +309,43 @@ async def test_a_writer_failure_during_replay_ends_the_start_with_exit_1(
         code = await asyncio.wait_for(run(config, stop=asyncio.Event()), 10)
     assert code == 1
     assert await asyncio.to_thread(lambda: list(path.parent.iterdir())) == [path]
+
+
+async def test_a_spill_file_in_the_format_of_december_2026_replays(
+    pg_dsn: str, pg: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """A file written by the collector of December 2026 (tests/fixtures) replays exactly: both
+    frame shapes (a raw event, a combined-stream envelope), a dead letter, a ledger row."""
+    fixture = Path(__file__).parent / "fixtures" / "spill-format-2026-12.jsonl"
+    path = tmp_path / "spill-20261121T120002000000Z-1.jsonl"
+    await asyncio.to_thread(shutil.copyfile, fixture, path)
+    writer = Writer(lambda: asyncpg.connect(pg_dsn), WriterConfig(writers=1), Metrics())
+    task = asyncio.create_task(writer.run())
+    try:
+        assert await spill.replay(str(tmp_path), writer, reparse_frame) == 4
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    rows = await pg.fetch(
+        "SELECT symbol, side, liquidated_side, price, avg_price, filled_qty, notional_usd,"
+        " trade_time, received_at, source_host, source_route, source_stream"
+        " FROM market_liquidations ORDER BY trade_time"
+    )
+    t0 = datetime(2026, 11, 18, 11, 6, 40, tzinfo=UTC)  # 1_795_000_000_000 ms
+    assert [tuple(r) for r in rows] == [
+        ("BTCUSDT", "SELL", "LONG", D("9910"), D("9910"), D("0.014"), D("138.740"),
+         t0 + timedelta(milliseconds=7), NOW, "fstream", "market", "!forceOrder@arr"),
+        ("ETHUSDT", "BUY", "SHORT", D("3100.25"), D("3100.5"), D("1.5"), D("4650.75"),
+         t0 + timedelta(milliseconds=8), NOW + timedelta(seconds=1.25), "fstream", "market",
+         "!forceOrder@arr"),
+    ]  # fmt: skip
+    dead = await pg.fetchrow(
+        "SELECT received_at, source, reason, detail, raw, kept FROM dead_letters"
+    )
+    assert tuple(dead) == (NOW, "fstream/market", "malformed_json", "bad", b"\x00\xff{oops", False)
+    ws = await pg.fetchrow(
+        "SELECT session_id::text, closed_at, close_reason, events_received FROM ws_sessions"
+    )
+    assert tuple(ws) == ("6f1c2d3e-4b5a-4c6d-8e7f-90a1b2c3d4e5", NOW, "shutdown", 3)
+    assert await asyncio.to_thread(lambda: list(tmp_path.iterdir())) == []

@@ -7,14 +7,18 @@ import dataclasses
 import random
 from datetime import timedelta
 from decimal import Decimal
+from typing import NamedTuple
 
 import asyncpg
 import pytest
 
 from collector.config import WriterConfig
 from collector.metrics import Metrics
-from collector.model import DeadLetter
-from collector.sink.writer import Writer, ensure_partitions, is_transient
+from collector.model import DeadLetter, MarketLiquidation
+from collector.retry import is_transient
+from collector.sink.columns import ML_COLUMNS, ML_NOT_STORED, ml_record
+from collector.sink.partitions import ensure_partitions
+from collector.sink.writer import Writer
 from tests.factories import NOW, liquidation, session
 
 FAST = WriterConfig(
@@ -304,3 +308,25 @@ async def test_the_overflow_commits_behind_the_queue_when_the_database_takes_it(
         await stop(task)
     assert await pg.fetchval("SELECT count(*) FROM market_liquidations") == 50
     assert (writer.items_committed, writer.overflow_size, writer.unwritten()) == (50, 0, [])
+
+
+async def test_every_market_column_is_the_model_field_of_its_name(pg: asyncpg.Connection) -> None:
+    """The writer's columns are the model's fields by name (bar the monotonic receive time) and
+    columns of the table; a model with its fields in another order gives the same record."""
+    assert set(ML_COLUMNS) == set(MarketLiquidation._fields) - ML_NOT_STORED
+    table = await pg.fetch(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = $1",
+        "market_liquidations",
+    )
+    assert set(ML_COLUMNS) <= {r["column_name"] for r in table}
+    row = liquidation(1)._replace(notional_usd=None, source_route="")
+    record = dict(zip(ML_COLUMNS, ml_record(row), strict=True))
+    as_text = {"orig_qty", "price", "avg_price", "last_filled_qty", "filled_qty", "raw"}
+    assert record == {
+        name: str(getattr(row, name)) if name in as_text else getattr(row, name)
+        for name in ML_COLUMNS
+    }
+    reordered = NamedTuple(  # type: ignore[misc]
+        "Reordered", [(name, object) for name in reversed(MarketLiquidation._fields)]
+    )
+    assert ml_record(reordered(**row._asdict())) == ml_record(row)  # type: ignore[arg-type]

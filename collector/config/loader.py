@@ -302,7 +302,7 @@ def _accounts(
 _OTHER_VARIABLES = frozenset(
     {
         "COLLECTOR_CONFIG",  # the TOML file
-        "COLLECTOR_MIGRATIONS_DIR",  # collector.sink.migrate
+        "COLLECTOR_MIGRATIONS_DIR",  # collector.db.migrate
         "COLLECTOR_TEST_DSN",  # the test suite's database
         "COLLECTOR_DB_PASSWORD",  # deploy/postgres/init: the collector role's password
     }

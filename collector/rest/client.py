@@ -32,12 +32,16 @@ from collector.metrics import Metrics
 from collector.rest.budget import FAPI_DAPI_POOL, Budget, pool_for, request_weight_limit_1m
 from collector.rest.clock import ClockStopped, ServerClocks, base_url
 from collector.rest.signing import Param, Signer, encode_query, signed_query
-from collector.retry import Backoff, sleep_or_stop
+from collector.retry import (
+    is_transient,
+    is_transient_response,
+    rest_retry,
+    sleep_or_stop,
+)
 
 log = structlog.get_logger(__name__)
 
 AUTH_CODES = frozenset({-2015, -2014, -1002, -1022})
-TRANSIENT_CODES = frozenset({-1000, -1001, -1007, -1008})
 INVALID_TIMESTAMP = -1021
 _WEIGHT_HEADERS = ("X-MBX-USED-WEIGHT-1M", "X-SAPI-USED-IP-WEIGHT-1M")
 _BANNED_UNTIL = re.compile(r"banned until (\d{10,})")
@@ -228,7 +232,7 @@ class RestClient:
         """The request loop. `timing`, if given, receives our wall clock (ms) when the
         successful attempt was sent and when its answer was read."""
         pool = pool_for(family, path)
-        backoff = Backoff(self.rest.retry_initial_s, self.rest.retry_max_s)
+        backoff = rest_retry(self.rest.retry_initial_s, self.rest.retry_max_s).backoff()
         attempts = clock_retries = 0
         while True:
             if not await self.budget.acquire(pool, weight, stop, is_backfill=is_backfill):
@@ -258,7 +262,9 @@ class RestClient:
                     status = response.status
                     response_headers = response.headers.copy()
                 received_wall_ms = self.clocks.wall_ms()
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 self.metrics.rest_requests.labels(path, "network_error").inc()
                 attempts += 1
                 if attempts >= _MAX_ATTEMPTS:
@@ -307,8 +313,7 @@ class RestClient:
             if code in AUTH_CODES:
                 self.metrics.rest_requests.labels(path, "auth_error").inc()
                 raise AuthError(path, status, code, msg)
-            transient = status >= 500 or status in (403, 408) or code in TRANSIENT_CODES
-            if not transient:
+            if not is_transient_response(status, code):
                 self.metrics.rest_requests.labels(path, "rejected").inc()
                 raise RequestRejected(path, status, code, msg)
             self.metrics.rest_requests.labels(path, "server_error").inc()

@@ -4,8 +4,9 @@ When Postgres is unreachable for the whole shutdown grace period, the queued row
 the process. `write` puts them in a JSON-lines file in `spill_dir` (written to a temporary name,
 fsynced, then renamed, so a file is complete or absent); the next `collector run` replays every
 file through the writer before the sources start, and deletes it once committed. Market rows are
-stored as the frame received plus its source, and re-parsed on replay (the parser is
-deterministic, so the content key and the database's unique key dedupe a replay).
+stored as the frame received plus its source, and re-parsed on replay by the `Reparse` function
+the caller hands in (the supervisor hands the source's parser: this module knows no source; the
+parser is deterministic, so the content key and the database's unique key dedupe a replay).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import uuid
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import structlog
@@ -25,10 +26,18 @@ import structlog
 from collector.exceptions import MalformedPayload
 from collector.model import DeadLetter, MarketLiquidation, SessionRecord, WriteItem
 from collector.sink.writer import Writer
-from collector.sources.binance_parse import DataFrame, Source, decode_frame, parse_force_order
-from collector.sources.catalog import SymbolCatalog
 
 log = structlog.get_logger(__name__)
+
+
+class Reparse(Protocol):
+    """Rebuilds a spilled market row from the frame it was parsed from and where that came
+    from; raises `MalformedPayload` (or `ValueError`, `KeyError`, `TypeError`) when it cannot."""
+
+    def __call__(
+        self, raw: str, *, host: str, route: str, stream: str, received_at: datetime
+    ) -> MarketLiquidation: ...
+
 
 _SESSION_TIMES = (
     "opened_at",
@@ -108,26 +117,20 @@ def _time(record: dict[str, Any], name: str, *, optional: bool = False) -> datet
     return parsed
 
 
-def _item(record: Any, catalog: SymbolCatalog) -> WriteItem:
+def _item(record: Any, reparse: Reparse) -> WriteItem:
     if not isinstance(record, dict):
         raise MalformedPayload("spilled line is not an object")
     kind = record["kind"]
     if kind == "liquidation":
         raw = _field(record, "raw", str)
-        frame = decode_frame(raw)
-        if not isinstance(frame, DataFrame):
-            raise MalformedPayload("spilled frame is not data")
-        source = Source(
-            _field(record, "host", str), _field(record, "route", str), _field(record, "stream", str)
-        )
         received_at = _time(record, "received_at")
         assert received_at is not None
-        return parse_force_order(
-            frame.event,
-            source=source,
+        return reparse(
+            raw,
+            host=_field(record, "host", str),
+            route=_field(record, "route", str),
+            stream=_field(record, "stream", str),
             received_at=received_at,
-            raw=raw,
-            contract_sizes=catalog.contract_sizes,
         )
     if kind == "dead_letter":
         received_at = _time(record, "received_at")
@@ -173,8 +176,9 @@ def _unreadable(path: Path, line: bytes, exc: Exception) -> DeadLetter:
     )
 
 
-async def replay(spill_dir: str, writer: Writer, catalog: SymbolCatalog) -> int:
+async def replay(spill_dir: str, writer: Writer, reparse: Reparse) -> int:
     """Queue every spilled item, wait until committed, delete the files; return the count.
+    Market rows are rebuilt from their frames by `reparse`.
 
     A file is deleted only once all its items are committed, so a replay cut short (cancelled:
     the supervisor stops it on SIGTERM or when the writer fails) leaves it for the next start.
@@ -190,7 +194,7 @@ async def replay(spill_dir: str, writer: Writer, catalog: SymbolCatalog) -> int:
         for line in lines:
             item: WriteItem
             try:
-                item = _item(orjson.loads(line), catalog)
+                item = _item(orjson.loads(line), reparse)
             except (
                 orjson.JSONDecodeError,
                 MalformedPayload,

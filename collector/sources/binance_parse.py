@@ -317,3 +317,30 @@ def find_anomalies(
     if is_known(row.market, row.symbol) is False:
         anomalies = (*anomalies, Anomaly("unknown_symbol", f"{row.market.value}:{row.symbol}"))
     return anomalies
+
+
+def reparse_frame(
+    raw: str,
+    *,
+    host: str,
+    route: str,
+    stream: str,
+    received_at: datetime,
+    contract_sizes: Mapping[str, Decimal] | None = None,
+) -> MarketLiquidation:
+    """The market row of `raw`, a data frame as received from `host`/`route`/`stream` (a row
+    spilled at shutdown, replayed: the parser is deterministic, so it is the same row, content
+    key included; the COIN-M notional is the one `contract_sizes` knows now).
+
+    Raises `MalformedPayload` when `raw` is not a forceOrder data frame.
+    """
+    frame = decode_frame(raw)
+    if not isinstance(frame, DataFrame):
+        raise MalformedPayload("spilled frame is not data")
+    return parse_force_order(
+        frame.event,
+        source=Source(host, route, stream),
+        received_at=received_at,
+        raw=raw,
+        contract_sizes=contract_sizes,
+    )

@@ -15,15 +15,11 @@ from collector.config import BinanceConfig
 from collector.exceptions import MalformedPayload
 from collector.metrics import Metrics
 from collector.model import Market
-from collector.retry import Backoff, sleep_or_stop
+from collector.retry import Attempt, exchange_info_retry, is_transient, sleep_or_stop
 from collector.sources.catalog import SymbolCatalog, SymbolInfo, parse_exchange_info
 
 log = structlog.get_logger(__name__)
 
-# A failed refresh is retried from this multiple of the websocket's first reconnect delay (5 s
-# at the default 1 s): nothing waits on it (rows are stored anyway, COIN-M notional filled in
-# later), so it backs off slower than a lost stream does, up to `exchange_info_refresh_s`.
-RETRY_INITIAL_FACTOR = 5.0
 # exchangeInfo is a large body (every symbol with its filters), not a handshake: it gets this
 # multiple of `open_timeout_s`.
 FETCH_TIMEOUT_FACTOR = 3.0
@@ -103,14 +99,9 @@ async def refresh_once(
             symbols = await fetch_exchange_info(http, config, market)
             catalog.update(market, symbols)
             filled = await store_symbols(pool, symbols)
-        except (
-            aiohttp.ClientError,
-            OSError,
-            TimeoutError,
-            MalformedPayload,
-            asyncpg.PostgresError,
-            asyncpg.InterfaceError,
-        ) as exc:
+        except Exception as exc:
+            if not is_transient(exc, Attempt.REFRESH):
+                raise
             ok = False
             metrics.exchange_info_refreshes.labels(market.value, "error").inc()
             log.warning(
@@ -133,9 +124,9 @@ async def run_exchange_info(
     stop: asyncio.Event,
 ) -> None:
     """Refresh every `exchange_info_refresh_s` (sooner, with backoff, after a failure)."""
-    backoff = Backoff(
-        config.reconnect_initial_s * RETRY_INITIAL_FACTOR, config.exchange_info_refresh_s
-    )
+    backoff = exchange_info_retry(
+        config.reconnect_initial_s, config.exchange_info_refresh_s
+    ).backoff()
     async with aiohttp.ClientSession() as http:
         while not stop.is_set():
             if await refresh_once(http, pool, config, catalog, metrics):

@@ -16,8 +16,7 @@ from datetime import datetime
 import asyncpg
 import structlog
 
-from collector.retry import Backoff, sleep_or_stop
-from collector.sink.writer import is_transient
+from collector.retry import is_transient, rollup_retry, sleep_or_stop
 
 log = structlog.get_logger(__name__)
 
@@ -70,12 +69,12 @@ async def run_rollups(
     A transient database failure (connection loss, restart) is retried with backoff inside the
     loop; anything else (a missing migration, a bug) propagates to the supervisor.
     """
-    backoff = Backoff(1.0, max(interval_s, 1.0) * 4)
+    backoff = rollup_retry(interval_s).backoff()
     while not stop.is_set():
         started = time.monotonic()
         try:
             count = await refresh_pending(pool, max_minutes=max_minutes)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except Exception as exc:
             if not is_transient(exc):
                 raise
             delay = backoff.next_delay()

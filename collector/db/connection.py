@@ -16,9 +16,9 @@ import asyncpg
 import structlog
 
 from collector.config import Config, redact_dsn
-from collector.embedded_pg import embedded_postgres
+from collector.db.embedded import embedded_postgres
 from collector.exceptions import ConfigError
-from collector.retry import Backoff, sleep_or_stop
+from collector.retry import DATABASE_WAIT, Attempt, is_transient, sleep_or_stop
 
 log = structlog.get_logger(__name__)
 
@@ -70,7 +70,10 @@ def _scrub(text: str, dsn: str) -> str:
 
 
 def permanent_problem(exc: BaseException, dsn: str) -> str | None:
-    """What to fix, when `exc` (from connecting) will not go away by retrying; else None."""
+    """What to fix, when `exc` (from connecting) will not go away by retrying; else None.
+
+    The cases are `retry.PERMANENT_REFUSALS`; this says what to fix for each.
+    """
     # A server error's str() adds its DETAIL on another line; the message alone is one line.
     text = exc.message if isinstance(exc, asyncpg.PostgresError) else str(exc)
     if isinstance(exc, asyncpg.InvalidCatalogNameError):  # 3D000
@@ -103,13 +106,16 @@ async def connect_checked(dsn: str, config: Config) -> asyncpg.Connection:
 async def wait_for_database(dsn: str, config: Config, stop: asyncio.Event) -> bool:
     """Retry connecting with backoff until it works (True) or `stop` is set (False).
 
-    Raises `ConfigError` at once when the server's answer is permanent (`permanent_problem`).
+    Raises `ConfigError` at once when the server's answer is permanent (`permanent_problem`),
+    and whatever else is not transient for a connection (`retry.is_transient`).
     """
-    backoff = Backoff(1.0, 30.0)
+    backoff = DATABASE_WAIT.backoff()
     while not stop.is_set():
         try:
             conn = await connect_checked(dsn, config)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except Exception as exc:
+            if not is_transient(exc, Attempt.CONNECT):
+                raise
             delay = backoff.next_delay()
             log.warning("supervisor.database_unavailable", dsn=redact_dsn(dsn),
                         error=type(exc).__name__, retry_in_s=round(delay, 2))  # fmt: skip

@@ -1,0 +1,126 @@
+"""How model rows map to the tables' columns, by name, and the statements that write them.
+
+A column takes the model field of its own name (`operator.attrgetter`), so reordering the
+fields of `model.MarketLiquidation` moves nothing; a column without a field of its name fails
+at import. SQL is built here from these module constants only, never from input.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+from collector.model import DeadLetter, MarketLiquidation, SessionRecord
+
+# The staging table's columns, in COPY order; each is the `MarketLiquidation` field of its name.
+# Numerics and the raw JSON travel as text and are cast by Postgres: asyncpg's binary numeric
+# and jsonb encoders cost about three times the client CPU of text (measured: 8.8 vs 3.0 us per
+# row), and the server parses text in C.
+ML_STAGING: tuple[tuple[str, str], ...] = (
+    ("trade_time", "timestamptz"),
+    ("content_key", "bytea"),
+    ("event_time", "timestamptz"),
+    ("symbol", "text"),
+    ("pair", "text"),
+    ("symbol_type", "smallint"),
+    ("market", "text"),
+    ("side", "text"),
+    ("liquidated_side", "text"),
+    ("order_type", "text"),
+    ("time_in_force", "text"),
+    ("status", "text"),
+    ("orig_qty", "numeric"),
+    ("price", "numeric"),
+    ("avg_price", "numeric"),
+    ("last_filled_qty", "numeric"),
+    ("filled_qty", "numeric"),
+    ("notional_usd", "numeric"),
+    ("received_at", "timestamptz"),
+    ("source_host", "text"),
+    ("source_route", "text"),
+    ("source_stream", "text"),
+    ("raw", "jsonb"),
+)
+ML_COLUMNS = tuple(name for name, _ in ML_STAGING)
+# Model fields that are no column: the monotonic receive time only feeds a latency histogram.
+ML_NOT_STORED = frozenset({"received_monotonic"})
+_unknown = set(ML_COLUMNS) - set(MarketLiquidation._fields)
+if _unknown:  # pragma: no cover  (tests/test_writer.py pins the mapping)
+    raise ImportError(f"market_liquidations columns without a model field: {sorted(_unknown)}")
+
+_AS_TEXT = {"numeric", "jsonb"}
+STAGING_DDL = (
+    "CREATE TEMP TABLE IF NOT EXISTS ml_staging ("
+    + ", ".join(f"{n} {'text' if t in _AS_TEXT else t}" for n, t in ML_STAGING)
+    + ") ON COMMIT DELETE ROWS"
+)
+_CASTS = [f"{n}::{t}" if t in _AS_TEXT else n for n, t in ML_STAGING]
+INSERT_ML = (
+    f"INSERT INTO market_liquidations ({', '.join(ML_COLUMNS)}) "
+    f"SELECT {', '.join(_CASTS)} FROM ml_staging ON CONFLICT DO NOTHING"
+)
+INSERT_ML_ONE = (
+    f"INSERT INTO market_liquidations ({', '.join(ML_COLUMNS)}) VALUES ("
+    + ", ".join(
+        f"${i + 1}::text::{t}" if t in _AS_TEXT else f"${i + 1}"
+        for i, (_, t) in enumerate(ML_STAGING)
+    )
+    + ") ON CONFLICT DO NOTHING"
+)
+
+DL_COLUMNS = ("received_at", "source", "reason", "detail", "raw", "kept")
+
+# The ledger's upsert: a later snapshot of a session never erases what an earlier one knew
+# (`sink.batch.merge` applies the same rules inside one batch).
+SESSION_COLUMNS = (
+    "session_id", "connection", "host", "route", "url", "streams", "opened_at",
+    "subscribed_at", "first_event_at", "last_event_at", "last_alive_at", "closed_at",
+    "close_reason", "events_received",
+)  # fmt: skip
+UPSERT_SESSION = f"""
+INSERT INTO ws_sessions ({", ".join(SESSION_COLUMNS)})
+VALUES ({", ".join(f"${i + 1}" for i in range(len(SESSION_COLUMNS)))})
+ON CONFLICT (session_id) DO UPDATE SET
+    subscribed_at   = coalesce(ws_sessions.subscribed_at, EXCLUDED.subscribed_at),
+    first_event_at  = coalesce(ws_sessions.first_event_at, EXCLUDED.first_event_at),
+    last_event_at   = greatest(ws_sessions.last_event_at, EXCLUDED.last_event_at),
+    last_alive_at   = greatest(ws_sessions.last_alive_at, EXCLUDED.last_alive_at),
+    closed_at       = coalesce(ws_sessions.closed_at, EXCLUDED.closed_at),
+    close_reason    = coalesce(ws_sessions.close_reason, EXCLUDED.close_reason),
+    events_received = greatest(ws_sessions.events_received, EXCLUDED.events_received)
+"""
+
+_ml_values = operator.attrgetter(*ML_COLUMNS)
+# Where the Decimals are (the raw JSON is text already).
+_ML_NUMERIC_AT = tuple(i for i, (_, t) in enumerate(ML_STAGING) if t == "numeric")
+_session_values = operator.attrgetter(*SESSION_COLUMNS)
+_dl_values = operator.attrgetter(*DL_COLUMNS)
+
+
+def ml_record(row: MarketLiquidation) -> list[Any]:
+    """The row's values in `ML_STAGING` order, taken by name; numerics as text.
+
+    (The hot path: 0.9 us per row, against 0.7 us for the slices by position it replaces.)
+    """
+    values = list(_ml_values(row))
+    for i in _ML_NUMERIC_AT:
+        value = values[i]
+        if value is not None:
+            values[i] = str(value)
+    return values
+
+
+def session_args(s: SessionRecord) -> tuple[Any, ...]:
+    """The snapshot's values in `SESSION_COLUMNS` order (streams as a list: a text[])."""
+    values = _session_values(s)
+    return tuple(list(v) if isinstance(v, tuple) else v for v in values)
+
+
+def _nul_free(text: str) -> str:
+    """Postgres text cannot hold NUL; a dead letter's labels may quote input that does."""
+    return text.replace("\x00", "\\u0000")
+
+
+def dead_letter_record(d: DeadLetter) -> tuple[Any, ...]:
+    """The dead letter's values in `DL_COLUMNS` order, taken by name; text without NUL."""
+    return tuple(_nul_free(v) if isinstance(v, str) else v for v in _dl_values(d))
