@@ -53,11 +53,7 @@ from collector.rest.endpoints import (
 )
 from collector.rest.parse import AccountForceOrder, parse_margin_order, parse_rows
 from collector.rest.windows import Window, next_window, split_window
-from collector.retry import Backoff, sleep_or_stop
-
-# issue 13 (integrator): point this at the unified `collector.retry.is_transient` once it is
-# there; until then it is (with rest/store.py's) the last import of the writer in this floor.
-from collector.sink.writer import is_transient
+from collector.retry import Backoff, is_transient, sleep_or_stop
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")

@@ -18,11 +18,7 @@ import structlog
 
 from collector import wire
 from collector.rest.parse import AccountForceOrder, Enrichment
-
-# issue 13 (integrator): the one classifier of database errors is being unified in
-# collector.retry; import it from there once it is. Until then this is the last import of the
-# writer in the sources and REST floor.
-from collector.sink.writer import is_data_error
+from collector.retry import is_data_error
 
 log = structlog.get_logger(__name__)
 

@@ -28,16 +28,12 @@ import structlog
 from collector.config import WriterConfig
 from collector.metrics import Metrics
 from collector.model import Barrier, MarketLiquidation, WriteItem
-from collector.retry import is_data_error, is_transient, writer_retry
+from collector.retry import is_transient, writer_retry
 from collector.sink.batch import Batch
 from collector.sink.columns import STAGING_DDL
 from collector.sink.commit import commit_batch
 from collector.sink.dedup import RecentKeys
 from collector.sink.partitions import PartitionCheck
-
-# `is_transient` and `is_data_error` were defined here; re-exported until every importer
-# takes them from `collector.retry`.
-__all__ = ["Connect", "Writer", "is_data_error", "is_transient"]
 
 log = structlog.get_logger(__name__)
 
