@@ -9,7 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+if TYPE_CHECKING:
+    from collector.venues import VenueLiquidation
 
 
 class Market(StrEnum):
@@ -94,6 +97,22 @@ class SessionRecord:
     closed_at: datetime | None = None
     close_reason: str | None = None
     events_received: int = 0
+    venue: str = "binance"
+    """Which venue's stream this session read (`collector.venues.Venue` values)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RepairRecord:
+    """The part [`from_at`, `to_at`) of a coverage gap of `venue`'s `stream` that was read
+    back from `source` (e.g. a REST history), with the `rows` it yielded. Only what was read is
+    claimed: a window the source no longer reaches stays a gap."""
+
+    venue: str
+    stream: str
+    from_at: datetime
+    to_at: datetime
+    source: str
+    rows: int
 
 
 @dataclass(slots=True)
@@ -117,3 +136,20 @@ class Sink(Protocol):
 
     async def flush(self) -> None:
         """Return once everything put before this call is committed (or dead-lettered)."""
+
+
+class VenueSink(Protocol):
+    """The `Sink` of the Bybit and OKX sources: it also takes their liquidations and the repair
+    records of their gaps. (Until the writer's `WriteItem` includes `VenueLiquidation` and
+    `RepairRecord`; then it is `Sink` itself.)"""
+
+    async def put(
+        self,
+        item: WriteItem | VenueLiquidation | RepairRecord,
+        *,
+        release: asyncio.Event | None = None,
+    ) -> None:
+        """As `Sink.put`."""
+
+    async def flush(self) -> None:
+        """As `Sink.flush`."""
