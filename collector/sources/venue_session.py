@@ -307,8 +307,10 @@ class VenueSession:
                 finally:
                     ledger.receiving = False
                 self._last_frame_monotonic = time.monotonic()
+                # Everything up to this frame has been read: the gap repair starts from here.
+                ledger.read_through_at = received_at = datetime.now(UTC)
                 if msg.type is aiohttp.WSMsgType.TEXT:
-                    await self._on_text(msg.data, datetime.now(UTC))
+                    await self._on_text(msg.data, received_at)
                 elif msg.type is aiohttp.WSMsgType.BINARY:
                     await self.dead_letter("unexpected_binary", "binary frame", msg.data)
                 elif msg.type is aiohttp.WSMsgType.ERROR:
