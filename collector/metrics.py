@@ -310,8 +310,9 @@ class Metrics:
         )
         self.venue_subscribed_topics = Gauge(
             "collector_venue_subscribed_topics",
-            "Topics or channels confirmed subscribed on open sessions, by venue.",
-            ["venue"],
+            "Topics or channels confirmed subscribed on open sessions, by venue and stream host "
+            "(Bybit: linear, inverse; OKX: public).",
+            ["venue", "host"],
             registry=r,
         )
         self.venue_heartbeats = Counter(

@@ -145,7 +145,7 @@ class BybitSession(VenueSession):
                     changed = True
         if changed and self.subscribed.is_set():
             await self.snapshot_streams(tuple(self.held))
-        self._metrics.venue_subscribed_topics.labels(VENUE.value).set(
+        self._metrics.venue_subscribed_topics.labels(VENUE.value, self._category).set(
             sum(len(s.held) for s in self._link.all_sessions())
         )
         return changed

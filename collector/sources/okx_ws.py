@@ -114,7 +114,9 @@ class OkxSession(VenueSession):
             )
         if not confirmed:
             raise SessionClosed("subscribe_rejected")
-        self._metrics.venue_subscribed_topics.labels(VENUE.value).set(len(confirmed))
+        self._metrics.venue_subscribed_topics.labels(VENUE.value, self.spec.host).set(
+            len(confirmed)
+        )
         return tuple(confirmed)
 
     async def _on_text(self, text: str, received_at: datetime) -> None:
