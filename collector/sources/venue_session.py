@@ -118,7 +118,10 @@ class VenueSession:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            await self._ws.send_str(orjson.dumps(message).decode())
+            try:
+                await self._ws.send_str(orjson.dumps(message).decode())
+            except (aiohttp.ClientError, ConnectionError) as exc:
+                raise SessionClosed(self.close_reason or "error") from exc
             closing: asyncio.Future[Any] = asyncio.ensure_future(self.closed.wait())
             try:
                 await asyncio.wait(
@@ -276,7 +279,10 @@ class VenueSession:
             assert ws is not None
             self._pong = loop.create_future()
             last_ping = time.monotonic()
-            await ws.send_str(self._ping_text())
+            try:
+                await ws.send_str(self._ping_text())
+            except (aiohttp.ClientError, ConnectionError):
+                return  # the socket is closing: the reader sees it and finishes the session
             try:
                 async with asyncio.timeout(self._pong_timeout_s):
                     await self._pong
