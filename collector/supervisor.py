@@ -42,10 +42,10 @@ from collector.sink.liveness import run_database_ping
 from collector.sink.writer import Writer
 from collector.sources.binance_parse import reparse_frame
 from collector.sources.binance_ws import Shard, run_ws_sources
-from collector.sources.bybit_ws import run_bybit
+from collector.sources.bybit_ws import BybitCategory, run_bybit
 from collector.sources.catalog import SymbolCatalog
 from collector.sources.exchange_info import run_exchange_info
-from collector.sources.okx_ws import run_okx
+from collector.sources.okx_ws import OkxSource, run_okx
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +67,8 @@ class Runtime:
     catalog: SymbolCatalog
     http_port: int
     shards: list[Shard] = field(default_factory=list)
+    bybit: list[BybitCategory] = field(default_factory=list)
+    okx: list[OkxSource] = field(default_factory=list)
 
 
 async def supervise(
@@ -151,6 +153,20 @@ def _add_readiness(runtime: Runtime) -> None:
         health.add("streams", streams)
         health.describe("streams", lambda: stream_state(runtime.shards))
     health.add("event_age", event_age)
+    if {"bybit", "okx"} & set(runtime.config.venues.enabled):
+        # Shown, not checked: a venue unreachable from this network must not make the
+        # collector unready for the others.
+        health.describe("venues", lambda: venue_state(runtime))
+
+
+def venue_state(runtime: Runtime) -> dict[str, Any]:
+    """`/readyz`'s view of Bybit (per category) and OKX."""
+    view: dict[str, Any] = {}
+    if runtime.bybit:
+        view["bybit"] = {c.category: c.state() for c in runtime.bybit}
+    if runtime.okx:
+        view["okx"] = runtime.okx[0].state()
+    return view
 
 
 @dataclass(slots=True)
@@ -301,9 +317,13 @@ def _components(
             config.binance, pool, runtime.catalog, metrics, s
         )
     if "bybit" in enabled:
-        components["bybit"] = lambda s: run_bybit(config.bybit, venue_sink, metrics, s)
+        components["bybit"] = lambda s: run_bybit(
+            config.bybit, venue_sink, metrics, s, categories_out=runtime.bybit
+        )
     if "okx" in enabled:
-        components["okx"] = lambda s: run_okx(config.okx, venue_sink, metrics, s)
+        components["okx"] = lambda s: run_okx(
+            config.okx, venue_sink, metrics, s, sources_out=runtime.okx
+        )
     components |= {
         "rollup": lambda s: run_rollups(pool, s, interval_s=config.database.rollup_interval_s),
         "database_ping": lambda s: run_database_ping(

@@ -15,6 +15,7 @@ import asyncio
 import random
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import aiohttp
 import orjson
@@ -272,6 +273,16 @@ class BybitCategory:
         self._group: asyncio.TaskGroup | None = None
         self._stop: asyncio.Event | None = None
         self.log = log.bind(venue=VENUE.value, category=category)
+
+    def state(self) -> dict[str, Any]:
+        """`/readyz`'s view: connections up of those planned, topics held of those wanted."""
+        sessions = [link.session for link in self.links if link.link is not None]
+        return {
+            "up": sum(link.link.is_up for link in self.links if link.link is not None),
+            "wanted": len(self.links),
+            "topics": sum(len(s.held) for s in sessions if s is not None and not s.closed.is_set()),
+            "symbols": len(self.instruments),
+        }
 
     async def run(self, stop: asyncio.Event) -> None:
         """Load the symbols (retrying with backoff), hold their connections, refresh until

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aiohttp
 import structlog
@@ -185,6 +186,11 @@ class OkxSource:
             on_subscribed=self._on_subscribed,
         )
         self.log = log.bind(venue=VENUE.value)
+
+    def state(self) -> dict[str, Any]:
+        """`/readyz`'s view: whether the connection is up, the terms known, the repair state."""
+        repair = "disabled" if self.repairer is None else "on" if self.repairer.is_on else "off"
+        return {"up": self.link.is_up, "instruments": len(self.instruments), "repair": repair}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Load the contract terms (once; the refresh retries), then hold the connection,
