@@ -173,8 +173,9 @@ async def test_text_pings_are_answered_with_pongs(emu: OkxEmulator) -> None:
 
 
 @contextlib.asynccontextmanager
-async def never_pongs() -> AsyncIterator[str]:
-    """An OKX-like server on loopback that acks subscribes but never answers `ping`."""
+async def never_pongs(*, acks: bool = True) -> AsyncIterator[str]:
+    """An OKX-like server on loopback that acks subscribes (unless not `acks`) but never
+    answers `ping`."""
     pings: list[str] = []
 
     async def handle(request: web.Request) -> web.WebSocketResponse:
@@ -187,7 +188,7 @@ async def never_pongs() -> AsyncIterator[str]:
                 pings.append(msg.data)
                 continue
             req = orjson.loads(msg.data)
-            for arg in req["args"]:
+            for arg in req["args"] if acks else ():
                 await ws.send_str(orjson.dumps({"id": req["id"], "event": "subscribe",
                                                 "arg": arg, "connId": "x"}).decode())  # fmt: skip
         return ws
@@ -214,6 +215,18 @@ async def test_a_missing_pong_closes_the_session_and_it_reconnects(emu: OkxEmula
         assert first.close_reason == "pong_timeout"
         assert run.metric("collector_venue_heartbeats_total", venue="okx",
                           outcome="timeout") >= 1  # fmt: skip
+
+
+async def test_a_stop_does_not_wait_out_a_silent_server(emu: OkxEmulator) -> None:
+    """Stopping while a subscribe waits for a reply that never comes (30 s timeout) closes the
+    session at once, in the ledger too."""
+    started = time.monotonic()
+    async with never_pongs(acks=False) as url, okx(url, emu.rest_url, repair=False,
+                                                   open_timeout_s=30.0) as run:  # fmt: skip
+        await eventually(run.sink.sessions)
+    assert time.monotonic() - started < 5
+    [session] = run.sink.sessions()
+    assert (session.subscribed_at, session.close_reason) == (None, "shutdown")
 
 
 async def test_a_gap_between_sessions_is_repaired_from_rest_exactly(emu: OkxEmulator) -> None:

@@ -12,6 +12,7 @@ session is confirmed and which one ended before it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -73,15 +74,25 @@ class Link:
         self._retired.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Hold a session until `stop` or `retire()`; the live one is closed on the way out."""
+        """Hold a session until `stop` or `retire()`; the live one is closed on the way out.
+
+        A stop interrupts whatever the loop waits for (an upgrade, a subscribe reply, a
+        backoff), so shutdown never waits out a silent server's timeouts."""
         halt = asyncio.Event()
         watcher = asyncio.ensure_future(self._halt_on(stop, halt))
+        holding = asyncio.ensure_future(self._loop(halt))
         try:
-            await self._loop(halt)
+            await asyncio.wait({watcher, holding}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             watcher.cancel()
+            if not holding.done():
+                holding.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await holding
             if self.current is not None:
                 await self.current.close("shutdown" if stop.is_set() else "retired")
+        if not holding.cancelled():
+            holding.result()  # a bug in the loop propagates to the supervisor
 
     async def _halt_on(self, stop: asyncio.Event, halt: asyncio.Event) -> None:
         waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._retired.wait())}
