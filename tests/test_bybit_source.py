@@ -242,3 +242,19 @@ async def test_a_malformed_frame_is_dead_lettered_and_the_session_goes_on() -> N
         assert len(run.sink.sessions()) == 1
         assert metric_value(run.metrics.registry, "collector_dead_letters_total",
                             reason="malformed_frame") == 1  # fmt: skip
+
+
+async def test_a_rest_403_waits_the_documented_ten_minutes_and_the_stream_goes_on() -> None:
+    """Past the REST limit Bybit answers 403: the refresh waits 10 minutes before asking again
+    (logged, counted); the connection keeps its topics meanwhile."""
+    options = dataclasses.replace(TWO_CATEGORIES, rest_limit=2, rest_window_s=300.0)
+    with structlog.testing.capture_logs() as logs:
+        async with bybit(options, categories=("linear",), instruments_refresh_s=0.05) as run:
+            await eventually(lambda: [e for e in logs if e["event"] == "bybit.instruments_failed"])
+            assert run.emu.rest_requests == 3
+            assert run.metric("collector_venue_instrument_refreshes_total", venue="bybit",
+                              market="linear", outcome="error") == 1  # fmt: skip
+            await run.until_topics([["allLiquidation.BTCUSDT", "allLiquidation.ETHUSDT"]])
+    [failed] = [e for e in logs if e["event"] == "bybit.instruments_failed"]
+    assert failed["retry_after_s"] == 600.0
+    assert failed["error"].startswith("HTTP 403 from ")

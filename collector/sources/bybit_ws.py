@@ -47,6 +47,13 @@ PAGE_LIMIT = 1000
 # A safety stop for a server whose cursors never end.
 MAX_PAGES = 100
 _LOGGED_ERROR_CHARS = 300
+# Past the REST limit Bybit answers "403, access too frequent": "stop and wait at least 10
+# minutes" (https://bybit-exchange.github.io/docs/v5/rate-limit).
+ACCESS_TOO_FREQUENT_WAIT_S = 600.0
+
+
+class AccessTooFrequent(Exception):
+    """Bybit's REST answered 403: this IP must wait `ACCESS_TOO_FREQUENT_WAIT_S`."""
 
 
 async def fetch_instruments(
@@ -54,8 +61,8 @@ async def fetch_instruments(
 ) -> list[BybitInstrument]:
     """Every `Trading` instrument of `category`, following `nextPageCursor` to the last page.
 
-    Raises `MalformedPayload` (a bad page, HTTP error, such as 403 "access too frequent"),
-    `VenueApiError` (a `retCode`), or aiohttp/OS errors.
+    Raises `AccessTooFrequent` (HTTP 403), `MalformedPayload` (a bad page, another HTTP
+    error), `VenueApiError` (a `retCode`), or aiohttp/OS errors.
     """
     url = f"{config.rest_url.rstrip('/')}/v5/market/instruments-info"
     timeout = aiohttp.ClientTimeout(total=config.open_timeout_s * 3)
@@ -67,6 +74,8 @@ async def fetch_instruments(
             params["cursor"] = cursor
         async with http.get(url, params=params, timeout=timeout) as response:
             body = await response.read()
+            if response.status == 403:
+                raise AccessTooFrequent(f"HTTP 403 from {url}: {body[:200]!r}")
             if response.status != 200:
                 raise MalformedPayload(f"HTTP {response.status} from {url}: {body[:200]!r}")
         page = parse_instruments_page(body, category=category)
@@ -126,38 +135,46 @@ class BybitCategory:
         self._stop = stop
         retry = Policy(self._config.reconnect_initial_s * 5, self._config.instruments_refresh_s)
         backoff = retry.backoff(self._rng)
-        while not await self.refresh():
-            if await sleep_or_stop(backoff.next_delay(), stop):
-                return
-        backoff.reset()
+        if not await self._refresh_until_done(backoff, stop):
+            return
         async with asyncio.TaskGroup() as group:
             self._group = group
             for link in self.links:
                 self._start(link)
-            while True:
-                delay = self._config.instruments_refresh_s
-                if await sleep_or_stop(delay, stop):
+            while not await sleep_or_stop(self._config.instruments_refresh_s, stop):
+                if not await self._refresh_until_done(backoff, stop):
                     break
-                while not await self.refresh():
-                    if await sleep_or_stop(backoff.next_delay(), stop):
-                        return
-                backoff.reset()
 
-    async def refresh(self) -> bool:
-        """Read the symbol list and re-plan; False (logged, counted) when the read failed."""
+    async def _refresh_until_done(self, backoff: Backoff, stop: asyncio.Event) -> bool:
+        """Refresh, retrying failures with backoff (a 403 waits its 10 minutes); False when
+        `stop` came first."""
+        while (wait_s := await self.refresh()) is not None:
+            if await sleep_or_stop(max(wait_s, backoff.next_delay()), stop):
+                return False
+        backoff.reset()
+        return True
+
+    async def refresh(self) -> float | None:
+        """Read the symbol list and re-plan. None when done; when the read failed (logged,
+        counted), the least wait before the next try (0: the caller's backoff decides)."""
+        wait_s = 0.0
         try:
             listed = await fetch_instruments(self._http, self._config, self.category)
+        except AccessTooFrequent as exc:
+            error, wait_s = str(exc), ACCESS_TOO_FREQUENT_WAIT_S
         except (MalformedPayload, VenueApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            self._metrics.venue_instrument_refreshes.labels(
-                VENUE.value, self.category, "error"
-            ).inc()
-            self.log.warning("bybit.instruments_failed", error=str(exc)[:_LOGGED_ERROR_CHARS])
-            return False
-        self._metrics.venue_instrument_refreshes.labels(VENUE.value, self.category, "ok").inc()
-        self.instruments.clear()
-        self.instruments.update((i.symbol, i) for i in listed)
-        await self.apply([i.symbol for i in listed])
-        return True
+            error = str(exc)
+        else:
+            self._metrics.venue_instrument_refreshes.labels(VENUE.value, self.category, "ok").inc()
+            self.instruments.clear()
+            self.instruments.update((i.symbol, i) for i in listed)
+            await self.apply([i.symbol for i in listed])
+            return None
+        self._metrics.venue_instrument_refreshes.labels(VENUE.value, self.category, "error").inc()
+        self.log.warning(
+            "bybit.instruments_failed", error=error[:_LOGGED_ERROR_CHARS], retry_after_s=wait_s
+        )
+        return wait_s
 
     async def apply(self, symbols: Sequence[str]) -> None:
         """Make the links hold exactly the topics of `symbols`: drop delisted ones from their
