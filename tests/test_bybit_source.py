@@ -258,3 +258,20 @@ async def test_a_rest_403_waits_the_documented_ten_minutes_and_the_stream_goes_o
     [failed] = [e for e in logs if e["event"] == "bybit.instruments_failed"]
     assert failed["retry_after_s"] == 600.0
     assert failed["error"].startswith("HTTP 403 from ")
+
+
+async def test_a_list_longer_than_a_page_is_followed_and_split_at_21000_characters() -> None:
+    """1,200 linear symbols come over two instruments-info pages (1,000 a page, by cursor) and
+    are spread over connections at Bybit's 21,000-character args limit, all of them held."""
+    symbols = tuple(f"S{i:04d}USDT" for i in range(1200))
+    options = BybitOptions(linear_symbols=symbols, inverse_symbols=())
+    async with bybit(options, categories=("linear",)) as run:
+        plan = plan_subscriptions(symbols)
+        assert len(plan) == 2
+        await run.until_topics(plan)
+        assert run.emu.rest_requests == 2
+        assert all(args_chars(topics) <= 21_000 for topics in run.topics())
+        [category] = run.categories
+        await eventually(
+            category.state, lambda v: v == {"up": 2, "wanted": 2, "topics": 1200, "symbols": 1200}
+        )
