@@ -16,7 +16,7 @@ from collector.metrics import Metrics
 from collector.rest.client import Credentials, RestClient, RestStopped
 from collector.rest.endpoints import OrderLookupSpec
 from collector.rest.state import AccountState
-from collector.retry import Backoff, is_transient, sleep_or_stop
+from collector.retry import is_transient, poll_database_retry, sleep_or_stop
 
 T = TypeVar("T")
 
@@ -41,8 +41,9 @@ class PollerContext:
         log: structlog.typing.FilteringBoundLogger,
     ) -> T:
         """Run a database operation, waiting out a database that is down or restarting
-        (capped, jittered backoff); other errors propagate, and `stop` raises RestStopped."""
-        backoff = Backoff(self.rest.retry_initial_s, self.rest.retry_max_s)
+        (`retry.poll_database_retry`); other errors propagate, and `stop` raises RestStopped."""
+        policy = poll_database_retry(self.rest.retry_initial_s, self.rest.retry_max_s)
+        backoff = policy.backoff()
         while True:
             try:
                 result = await operation()

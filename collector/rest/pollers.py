@@ -11,7 +11,7 @@ enrichment `enrich`, the endpoint health `state`. A scope never stalls on one wi
 page in a window too narrow to split is kept and the window dead-lettered (`window_truncated`);
 a window Binance can only reject (`windows.can_only_fail`) is narrowed to the part it accepts
 and the rest dead-lettered and recorded in the checkpoint (`window_unavailable`); any other
-failure retries the whole poll with backoff.
+failure retries the whole poll with backoff (`retry.poll_retry`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from collector.rest.windows import (
     can_only_fail,
     next_window,
 )
-from collector.retry import Backoff, sleep_or_stop
+from collector.retry import poll_retry, sleep_or_stop
 
 log = structlog.get_logger(__name__)
 
@@ -66,12 +66,10 @@ class ScopePoller:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll every `poll_interval_s` (fixed rate) until `stop`; isolate every REST failure.
-        A failed poll is retried after a capped, jittered, doubling delay (reset by a success),
-        and the log says that delay."""
+        A failed poll is retried after a capped, jittered, doubling delay (`retry.poll_retry`,
+        reset by a success), and the log says that delay."""
         rest = self.ctx.rest
-        failures = Backoff(
-            rest.poll_interval_s, max(rest.poll_interval_s, rest.poll_failure_backoff_max_s)
-        )
+        failures = poll_retry(rest.poll_interval_s, rest.poll_failure_backoff_max_s).backoff()
         while not stop.is_set():
             started = time.monotonic()
             delay: float | None = None
