@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
@@ -38,7 +39,7 @@ from collector.metrics import Metrics
 from collector.model import MarketLiquidation
 from collector.readiness import add_readiness
 from collector.rest.accounts import build_account_components
-from collector.retry import COMPONENT_RESTART, FATAL_ERRORS, Backoff, sleep_or_stop
+from collector.retry import COMPONENT_RESTART, FATAL_ERRORS, sleep_or_stop
 from collector.sink import spill
 from collector.sink.liveness import run_database_ping
 from collector.sink.writer import Writer
@@ -82,8 +83,8 @@ async def supervise(
 
     Fatal errors (`retry.FATAL_ERRORS`) propagate: the process exits non-zero.
     """
-    policy = COMPONENT_RESTART
-    backoff = Backoff(initial_backoff_s, policy.max_s)
+    policy = dataclasses.replace(COMPONENT_RESTART, initial_s=initial_backoff_s)
+    backoff = policy.backoff()
     while not stop.is_set():
         started = time.monotonic()
         try:
