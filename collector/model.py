@@ -9,7 +9,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeAlias
+
+if TYPE_CHECKING:
+    # (Only for `WriteItem`: collector.venues imports this module for LiquidatedSide.)
+    from collector.venues import VenueLiquidation
 
 
 class Market(StrEnum):
@@ -94,6 +98,27 @@ class SessionRecord:
     closed_at: datetime | None = None
     close_reason: str | None = None
     events_received: int = 0
+    venue: str = "binance"
+    """The venue whose stream the session read (a `collector.venues.Venue` value)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RepairRecord:
+    """A gap repair for the coverage ledger: `source` read back [repaired_from, repaired_to)
+    of the venue's `stream` and returned `rows` liquidations there (`coverage_repairs`).
+
+    Put it after the repaired rows and a `Sink.flush()`, so the ledger never claims a repair
+    whose rows are not committed. One record per (venue, stream, interval, source) is kept.
+    """
+
+    venue: str
+    stream: str
+    repaired_from: datetime
+    repaired_to: datetime
+    source: str
+    """What was read, e.g. `rest:okx:liquidation-orders`."""
+    rows: int
+    recorded_at: datetime
 
 
 @dataclass(slots=True)
@@ -103,7 +128,9 @@ class Barrier:
     done: asyncio.Future[None]
 
 
-WriteItem = MarketLiquidation | DeadLetter | SessionRecord | Barrier
+WriteItem: TypeAlias = (
+    "MarketLiquidation | VenueLiquidation | DeadLetter | SessionRecord | RepairRecord | Barrier"
+)
 
 
 class Sink(Protocol):
