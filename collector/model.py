@@ -9,11 +9,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeAlias
+from typing import NamedTuple, Protocol, TypeAlias
 
-if TYPE_CHECKING:
-    # (Only for `WriteItem`: collector.venues imports this module for LiquidatedSide.)
-    from collector.venues import VenueLiquidation
+from collector.venues import LiquidatedSide, VenueLiquidation
 
 
 class Market(StrEnum):
@@ -21,13 +19,6 @@ class Market(StrEnum):
 
     UM = "UM"
     CM = "CM"
-
-
-class LiquidatedSide(StrEnum):
-    """The position that was liquidated: a SELL force order closes a LONG."""
-
-    LONG = "LONG"
-    SHORT = "SHORT"
 
 
 class MarketLiquidation(NamedTuple):

@@ -29,14 +29,13 @@ import structlog
 from collector.exceptions import MalformedPayload
 from collector.model import (
     DeadLetter,
-    LiquidatedSide,
     MarketLiquidation,
     RepairRecord,
     SessionRecord,
     WriteItem,
 )
 from collector.sink.writer import Writer
-from collector.venues import Venue, VenueLiquidation
+from collector.venues import LiquidatedSide, Venue, VenueLiquidation
 
 log = structlog.get_logger(__name__)
 
