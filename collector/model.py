@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeAlias
 
-if TYPE_CHECKING:
-    from collector.venues import VenueLiquidation
+from collector.venues import LiquidatedSide, VenueLiquidation
 
 
 class Market(StrEnum):
@@ -20,13 +19,6 @@ class Market(StrEnum):
 
     UM = "UM"
     CM = "CM"
-
-
-class LiquidatedSide(StrEnum):
-    """The position that was liquidated: a SELL force order closes a LONG."""
-
-    LONG = "LONG"
-    SHORT = "SHORT"
 
 
 class MarketLiquidation(NamedTuple):
@@ -98,21 +90,26 @@ class SessionRecord:
     close_reason: str | None = None
     events_received: int = 0
     venue: str = "binance"
-    """Which venue's stream this session read (`collector.venues.Venue` values)."""
+    """The venue whose stream the session read (a `collector.venues.Venue` value)."""
 
 
 @dataclass(frozen=True, slots=True)
 class RepairRecord:
-    """The part [`from_at`, `to_at`) of a coverage gap of `venue`'s `stream` that was read
-    back from `source` (e.g. a REST history), with the `rows` it yielded. Only what was read is
-    claimed: a window the source no longer reaches stays a gap."""
+    """A gap repair for the coverage ledger: `source` read back [repaired_from, repaired_to)
+    of the venue's `stream` and returned `rows` liquidations there (`coverage_repairs`).
+
+    Put it after the repaired rows and a `Sink.flush()`, so the ledger never claims a repair
+    whose rows are not committed. One record per (venue, stream, interval, source) is kept.
+    """
 
     venue: str
     stream: str
-    from_at: datetime
-    to_at: datetime
+    repaired_from: datetime
+    repaired_to: datetime
     source: str
+    """What was read, e.g. `rest:okx:liquidation-orders`."""
     rows: int
+    recorded_at: datetime
 
 
 @dataclass(slots=True)
@@ -122,7 +119,9 @@ class Barrier:
     done: asyncio.Future[None]
 
 
-WriteItem = MarketLiquidation | DeadLetter | SessionRecord | Barrier
+WriteItem: TypeAlias = (
+    "MarketLiquidation | VenueLiquidation | DeadLetter | SessionRecord | RepairRecord | Barrier"
+)
 
 
 class Sink(Protocol):
@@ -136,20 +135,3 @@ class Sink(Protocol):
 
     async def flush(self) -> None:
         """Return once everything put before this call is committed (or dead-lettered)."""
-
-
-class VenueSink(Protocol):
-    """The `Sink` of the Bybit and OKX sources: it also takes their liquidations and the repair
-    records of their gaps. (Until the writer's `WriteItem` includes `VenueLiquidation` and
-    `RepairRecord`; then it is `Sink` itself.)"""
-
-    async def put(
-        self,
-        item: WriteItem | VenueLiquidation | RepairRecord,
-        *,
-        release: asyncio.Event | None = None,
-    ) -> None:
-        """As `Sink.put`."""
-
-    async def flush(self) -> None:
-        """As `Sink.flush`."""

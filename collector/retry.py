@@ -12,7 +12,9 @@ reason, first match wins. Three outcomes, three places that act on them:
 
 Backoff is one shape for every loop (`Backoff`: jittered, geometric, capped, reset after
 success, as websockets' `backoff()`), with the bases, caps and reset rules of each loop named
-below (`Policy`), each with its reason.
+below (`Policy`), beside the attempt limits and fixed retry delays, each with its reason.
+Protocol figures (Binance's ban and WAF pauses, its rate-limit minute) stay where they are
+used, with their doc links.
 """
 
 from __future__ import annotations
@@ -212,10 +214,55 @@ def writer_retry(retry_initial_s: float, retry_max_s: float) -> Policy:
     return Policy(retry_initial_s, retry_max_s)
 
 
+# A REST request is sent at most this many times for network trouble or a transient answer.
+REST_ATTEMPTS = 5
+# A -1021 (timestamp outside recvWindow) is answered by a clock resync and a resend, at most this
+# many times per request: one still rejected after two fresh offsets fails instead of looping.
+REST_CLOCK_RESYNCS = 2
+# exchangeInfo's weight limits could not be read (rest.client.limits_ready): ask again a minute
+# later, not at the next `exchange_info_refresh_s`, since the pool keeps the documented figure
+# (or what a 429 taught) meanwhile, not the announced one.
+REST_LIMITS_RETRY_S = 60.0
+
+
 def rest_retry(retry_initial_s: float, retry_max_s: float) -> Policy:
-    """One REST request's attempts ([rest] retry_*), at most a few per request: a request that
-    outlasts them fails, and its poller backs off by its own policy."""
+    """One REST request's attempts ([rest] retry_*), at most `REST_ATTEMPTS` per request: a
+    request that outlasts them fails, and its poller backs off by its own policy."""
     return Policy(retry_initial_s, retry_max_s)
+
+
+def poll_retry(poll_interval_s: float, failure_backoff_max_s: float) -> Policy:
+    """A failed poll of one account scope (rest.pollers): the first retry comes one poll
+    interval later, as the next poll would, doubling up to [rest] poll_failure_backoff_max_s
+    (never below the interval, so a failing scope never polls faster than a healthy one). A
+    poll that succeeds resets it."""
+    return Policy(poll_interval_s, max(poll_interval_s, failure_backoff_max_s))
+
+
+def poll_database_retry(retry_initial_s: float, retry_max_s: float) -> Policy:
+    """A database outage met by an account poller ([rest] retry_*): waited out without an
+    attempt cap, with what was fetched kept in memory; every operation starts over."""
+    return Policy(retry_initial_s, retry_max_s)
+
+
+# A failed server-time sync (rest.clock): 1 s lets a passing error heal at once; at most a minute
+# apart, since the requests of that family wait for the offset meanwhile. A good sync resets it.
+CLOCK_SYNC_RETRY = Policy(1.0, 60.0)
+
+
+def ws_reconnect(reconnect_initial_s: float, reconnect_max_s: float) -> Policy:
+    """Reconnecting a websocket shard ([binance] reconnect_*) after a failed attempt: a connect
+    that failed, a session that ended unconfirmed, or one our own reader failed (a bug, so that
+    a frame that kills every session cannot make us hammer the server). A confirmed connection
+    resets it; one that ends after being confirmed is replaced at once (after at most
+    `reconnect_jitter_s`), not by this policy."""
+    return Policy(reconnect_initial_s, reconnect_max_s)
+
+
+# A make-before-break rotation whose new connection failed is tried again this much later: the
+# old connection keeps the streams covered meanwhile, and (at the default `rotate_after_s`) the
+# 24 h cut is an hour away.
+WS_ROTATION_RETRY_S = 60.0
 
 
 def rollup_retry(interval_s: float) -> Policy:

@@ -1,6 +1,7 @@
 """The daemon's lifecycle, top to bottom, in four phases (`run`):
 
-1. start-up: HTTP port bound -> database -> migrations -> pool -> HTTP served -> writer;
+1. start-up: HTTP port bound -> database -> migrations -> pool -> HTTP served (its `/readyz`
+   checks are `collector.readiness`) -> writer;
 2. replay: what a previous run spilled is committed before anything new (a stop ends it);
 3. run: the sources, each supervised, until SIGTERM/SIGINT or a fatal error;
 4. drain: stop the sources (their sessions close in the ledger; the writer's `put` no longer
@@ -18,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 import structlog
@@ -34,9 +36,10 @@ from collector.db.migrate import migrate
 from collector.db.rollup import run_rollups
 from collector.health import Health, listen, serve_http
 from collector.metrics import Metrics
-from collector.model import MarketLiquidation, VenueSink
+from collector.model import MarketLiquidation
+from collector.readiness import add_readiness
 from collector.rest.accounts import build_account_components
-from collector.retry import COMPONENT_RESTART, FATAL_ERRORS, Backoff, sleep_or_stop
+from collector.retry import COMPONENT_RESTART, FATAL_ERRORS, sleep_or_stop
 from collector.sink import spill
 from collector.sink.liveness import run_database_ping
 from collector.sink.writer import Writer
@@ -84,8 +87,8 @@ async def supervise(
 
     Fatal errors (`retry.FATAL_ERRORS`) propagate: the process exits non-zero.
     """
-    policy = COMPONENT_RESTART
-    backoff = Backoff(initial_backoff_s, policy.max_s)
+    policy = dataclasses.replace(COMPONENT_RESTART, initial_s=initial_backoff_s)
+    backoff = policy.backoff()
     while not stop.is_set():
         started = time.monotonic()
         try:
@@ -102,71 +105,6 @@ async def supervise(
             continue
         if not stop.is_set():  # a component returned on its own: restart it after a pause
             await sleep_or_stop(backoff.next_delay(), stop)
-
-
-def stream_state(shards: list[Shard]) -> dict[str, Any]:
-    """`/readyz`'s view of the streams: per shard its connections (one per replica, "up" or
-    "down") and counts; `state` is `ok` (every shard fully held), `degraded` (every shard has
-    a connection up, some fewer than `redundancy`) or `down` (some shard has none)."""
-    by_name: dict[str, list[Shard]] = {}
-    for shard in shards:
-        by_name.setdefault(shard.spec.name, []).append(shard)
-    view: dict[str, dict[str, Any]] = {}
-    for name, twins in by_name.items():
-        connections = ["up" if t.is_up else "down" for t in twins]
-        view[name] = {"up": connections.count("up"), "wanted": len(twins),
-                      "connections": connections}  # fmt: skip
-    if not view or any(not v["up"] for v in view.values()):
-        state = "down"
-    elif any(v["up"] < v["wanted"] for v in view.values()):
-        state = "degraded"
-    else:
-        state = "ok"
-    return {"state": state, "shards": view}
-
-
-def _add_readiness(runtime: Runtime) -> None:
-    health = runtime.health
-
-    async def database() -> None:
-        if runtime.writer.is_failing and runtime.writer.queue.qsize() > 0:
-            raise RuntimeError("the writer cannot commit")
-        async with runtime.pool.acquire(timeout=1.5) as conn:
-            await conn.fetchval("SELECT 1")
-
-    async def streams() -> None:
-        """Ready while at least one connection of every shard is up (degraded is still ready)."""
-        if not runtime.shards:
-            raise RuntimeError("no stream connection started yet")
-        down = [name for name, s in stream_state(runtime.shards)["shards"].items() if not s["up"]]
-        if down:
-            raise RuntimeError(f"not connected: {', '.join(down)}")
-
-    async def event_age() -> None:
-        limit = runtime.config.http.max_event_age_s
-        age = runtime.metrics.event_age_s()
-        if limit and age > limit:
-            raise RuntimeError(f"no event for {age:.0f} s (limit {limit:.0f} s)")
-
-    health.add("database", database)
-    if "binance" in runtime.config.venues.enabled:
-        health.add("streams", streams)
-        health.describe("streams", lambda: stream_state(runtime.shards))
-    health.add("event_age", event_age)
-    if {"bybit", "okx"} & set(runtime.config.venues.enabled):
-        # Shown, not checked: a venue unreachable from this network must not make the
-        # collector unready for the others.
-        health.describe("venues", lambda: venue_state(runtime))
-
-
-def venue_state(runtime: Runtime) -> dict[str, Any]:
-    """`/readyz`'s view of Bybit (per category) and OKX."""
-    view: dict[str, Any] = {}
-    if runtime.bybit:
-        view["bybit"] = {c.category: c.state() for c in runtime.bybit}
-    if runtime.okx:
-        view["okx"] = runtime.okx[0].state()
-    return view
 
 
 @dataclass(slots=True)
@@ -246,7 +184,11 @@ async def _start_up(
     port = int(runner.addresses[0][1])
     writer = Writer(lambda: connect(dsn, config), config.writer, metrics)
     runtime = Runtime(config, dsn, pool, metrics, health, writer, SymbolCatalog(), port)
-    _add_readiness(runtime)
+    add_readiness(
+        health, pool=pool, writer=writer, shards=runtime.shards, metrics=metrics,
+        max_event_age_s=config.http.max_event_age_s,
+        binance="binance" in config.venues.enabled, bybit=runtime.bybit, okx=runtime.okx,
+    )  # fmt: skip
     fatal: list[BaseException] = []
 
     def writer_done(task: asyncio.Task[None]) -> None:
@@ -305,9 +247,6 @@ def _components(
     """Every component the run phase supervises, by name."""
     config, writer, pool, metrics = runtime.config, runtime.writer, runtime.pool, runtime.metrics
     enabled = config.venues.enabled
-    # Integrator: the storage side's writer takes VenueLiquidation and RepairRecord; this cast
-    # goes once `model.WriteItem` includes them (then VenueSink is Sink).
-    venue_sink = cast(VenueSink, writer)
     components: dict[str, Component] = {}
     if "binance" in enabled:
         components["ws"] = lambda s: run_ws_sources(
@@ -318,11 +257,11 @@ def _components(
         )
     if "bybit" in enabled:
         components["bybit"] = lambda s: run_bybit(
-            config.bybit, venue_sink, metrics, s, categories_out=runtime.bybit
+            config.bybit, writer, metrics, s, categories_out=runtime.bybit
         )
     if "okx" in enabled:
         components["okx"] = lambda s: run_okx(
-            config.okx, venue_sink, metrics, s, sources_out=runtime.okx
+            config.okx, writer, metrics, s, sources_out=runtime.okx
         )
     components |= {
         "rollup": lambda s: run_rollups(pool, s, interval_s=config.database.rollup_interval_s),

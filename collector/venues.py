@@ -26,7 +26,6 @@ from enum import StrEnum
 from typing import Final
 
 from collector.exceptions import CollectorError
-from collector.model import LiquidatedSide
 
 __all__ = [
     "USD_QUOTES",
@@ -42,6 +41,14 @@ __all__ = [
 USD_QUOTES: Final = frozenset({"USD", "USDT", "USDC"})
 """Quote or settlement currencies whose amounts count as USD in `notional_usd` (Binance's
 notional already treats USDT as USD; the rows keep the currency, so a reader can re-price)."""
+
+
+class LiquidatedSide(StrEnum):
+    """The position that was liquidated (a SELL force order on Binance closes a LONG; each
+    venue's parser says how its side field maps)."""
+
+    LONG = "LONG"
+    SHORT = "SHORT"
 
 
 class Venue(StrEnum):

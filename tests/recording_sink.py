@@ -1,4 +1,4 @@
-"""A real in-memory `model.VenueSink`: it records every item put, in order, so source tests can
+"""A real in-memory `model.Sink`: it records every item put, in order, so source tests can
 assert exactly what a source wrote without a database (the end-to-end tests use the writer)."""
 
 from __future__ import annotations

@@ -192,7 +192,8 @@ async def run_all(
 
 T = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)  # the main view: 10:00-12:00 UTC, 5-minute buckets
 GAP = (T + timedelta(minutes=40), T + timedelta(minutes=80))  # no all-market session 10:40-11:20
-VALUES = {"market": ["UM", "CM"], "bucket": "5m", "top": "10", "symbol": "BTCUSDT"}
+VALUES = {"market": ["UM", "CM"], "bucket": "5m", "top": "10", "symbol": "BTCUSDT",
+          "venue": ["binance", "bybit", "okx"]}  # fmt: skip
 MAIN = View(T, T + timedelta(hours=2), "1m", VALUES)
 QUARTER = View(datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC), "12h",
                {**VALUES, "bucket": "auto"})  # fmt: skip
@@ -379,6 +380,140 @@ def check_market_main(r: Mapping[str, list[dict[str, Any]]]) -> None:
     ]
 
 
+# -- by exchange (the liquidations view, the per-venue ledger) -------------------------------------
+
+EXCHANGE_TITLES = {
+    "By exchange in range", "Liquidated by exchange (USD per bucket)",
+    "Largest liquidations across exchanges", "Gaps by exchange (repaired or not)", "variable venue",
+}  # fmt: skip
+OKX_GAP = (at(60), at(80))  # no OKX session 11:00-11:40; REST repaired 11:20-11:40
+REST = "rest:okx:liquidation-orders"
+_VL = """
+INSERT INTO venue_liquidations (trade_time, venue, content_key, market, symbol, base_asset,
+    liquidated_side, price, qty, notional_usd, received_at, wire, raw, origin)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $1, '{}', '{}', $11)
+"""
+# (minutes after T, venue, market, symbol, liquidated side, price, qty, notional USD, origin)
+VENUE_ROWS = [
+    (3, "bybit", "linear", "ROSEUSDT", "LONG", "0.04499", "20000", "899.80000", "ws"),
+    (50, "bybit", "linear", "BTCUSDT", "SHORT", "60000", "2", "120000", "ws"),
+    (10, "okx", "SWAP", "IOST-USDT-SWAP", "SHORT", "0.007831", "13000", "101.803000", "ws"),
+    (12, "okx", "MARGIN", "BTC-USDT", None, None, "0.25", None, "ws"),  # no side, no price
+    (85, "okx", "SWAP", "BTC-USDT-SWAP", "LONG", "50000", "0.01", "500", "rest"),
+]
+
+
+async def seed_venues(conn: asyncpg.Connection) -> None:
+    """Bybit and OKX rows, sessions (OKX with a gap) and the repair of part of that gap."""
+    for minutes, venue, market, symbol, side, price, qty, notional, origin in VENUE_ROWS:
+        await conn.execute(
+            _VL, at(minutes), venue, uuid.uuid4().bytes, market, symbol, symbol.split("-")[0],
+            side, price and D(price), D(qty), notional and D(notional), origin,
+        )  # fmt: skip
+    sessions = [("bybit", "allLiquidation.ROSEUSDT", T - timedelta(hours=1), at(150)),
+                ("okx", "liquidation-orders:SWAP", T - timedelta(hours=1), OKX_GAP[0]),
+                ("okx", "liquidation-orders:SWAP", at(100), at(150))]  # fmt: skip
+    for venue, stream, opened, closed in sessions:
+        await conn.execute(
+            "INSERT INTO ws_sessions (session_id, venue, connection, host, route, url, streams,"
+            " opened_at, last_alive_at, closed_at, close_reason, events_received)"
+            " VALUES ($1, $2, $2 || '#0', $2, '', 'wss://example', $3, $4, $5, $5, 'rotation', 1)",
+            uuid.uuid4(), venue, [stream], opened, closed,
+        )  # fmt: skip
+    await conn.execute(
+        "INSERT INTO coverage_repairs (venue, stream, repaired_from, repaired_to, source, rows,"
+        " recorded_at) VALUES ('okx', 'liquidation-orders:SWAP', $1, $2, $3, 1, $2)",
+        OKX_GAP[1], at(100), REST,
+    )  # fmt: skip
+
+
+async def test_exchange_panels_are_exact(pg: asyncpg.Connection) -> None:
+    """Every 'By exchange' panel gives the exact seeded answers: totals per exchange and bucket
+    with each exchange's own gaps empty (a repaired part is data), shares, the largest rows
+    across exchanges, each sampling policy, and the gaps with the repaired part named."""
+    await seed_market(pg)
+    await seed_venues(pg)
+
+    binance = View(MAIN.time_from, MAIN.time_to, MAIN.interval, {**VALUES, "venue": ["binance"]})
+    check_market_main(await run_all(pg, MARKET, binance))  # other venues change no Binance panel
+    r = await run_all(pg, MARKET, MAIN)
+
+    per_venue = {
+        "binance": ({at(0): D("36010"), at(5): D("30005"), at(90): D(2000), at(105): D(118000)},
+                    GAP),
+        "bybit": ({at(0): D("899.80000"), at(50): D(120000)}, None),
+        "okx": ({at(10): D("101.803000"), at(85): D(500)}, OKX_GAP),
+    }  # fmt: skip
+    assert as_long(r["Liquidated by exchange (USD per bucket)"]) == {
+        (b, venue): None if gap and is_gap(b, gap) else values.get(b, D(0))
+        for b in buckets(MAIN, timedelta(minutes=5))
+        for venue, (values, gap) in per_venue.items()
+    }
+    shares = r["By exchange in range"]
+    assert [(x["Exchange"], x["Longs USD"], x["Shorts USD"], x["Events"]) for x in shares] == [
+        ("binance", D(180005), D(6010), 6),
+        ("bybit", D("899.80000"), D(120000), 2),
+        ("okx", D(500), D("101.803000"), 3),
+    ]
+    assert [(float(x["Long share"]), float(x["Short share"])) for x in shares] == [
+        (pytest.approx(180005 / 186015), pytest.approx(6010 / 186015)),
+        (pytest.approx(899.8 / 120899.8), pytest.approx(120000 / 120899.8)),
+        (pytest.approx(500 / 601.803), pytest.approx(101.803 / 601.803)),
+    ]
+    assert [(x["Covered live"], x["Repaired"]) for x in shares] == [
+        (pytest.approx(80 / 120), 0.0),
+        (1.0, 0.0),
+        (pytest.approx(80 / 120), pytest.approx(20 / 120)),
+    ]
+    notes = await pg.fetch("SELECT sampling_note FROM venues ORDER BY venue")
+    assert [x["Sampling"] for x in shares] == [n["sampling_note"] for n in notes]
+    assert [(x["Time"], x["Exchange"], x["Symbol"], x["Liquidated"], x["Notional USD"])
+            for x in r["Largest liquidations across exchanges"]] == [
+        (at(50), "bybit", "BTCUSDT", "SHORT", D(120000)),
+        (at(105), "binance", "BTCUSDT", "LONG", D(118000)),
+        (at(7), "binance", "ETHUSDT", "LONG", D(30005)),
+        (at(1 + 10 / 60), "binance", "BTCUSDT", "LONG", D(30000)),
+        (at(1 + 40 / 60), "binance", "BTCUSDT", "SHORT", D(6010)),
+        (at(90), "binance", "BTCUSD_PERP", "LONG", D(2000)),
+        (at(3), "bybit", "ROSEUSDT", "LONG", D("899.80000")),
+        (at(85), "okx", "BTC-USDT-SWAP", "LONG", D(500)),
+        (at(10), "okx", "IOST-USDT-SWAP", "SHORT", D("101.803000")),
+    ]  # fmt: skip
+    assert r["Gaps by exchange (repaired or not)"] == [
+        {"Exchange": "okx", "From": OKX_GAP[1], "To": at(100), "Duration": D(1200),
+         "Filled": f"repaired from {REST}"},
+        {"Exchange": "okx", "From": OKX_GAP[0], "To": OKX_GAP[1], "Duration": D(1200),
+         "Filled": "no data"},
+        {"Exchange": "binance", "From": GAP[0], "To": GAP[1], "Duration": D(2400),
+         "Filled": "no data"},
+    ]  # fmt: skip
+    assert r["variable venue"] == [{"venue": "binance"}, {"venue": "bybit"}, {"venue": "okx"}]
+
+
+async def test_exchange_panels_follow_the_venue_variable(pg: asyncpg.Connection) -> None:
+    """With only OKX selected, the exchange panels and the session list hold OKX alone; an
+    exchange with neither coverage nor rows in range shows empty cells, never zeros."""
+    await seed_market(pg)
+    await seed_venues(pg)
+    okx = View(MAIN.time_from, MAIN.time_to, MAIN.interval, {**MAIN.values, "venue": ["okx"]})
+    r = await run_all(pg, MARKET, okx)
+    assert {x["Exchange"] for x in r["Largest liquidations across exchanges"]} == {"okx"}
+    assert [x["Exchange"] for x in r["Websocket sessions"]] == ["okx", "okx"]
+    assert {m for _, m in as_long(r["Liquidated by exchange (USD per bucket)"])} == {"okx"}
+
+    later = View(at(200), at(260), "1m", {**MAIN.values, "venue": ["okx"]})
+    doc = all_dashboards()[MARKET]
+    r = {q.title: [dict(x) for x in await pg.fetch(expand(q, later, doc))]
+         for q in postgres_queries(doc) if q.title in EXCHANGE_TITLES}  # fmt: skip
+    assert r["By exchange in range"] == [{
+        "Exchange": "okx", "Longs USD": None, "Shorts USD": None, "Long share": None,
+        "Short share": None, "Events": None, "Covered live": 0.0, "Repaired": 0.0,
+        "Sampling": 'A sample: OKX says the channel "doesn\'t represent the total"',
+    }]  # fmt: skip
+    values = [x["value"] for x in r["Liquidated by exchange (USD per bucket)"]]
+    assert values == [None] * 12
+
+
 # -- static checks --------------------------------------------------------------------------------
 
 MARKET_TITLES = {
@@ -387,7 +522,7 @@ MARKET_TITLES = {
     "By symbol (top $top, USD per bucket)", "Top symbols", "Largest liquidations",
     "$symbol: longs vs shorts (USD per bucket)", "$symbol: liquidated USD by price",
     "Covered share of each bucket", "Gaps (no collector session)", "Websocket sessions",
-    "variable symbol",
+    "variable symbol", *EXCHANGE_TITLES,
 }  # fmt: skip
 ACCOUNT_TITLES = {
     "Force orders in range", "Notional in range",

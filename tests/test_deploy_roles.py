@@ -125,6 +125,14 @@ async def test_reader_role_reads_dashboard_functions_and_cannot_write(roles: Rol
         assert [tuple(g) for g in gaps] == [
             (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC))
         ]
+        assert await reader.fetchval("SELECT count(*) FROM liquidations") == 0
+        assert await reader.fetchval("SELECT count(*) FROM venues") == 3
+        okx = await reader.fetch(
+            "SELECT * FROM coverage_gaps('okx', NULL, '2026-01-01', '2026-01-02')"
+        )
+        assert [tuple(g) for g in okx] == [
+            (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC), False, None)
+        ]
         with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
             await reader.execute("DELETE FROM symbols")
         # The read-only default is a courtesy the session can lift; the privileges are the wall.

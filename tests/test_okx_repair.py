@@ -25,7 +25,14 @@ from collector.sources.venue_link import Link
 from tests.daemon import metric_value
 from tests.recording_sink import RecordingSink
 
-SOURCE = "rest:/api/v5/public/liquidation-orders"
+SOURCE = "rest:okx:liquidation-orders"
+SWAP = "liquidation-orders:SWAP"
+RECORDED = datetime(2027, 1, 1, tzinfo=UTC)
+
+
+def recorded() -> datetime:
+    """The repairer's clock: when a record is made."""
+    return RECORDED
 
 
 @pytest.fixture
@@ -73,10 +80,10 @@ async def test_a_gap_longer_than_a_page_is_read_back_whole(
     await emu.publish("BTC-USDT-SWAP", [before, *details, after], stream=False)
     history = await history_of(emu, http, inst_types=("SWAP",))
     sink = RecordingSink()
-    repairer = GapRepairer(history, sink, Metrics())
+    repairer = GapRepairer(history, sink, Metrics(), clock=recorded)
     start, end = at_ms(base - 1_000), at_ms(base + 5_000)
-    record = await repairer.repair(Gap(start, end, "test"))
-    assert record == RepairRecord("okx", "liquidation-orders", start, end, SOURCE, 250)
+    [record] = await repairer.repair(Gap(start, end, "test"))
+    assert record == RepairRecord("okx", SWAP, start, end, SOURCE, 250, RECORDED)
     assert sorted(int(r.wire_field("sz") or 0) for r in sink.liquidations) == list(range(1, 251))
     assert sink.items[-1] == record
     # 4 families of SWAP: three pages for BTC-USDT (the third not full), one for each other.
@@ -95,9 +102,11 @@ async def test_a_page_of_one_millisecond_is_claimed_only_after_it(
     sink = RecordingSink()
     metrics = Metrics()
     start, end = at_ms(ts - 1_000), at_ms(ts + 1_000)
-    record = await GapRepairer(history, sink, metrics).repair(Gap(start, end, "test"))
+    [record] = await GapRepairer(history, sink, metrics, clock=recorded).repair(
+        Gap(start, end, "test")
+    )
     assert record == RepairRecord(
-        "okx", "liquidation-orders", at_ms(ts) + timedelta(milliseconds=1), end, SOURCE, 0
+        "okx", SWAP, at_ms(ts) + timedelta(milliseconds=1), end, SOURCE, 0, RECORDED
     )
     assert len(sink.liquidations) == 0  # all 100 read lie before the part claimed
     assert metric_value(metrics.registry, "collector_venue_repairs_total", venue="okx",
@@ -112,7 +121,7 @@ async def test_a_gap_older_than_the_look_back_is_not_claimed(
     now = datetime.now(UTC)
     sink = RecordingSink()
     gap = Gap(now - timedelta(hours=3), now - timedelta(hours=2), "test")
-    assert await GapRepairer(history, sink, Metrics()).repair(gap) is None
+    assert await GapRepairer(history, sink, Metrics()).repair(gap) == []
     assert sink.items == []
 
 

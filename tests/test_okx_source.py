@@ -21,7 +21,7 @@ from aiohttp import WSMsgType, web
 from collector.config import OkxConfig
 from collector.emulator.okx import OkxEmulator, OkxOptions, make_okx_detail
 from collector.metrics import Metrics
-from collector.model import LiquidatedSide, RepairRecord
+from collector.model import LiquidatedSide
 from collector.sources.okx_parse import liquidation_key
 from collector.sources.okx_ws import OkxSource, run_okx
 from collector.venues import Venue
@@ -236,7 +236,7 @@ async def test_a_gap_between_sessions_is_repaired_from_rest_exactly(emu: OkxEmul
         await run.subscribed_sessions(1)
         repairer = run.source.repairer
         assert repairer is not None
-        await eventually(lambda: repairer.records, what="the start-up repair")
+        await eventually(lambda: repairer.records, lambda r: len(r) == 3, what="start-up")
         await emu.publish("ETH-USDT-SWAP", [make_okx_detail("buy", "short", "5", "3200", now_ms())])
         await eventually(lambda: run.sink.liquidations)
         emu.fail_upgrades(2)  # keep the gap open a little while we publish into it
@@ -245,15 +245,21 @@ async def test_a_gap_between_sessions_is_repaired_from_rest_exactly(emu: OkxEmul
         missed = make_okx_detail("sell", "long", "7", "65100", now_ms() + 1)
         await emu.publish("BTC-USDT-SWAP", [missed], stream=False)
         await run.subscribed_sessions(2)
-        await eventually(lambda: repairer.records, lambda r: len(r) == 2, what="the repair")
+        await eventually(lambda: repairer.records, lambda r: len(r) == 6, what="the repair")
     first, second = run.sink.sessions()
     assert first.close_reason == "server_closed"
-    startup, repair = run.sink.repairs
-    assert (startup.rows, startup.to_at) == (0, first.subscribed_at)
     assert second.subscribed_at is not None
-    assert repair == RepairRecord("okx", "liquidation-orders", first.last_alive_at,
-                                  second.subscribed_at, "rest:/api/v5/public/liquidation-orders",
-                                  1)  # fmt: skip
+    source = "rest:okx:liquidation-orders"
+    startup, repair = run.sink.repairs[:3], run.sink.repairs[3:]
+    assert [(r.venue, r.stream, r.repaired_to, r.source, r.rows) for r in startup] == [
+        ("okx", stream, first.subscribed_at, source, 0) for stream in STREAMS
+    ]
+    # One record per instType stream, each claiming exactly the gap between the sessions.
+    assert [(r.venue, r.stream, r.repaired_from, r.repaired_to, r.source, r.rows)
+            for r in repair] == [
+        ("okx", stream, first.last_alive_at, second.subscribed_at, source, rows)
+        for stream, rows in zip(STREAMS, (1, 0, 0), strict=True)
+    ]  # fmt: skip
     streamed, repaired = run.sink.liquidations
     assert (streamed.source, streamed.symbol) == ("ws", "ETH-USDT-SWAP")
     assert (repaired.source, repaired.symbol, repaired.liquidated_side, repaired.qty,
@@ -262,9 +268,11 @@ async def test_a_gap_between_sessions_is_repaired_from_rest_exactly(emu: OkxEmul
     assert repaired.content_key == liquidation_key(
         "BTC-USDT-SWAP", int(missed["ts"]), "sell", "long", D("7"), D("65100")
     )
+    # The records come after their rows (the sink flushed them in between).
+    assert run.sink.items.index(repaired) < run.sink.items.index(repair[0])
     # The start-up read-back reaches only as far as the endpoint's one-day look-back: partial.
-    assert run.metric("collector_venue_repairs_total", venue="okx", outcome="partial") == 1
-    assert run.metric("collector_venue_repairs_total", venue="okx", outcome="repaired") == 1
+    assert run.metric("collector_venue_repairs_total", venue="okx", outcome="partial") == 3
+    assert run.metric("collector_venue_repairs_total", venue="okx", outcome="repaired") == 3
 
 
 @pytest.mark.parametrize("mode", ["not_found", "error"])

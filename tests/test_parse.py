@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from collector.exceptions import MalformedPayload
-from collector.model import LiquidatedSide, Market
+from collector.model import Market
 from collector.sources.binance_parse import (
     ControlReply,
     DataFrame,
@@ -20,6 +20,7 @@ from collector.sources.binance_parse import (
     parse_force_order,
     unknown_fields,
 )
+from collector.venues import LiquidatedSide
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 SRC = Source("fstream", "market", "!forceOrder@arr")

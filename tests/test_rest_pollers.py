@@ -23,7 +23,7 @@ from collector.emulator.account_rest import (
 )
 from collector.metrics import Metrics
 from collector.rest.client import RequestRejected
-from collector.rest.pollers import MIN_WINDOW_MS, can_only_fail
+from collector.rest.windows import MIN_WINDOW_MS, can_only_fail
 from tests.accounts import account_state, running_accounts, settled, stored_keys
 from tests.clocks import SharedClock
 from tests.daemon import eventually, metric_value

@@ -10,18 +10,28 @@ import asyncpg
 
 from collector.exceptions import ConfigError, MalformedPayload, MigrationError
 from collector.retry import (
+    CLOCK_SYNC_RETRY,
     COMPONENT_RESTART,
     DATABASE_WAIT,
+    REST_ATTEMPTS,
+    REST_CLOCK_RESYNCS,
+    REST_LIMITS_RETRY_S,
+    WS_ROTATION_RETRY_S,
     Attempt,
     AttemptBudget,
     Backoff,
+    Policy,
     classify,
     exchange_info_retry,
     is_data_error,
     is_fatal,
     is_transient,
     is_transient_response,
+    poll_database_retry,
+    poll_retry,
+    rest_retry,
     rollup_retry,
+    ws_reconnect,
 )
 
 
@@ -120,3 +130,15 @@ def test_policies_start_low_and_cap() -> None:
     assert COMPONENT_RESTART.healthy_after_s == 300.0
     assert rollup_retry(30.0).max_s == 120.0
     assert exchange_info_retry(0.05, 3600.0).initial_s == 0.25
+
+
+def test_the_loops_moved_into_retry_keep_their_figures() -> None:
+    """The REST, clock and websocket figures named in retry.py are the ones their loops used."""
+    assert poll_retry(30.0, 900.0) == Policy(30.0, 900.0)
+    assert poll_retry(0.2, 0.1) == Policy(0.2, 0.2)  # never below the poll interval
+    assert poll_database_retry(0.5, 30.0) == Policy(0.5, 30.0)
+    assert rest_retry(0.5, 8.0) == Policy(0.5, 8.0)
+    assert ws_reconnect(1.0, 60.0) == Policy(1.0, 60.0)
+    assert (CLOCK_SYNC_RETRY.initial_s, CLOCK_SYNC_RETRY.max_s) == (1.0, 60.0)
+    assert (REST_ATTEMPTS, REST_CLOCK_RESYNCS) == (5, 2)
+    assert (REST_LIMITS_RETRY_S, WS_ROTATION_RETRY_S) == (60.0, 60.0)

@@ -34,7 +34,7 @@ async def test_enabled_venues_become_components_pointed_at_their_emulators(pg_ds
             base,
             venues=VenuesConfig(enabled=("binance", "bybit", "okx")),
             bybit=BybitConfig(ws_url=bybit.ws_url, rest_url=bybit.rest_url, categories=("linear",)),
-            # Repair off: until the writer takes RepairRecord (the storage side), it gets none.
+            # Repair off: the store's tests cover the records; this test is about the wiring.
             okx=OkxConfig(ws_url=okx.ws_url, rest_url=okx.rest_url, repair=False),
         )
         with structlog.testing.capture_logs() as logs:

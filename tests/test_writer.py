@@ -19,6 +19,7 @@ from collector.retry import is_transient
 from collector.sink.columns import ML_COLUMNS, ML_NOT_STORED, ml_record
 from collector.sink.partitions import ensure_partitions
 from collector.sink.writer import Writer
+from tests.daemon import metric_value
 from tests.factories import NOW, liquidation, session
 
 FAST = WriterConfig(
@@ -32,8 +33,7 @@ FAST = WriterConfig(
 
 
 def sample(metrics: Metrics, name: str, labels: dict[str, str] | None = None) -> float:
-    value = metrics.registry.get_sample_value(name, labels or {})
-    return 0.0 if value is None else value
+    return metric_value(metrics.registry, name, **(labels or {}))
 
 
 async def start(writer: Writer) -> asyncio.Task[None]:

@@ -18,6 +18,7 @@ from tests.daemon import (
     eventually,
     exchange_info_loaded,
     make_config,
+    metric_value,
     running,
     subscribed,
 )
@@ -25,8 +26,7 @@ from tests.factories import um_event
 
 
 def sample(daemon_metrics: object, name: str, labels: dict[str, str] | None = None) -> float:
-    value = daemon_metrics.registry.get_sample_value(name, labels or {})  # type: ignore[attr-defined]
-    return 0.0 if value is None else float(value)
+    return metric_value(daemon_metrics.registry, name, **(labels or {}))  # type: ignore[attr-defined]
 
 
 def cm_event(trade_time_ms: int) -> dict[str, object]:

@@ -24,7 +24,7 @@ from collector.sources.binance_session import Connection
 from collector.sources.binance_ws import Shard, run_ws_sources
 from collector.sources.catalog import SymbolCatalog
 from collector.supervisor import Component, Runtime
-from tests.daemon import count_rows, eventually, make_config, running, subscribed
+from tests.daemon import count_rows, eventually, make_config, metric_value, running, subscribed
 from tests.factories import um_event
 
 SEED = 7
@@ -40,8 +40,7 @@ class Harness:
     writer: Writer
 
     def sample(self, name: str, labels: dict[str, str]) -> float:
-        value = self.metrics.registry.get_sample_value(name, labels)
-        return 0.0 if value is None else float(value)
+        return metric_value(self.metrics.registry, name, **labels)
 
 
 @contextlib.asynccontextmanager

@@ -15,7 +15,15 @@ import asyncpg
 
 from collector.emulator import Emulator, EmulatorOptions
 from collector.metrics import Metrics
-from tests.daemon import Daemon, count_rows, eventually, make_config, running, subscribed
+from tests.daemon import (
+    Daemon,
+    count_rows,
+    eventually,
+    make_config,
+    metric_value,
+    running,
+    subscribed,
+)
 from tests.factories import um_event
 
 SHARD = "fstream/market#0"
@@ -23,8 +31,7 @@ STREAMS = ["!forceOrder@arr"]
 
 
 def sample(metrics: Metrics, name: str, labels: dict[str, str] | None = None) -> float:
-    value = metrics.registry.get_sample_value(name, labels or {})
-    return 0.0 if value is None else float(value)
+    return metric_value(metrics.registry, name, **(labels or {}))
 
 
 class Publisher:

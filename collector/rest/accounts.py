@@ -22,9 +22,11 @@ from collector.metrics import Metrics
 from collector.rest.budget import Budget, pool_family
 from collector.rest.client import Credentials, RestClient
 from collector.rest.clock import ServerClocks
+from collector.rest.context import PollerContext
 from collector.rest.endpoints import order_lookup_for, scopes_for
-from collector.rest.pollers import AccountState, Health, PollerContext, ScopePoller
+from collector.rest.pollers import ScopePoller
 from collector.rest.signing import make_signer
+from collector.rest.state import AccountState, Health
 
 log = structlog.get_logger(__name__)
 

@@ -33,6 +33,9 @@ from collector.rest.budget import FAPI_DAPI_POOL, Budget, pool_for, request_weig
 from collector.rest.clock import ClockStopped, ServerClocks, base_url
 from collector.rest.signing import Param, Signer, encode_query, signed_query
 from collector.retry import (
+    REST_ATTEMPTS,
+    REST_CLOCK_RESYNCS,
+    REST_LIMITS_RETRY_S,
     is_transient,
     is_transient_response,
     rest_retry,
@@ -49,8 +52,6 @@ _BANNED_UNTIL = re.compile(r"banned until (\d{10,})")
 _DEFAULT_BAN_S = 120.0
 # A WAF 403 typically lasts 5 minutes (§3.2).
 _WAF_PAUSE_S = 300.0
-_MAX_ATTEMPTS = 5
-_MAX_CLOCK_RETRIES = 2
 
 
 class RestError(CollectorError):
@@ -204,7 +205,7 @@ class RestClient:
                 limits.append(limit)
             announced = min(limits) if limits else None
             refresh_s = self.binance.exchange_info_refresh_s
-            budget.announce(FAPI_DAPI_POOL, announced, refresh_s if limits else 60.0)
+            budget.announce(FAPI_DAPI_POOL, announced, refresh_s if limits else REST_LIMITS_RETRY_S)
             if announced is not None:
                 log.info("rest.limits_announced", pool=FAPI_DAPI_POOL, limit_1m=announced,
                          allowed_1m=budget.pool(FAPI_DAPI_POOL).allowed_1m)  # fmt: skip
@@ -267,7 +268,7 @@ class RestClient:
                     raise
                 self.metrics.rest_requests.labels(path, "network_error").inc()
                 attempts += 1
-                if attempts >= _MAX_ATTEMPTS:
+                if attempts >= REST_ATTEMPTS:
                     raise TransientRestError(path, None, None, repr(exc)) from None
                 delay = backoff.next_delay()
                 log.warning("rest.retry_scheduled", path=path, error=type(exc).__name__,
@@ -303,7 +304,7 @@ class RestClient:
                 self.metrics.rest_requests.labels(path, "rate_limited").inc()
                 log.warning("rest.rate_limited", path=path, pool=pool, pause_s=round(pause, 2))
                 continue
-            if code == INVALID_TIMESTAMP and clock_retries < _MAX_CLOCK_RETRIES:
+            if code == INVALID_TIMESTAMP and clock_retries < REST_CLOCK_RESYNCS:
                 clock_retries += 1
                 self.metrics.rest_requests.labels(path, "clock_skew").inc()
                 log.warning("rest.clock_resync", path=path, family=family, msg=msg)
@@ -320,7 +321,7 @@ class RestClient:
             if status == 403 and code is None:  # WAF: back off for minutes (§3.2)
                 self.budget.pool(pool).block(_WAF_PAUSE_S)
             attempts += 1
-            if attempts >= _MAX_ATTEMPTS:
+            if attempts >= REST_ATTEMPTS:
                 raise TransientRestError(path, status, code, msg)
             delay = backoff.next_delay()
             log.warning("rest.retry_scheduled", path=path, status=status, code=code,

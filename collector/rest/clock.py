@@ -9,10 +9,9 @@ so it borrows fapi's clock (§2.1 ⚠).
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 import structlog
@@ -20,7 +19,7 @@ import structlog
 from collector.config import BinanceConfig
 from collector.exceptions import CollectorError
 from collector.metrics import Metrics
-from collector.retry import sleep_or_stop
+from collector.retry import CLOCK_SYNC_RETRY, Backoff, Policy, sleep_or_stop
 
 log = structlog.get_logger(__name__)
 
@@ -58,7 +57,7 @@ class _Offset:
     offset_ms: float = 0.0
     synced_at: float | None = None  # monotonic, of the last good sync
     is_stale: bool = True  # no good sync yet, or the last attempt failed
-    failures: int = 0  # consecutive failed syncs, for the backoff between them
+    backoff: Backoff = field(default_factory=CLOCK_SYNC_RETRY.backoff)  # between failed syncs
     retry_at: float = 0.0  # monotonic: no new attempt before this after a failure
 
 
@@ -82,19 +81,21 @@ class ServerClocks:
         *,
         wall_ms: Callable[[], float] = lambda: time.time() * 1000,
         monotonic: Callable[[], float] = time.monotonic,
-        retry_initial_s: float = 1.0,
-        retry_max_s: float = 60.0,
+        retry: Policy = CLOCK_SYNC_RETRY,
     ) -> None:
         self.metrics = metrics
         self.refresh_s = refresh_s
         self._wall_ms = wall_ms
         self._monotonic = monotonic
-        self._retry = (retry_initial_s, retry_max_s)
+        self._retry = retry
         self._offsets: dict[str, _Offset] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     def _state(self, family: str) -> _Offset:
-        return self._offsets.setdefault(TIME_ENDPOINTS[family][1], _Offset())
+        path = TIME_ENDPOINTS[family][1]
+        if path not in self._offsets:
+            self._offsets[path] = _Offset(backoff=self._retry.backoff())
+        return self._offsets[path]
 
     def offset_ms(self, family: str) -> float:
         """The current offset of `family` (0 before the first sync)."""
@@ -149,15 +150,12 @@ class ServerClocks:
                 server_ms, midpoint_ms = await fetch(host_family, path)
             except BaseException:
                 state.is_stale = True
-                state.failures += 1
-                initial, cap = self._retry
-                delay = min(cap, initial * 2 ** (state.failures - 1))
-                state.retry_at = self._monotonic() + delay * (0.5 + random.random() / 2)
+                state.retry_at = self._monotonic() + state.backoff.next_delay()
                 raise
             state.offset_ms = server_ms - midpoint_ms
             state.synced_at = self._monotonic()
             state.is_stale = False
-            state.failures = 0
+            state.backoff.reset()
             for name, (_host, time_path) in TIME_ENDPOINTS.items():
                 if time_path == path:
                     self.metrics.rest_clock_offset.labels(name).set(state.offset_ms / 1000)

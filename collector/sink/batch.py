@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from collector.model import Barrier, DeadLetter, MarketLiquidation, SessionRecord, WriteItem
+from collector.model import (
+    Barrier,
+    DeadLetter,
+    MarketLiquidation,
+    RepairRecord,
+    SessionRecord,
+    WriteItem,
+)
+from collector.venues import VenueLiquidation
 
 
 def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
@@ -37,6 +45,8 @@ class Batch:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     sessions: dict[Any, SessionRecord] = field(default_factory=dict)
     barriers: list[Barrier] = field(default_factory=list)
+    venue_rows: list[VenueLiquidation] = field(default_factory=list)
+    repairs: list[RepairRecord] = field(default_factory=list)
     # Other batches in flight when this batch took its barrier: they hold every item queued
     # before the barrier that this batch does not, so the barrier waits for them.
     waits_for: set[int] = field(default_factory=set)
@@ -52,9 +62,20 @@ class Batch:
         elif isinstance(item, SessionRecord):
             earlier = self.sessions.get(item.session_id)
             self.sessions[item.session_id] = item if earlier is None else merge(earlier, item)
+        elif isinstance(item, VenueLiquidation):
+            self.venue_rows.append(item)
+        elif isinstance(item, RepairRecord):
+            self.repairs.append(item)
         else:
             self.barriers.append(item)
 
     def items(self) -> list[WriteItem]:
-        """The batch's data items (no barriers): sessions, then liquidations, then dead letters."""
-        return [*self.sessions.values(), *self.liquidations, *self.dead_letters]
+        """The batch's data items (no barriers): sessions, then liquidations (Binance's, then
+        other venues'), then repairs, then dead letters."""
+        return [
+            *self.sessions.values(),
+            *self.liquidations,
+            *self.venue_rows,
+            *self.repairs,
+            *self.dead_letters,
+        ]

@@ -10,7 +10,10 @@ from __future__ import annotations
 import operator
 from typing import Any
 
-from collector.model import DeadLetter, MarketLiquidation, SessionRecord
+import orjson
+
+from collector.model import DeadLetter, MarketLiquidation, RepairRecord, SessionRecord
+from collector.venues import VenueLiquidation
 
 # The staging table's columns, in COPY order; each is the `MarketLiquidation` field of its name.
 # Numerics and the raw JSON travel as text and are cast by Postgres: asyncpg's binary numeric
@@ -75,7 +78,7 @@ DL_COLUMNS = ("received_at", "source", "reason", "detail", "raw", "kept")
 SESSION_COLUMNS = (
     "session_id", "connection", "host", "route", "url", "streams", "opened_at",
     "subscribed_at", "first_event_at", "last_event_at", "last_alive_at", "closed_at",
-    "close_reason", "events_received",
+    "close_reason", "events_received", "venue",
 )  # fmt: skip
 UPSERT_SESSION = f"""
 INSERT INTO ws_sessions ({", ".join(SESSION_COLUMNS)})
@@ -124,3 +127,87 @@ def _nul_free(text: str) -> str:
 def dead_letter_record(d: DeadLetter) -> tuple[Any, ...]:
     """The dead letter's values in `DL_COLUMNS` order, taken by name; text without NUL."""
     return tuple(_nul_free(v) if isinstance(v, str) else v for v in _dl_values(d))
+
+
+# -- other venues' rows (venue_liquidations, migration 0008) ---------------------------------------
+
+# The staging table's columns, in COPY order. Each is the `VenueLiquidation` field of its name,
+# except `origin` (the field `source`: ws or rest) and `wire` (the pairs as a JSON object).
+# Numerics and JSON travel as text, as for Binance's rows.
+VL_STAGING: tuple[tuple[str, str], ...] = (
+    ("trade_time", "timestamptz"),
+    ("venue", "text"),
+    ("content_key", "bytea"),
+    ("market", "text"),
+    ("symbol", "text"),
+    ("base_asset", "text"),
+    ("liquidated_side", "text"),
+    ("price", "numeric"),
+    ("qty", "numeric"),
+    ("notional_usd", "numeric"),
+    ("received_at", "timestamptz"),
+    ("wire", "jsonb"),
+    ("raw", "jsonb"),
+    ("origin", "text"),
+)
+VL_COLUMNS = tuple(name for name, _ in VL_STAGING)
+# Columns whose value is not the model field of the same name.
+VL_RENAMED = {"origin": "source"}
+_vl_fields = set(VenueLiquidation.__dataclass_fields__)
+_vl_unknown = {VL_RENAMED.get(n, n) for n in VL_COLUMNS} - _vl_fields
+if _vl_unknown:  # pragma: no cover  (tests/test_venue_store.py pins the mapping)
+    raise ImportError(f"venue_liquidations columns without a model field: {sorted(_vl_unknown)}")
+
+VL_STAGING_DDL = (
+    "CREATE TEMP TABLE IF NOT EXISTS vl_staging ("
+    + ", ".join(f"{n} {'text' if t in _AS_TEXT else t}" for n, t in VL_STAGING)
+    + ") ON COMMIT DELETE ROWS"
+)
+# What a new writer connection runs once: both staging tables, in one round trip.
+CONNECTION_DDL = f"{STAGING_DDL}; {VL_STAGING_DDL}"
+_VL_CASTS = [f"{n}::{t}" if t in _AS_TEXT else n for n, t in VL_STAGING]
+INSERT_VL = (
+    f"INSERT INTO venue_liquidations ({', '.join(VL_COLUMNS)}) "
+    f"SELECT {', '.join(_VL_CASTS)} FROM vl_staging ON CONFLICT DO NOTHING"
+)
+INSERT_VL_ONE = (
+    f"INSERT INTO venue_liquidations ({', '.join(VL_COLUMNS)}) VALUES ("
+    + ", ".join(
+        f"${i + 1}::text::{t}" if t in _AS_TEXT else f"${i + 1}"
+        for i, (_, t) in enumerate(VL_STAGING)
+    )
+    + ") ON CONFLICT DO NOTHING"
+)
+_vl_values = operator.attrgetter(*(VL_RENAMED.get(n, n) for n in VL_COLUMNS))
+_VL_NUMERIC_AT = tuple(i for i, (_, t) in enumerate(VL_STAGING) if t == "numeric")
+_VL_WIRE_AT = VL_COLUMNS.index("wire")
+
+
+def vl_record(row: VenueLiquidation) -> list[Any]:
+    """The row's values in `VL_STAGING` order, taken by name; numerics as text, the wire
+    fields as a JSON object of their texts (the raw frame is text already)."""
+    values = list(_vl_values(row))
+    for i in _VL_NUMERIC_AT:
+        value = values[i]
+        if value is not None:
+            values[i] = str(value)
+    values[_VL_WIRE_AT] = orjson.dumps(dict(row.wire)).decode()
+    return values
+
+
+# The ledger's repairs: a record replayed (from a spill file) or put twice is one row.
+REPAIR_COLUMNS = (
+    "venue", "stream", "repaired_from", "repaired_to", "source", "rows", "recorded_at",
+)  # fmt: skip
+INSERT_REPAIR = (
+    f"INSERT INTO coverage_repairs ({', '.join(REPAIR_COLUMNS)}) "
+    f"VALUES ({', '.join(f'${i + 1}' for i in range(len(REPAIR_COLUMNS)))}) "
+    "ON CONFLICT (venue, stream, repaired_from, repaired_to, source) DO NOTHING"
+)
+_repair_values = operator.attrgetter(*REPAIR_COLUMNS)
+
+
+def repair_args(r: RepairRecord) -> tuple[Any, ...]:
+    """The repair's values in `REPAIR_COLUMNS` order, taken by name."""
+    values: tuple[Any, ...] = _repair_values(r)
+    return values

@@ -1,4 +1,5 @@
-"""Monthly partitions of `market_liquidations`, created ahead of the rows that need them."""
+"""Monthly partitions of `market_liquidations` and `venue_liquidations`, created ahead of the
+rows that need them."""
 
 from __future__ import annotations
 
@@ -29,6 +30,19 @@ async def ensure_partitions(conn: asyncpg.Connection, now: datetime | None = Non
     return created
 
 
+async def ensure_venue_partitions(conn: asyncpg.Connection, now: datetime | None = None) -> int:
+    """`ensure_partitions` for other venues' rows (`venue_liquidations`); return how many."""
+    start = (now or datetime.now(UTC)).replace(day=1)
+    created: int = await conn.fetchval(
+        "SELECT collector_ensure_monthly_partitions('venue_liquidations', "
+        "$1::timestamptz - interval '1 month', 4)",
+        start,
+    )
+    if created:
+        log.info("writer.partitions_created", table="venue_liquidations", count=created)
+    return created
+
+
 class PartitionCheck:
     """`ensure_partitions` at most every `CHECK_EVERY_S`, shared by a writer's lanes; a check
     that fails is due again at once."""
@@ -45,6 +59,7 @@ class PartitionCheck:
         self._checked_at = now
         try:
             await ensure_partitions(conn)
+            await ensure_venue_partitions(conn)
         except BaseException:
             self._checked_at = -CHECK_EVERY_S
             raise

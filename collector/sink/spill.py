@@ -7,6 +7,8 @@ file through the writer before the sources start, and deletes it once committed.
 stored as the frame received plus its source, and re-parsed on replay by the `Reparse` function
 the caller hands in (the supervisor hands the source's parser: this module knows no source; the
 parser is deterministic, so the content key and the database's unique key dedupe a replay).
+Other venues' rows (`VenueLiquidation`) and ledger repairs are stored field by field (decimals
+as their text, the key in base64) and rebuilt as they were, without any source's parser.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import uuid
 from dataclasses import asdict
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,8 +27,15 @@ import orjson
 import structlog
 
 from collector.exceptions import MalformedPayload
-from collector.model import DeadLetter, MarketLiquidation, SessionRecord, WriteItem
+from collector.model import (
+    DeadLetter,
+    MarketLiquidation,
+    RepairRecord,
+    SessionRecord,
+    WriteItem,
+)
 from collector.sink.writer import Writer
+from collector.venues import LiquidatedSide, Venue, VenueLiquidation
 
 log = structlog.get_logger(__name__)
 
@@ -77,7 +87,45 @@ def _record(item: WriteItem) -> dict[str, Any] | None:
             value = fields[name]
             fields[name] = value.isoformat() if value is not None else None
         return {"kind": "session", **fields}
+    if isinstance(item, VenueLiquidation):
+        return _venue_record(item)
+    if isinstance(item, RepairRecord):
+        return {
+            "kind": "repair",
+            "venue": str(item.venue),
+            "stream": item.stream,
+            "repaired_from": item.repaired_from.isoformat(),
+            "repaired_to": item.repaired_to.isoformat(),
+            "source": item.source,
+            "rows": item.rows,
+            "recorded_at": item.recorded_at.isoformat(),
+        }
     return None  # barriers carry nothing to keep
+
+
+_VENUE_DECIMALS = ("price", "qty", "notional_usd")
+
+
+def _venue_record(row: VenueLiquidation) -> dict[str, Any]:
+    """Every field of the row, in JSON types: decimals as their exact text, the key base64."""
+    record: dict[str, Any] = {
+        "kind": "venue_liquidation",
+        "venue": row.venue.value,
+        "market": row.market,
+        "symbol": row.symbol,
+        "base_asset": row.base_asset,
+        "liquidated_side": None if row.liquidated_side is None else row.liquidated_side.value,
+        "trade_time": row.trade_time.isoformat(),
+        "received_at": row.received_at.isoformat(),
+        "content_key": base64.b64encode(row.content_key).decode(),
+        "wire": [list(pair) for pair in row.wire],
+        "raw": row.raw,
+        "source": row.source,
+    }
+    for name in _VENUE_DECIMALS:
+        value = getattr(row, name)
+        record[name] = None if value is None else str(value)
+    return record
 
 
 def write(spill_dir: str, items: list[WriteItem]) -> Path | None:
@@ -115,6 +163,13 @@ def _time(record: dict[str, Any], name: str, *, optional: bool = False) -> datet
     if parsed.tzinfo is None:
         raise MalformedPayload(f"spilled {name} has no time zone", field=name)
     return parsed
+
+
+def _required_time(record: dict[str, Any], name: str) -> datetime:
+    value = _time(record, name)
+    if value is None:  # pragma: no cover  (_time allows None only when optional)
+        raise MalformedPayload(f"spilled {name} is missing", field=name)
+    return value
 
 
 def _item(record: Any, reparse: Reparse) -> WriteItem:
@@ -159,9 +214,65 @@ def _item(record: Any, reparse: Reparse) -> WriteItem:
             streams=tuple(streams),
             close_reason=_field(record, "close_reason", (str, type(None))),
             events_received=_field(record, "events_received", int),
+            # (Files spilled before sessions had a venue hold Binance's sessions.)
+            venue=Venue(record.get("venue", Venue.BINANCE)).value,
             **times,  # type: ignore[arg-type]
         )
+    if kind == "venue_liquidation":
+        return _venue_item(record)
+    if kind == "repair":
+        return RepairRecord(
+            venue=Venue(_field(record, "venue", str)).value,
+            stream=_field(record, "stream", str),
+            repaired_from=_required_time(record, "repaired_from"),
+            repaired_to=_required_time(record, "repaired_to"),
+            source=_field(record, "source", str),
+            rows=_field(record, "rows", int),
+            recorded_at=_required_time(record, "recorded_at"),
+        )
     raise MalformedPayload(f"unknown spilled kind {kind!r}", field="kind")
+
+
+def _decimal(record: dict[str, Any], name: str) -> Decimal | None:
+    text = _field(record, name, (str, type(None)))
+    if text is None:
+        return None
+    try:
+        value = Decimal(text)
+    except InvalidOperation as exc:
+        raise MalformedPayload(f"spilled {name} is not a decimal", field=name) from exc
+    if not value.is_finite():
+        raise MalformedPayload(f"spilled {name} is not finite", field=name)
+    return value
+
+
+def _venue_item(record: dict[str, Any]) -> VenueLiquidation:
+    """A spilled venue row rebuilt exactly, every field type-checked."""
+    wire = _field(record, "wire", list)
+    if not all(
+        type(pair) is list and len(pair) == 2 and all(type(x) is str for x in pair) for pair in wire
+    ):
+        raise MalformedPayload("spilled wire fields are not (name, text) pairs", field="wire")
+    side = _field(record, "liquidated_side", (str, type(None)))
+    source = _field(record, "source", str)
+    if source not in ("ws", "rest"):
+        raise MalformedPayload(f"spilled source {source!r} is not ws or rest", field="source")
+    return VenueLiquidation(
+        venue=Venue(_field(record, "venue", str)),
+        market=_field(record, "market", str),
+        symbol=_field(record, "symbol", str),
+        base_asset=_field(record, "base_asset", (str, type(None))),
+        liquidated_side=None if side is None else LiquidatedSide(side),
+        price=_decimal(record, "price"),
+        qty=_decimal(record, "qty"),
+        notional_usd=_decimal(record, "notional_usd"),
+        trade_time=_required_time(record, "trade_time"),
+        received_at=_required_time(record, "received_at"),
+        content_key=base64.b64decode(_field(record, "content_key", str), validate=True),
+        wire=tuple((name, text) for name, text in wire),
+        raw=_field(record, "raw", str),
+        source=source,
+    )
 
 
 def _unreadable(path: Path, line: bytes, exc: Exception) -> DeadLetter:

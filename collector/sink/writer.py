@@ -30,10 +30,11 @@ from collector.metrics import Metrics
 from collector.model import Barrier, MarketLiquidation, WriteItem
 from collector.retry import is_transient, writer_retry
 from collector.sink.batch import Batch
-from collector.sink.columns import STAGING_DDL
+from collector.sink.columns import CONNECTION_DDL
 from collector.sink.commit import commit_batch
 from collector.sink.dedup import RecentKeys
 from collector.sink.partitions import PartitionCheck
+from collector.venues import VenueLiquidation
 
 log = structlog.get_logger(__name__)
 
@@ -229,6 +230,8 @@ class Writer:
             else:
                 fresh.append(row)
         batch.liquidations = fresh
+        if batch.venue_rows:
+            self._drop_recent_venue_rows(batch)
         backoff = writer_retry(self._config.retry_initial_s, self._config.retry_max_s).backoff()
         while True:
             try:
@@ -259,11 +262,22 @@ class Writer:
         self.is_failing = False
         self._metrics.db_up.set(1)
 
+    def _drop_recent_venue_rows(self, batch: Batch) -> None:
+        """Other venues' rows through the same key window as Binance's (their content keys
+        include the venue, so keys of two venues never meet)."""
+        fresh: list[VenueLiquidation] = []
+        for row in batch.venue_rows:
+            if self._recent.seen(row.content_key):
+                self._metrics.duplicates.labels("memory").inc()
+            else:
+                fresh.append(row)
+        batch.venue_rows = fresh
+
     async def _connection(self, lane: _Lane) -> asyncpg.Connection:
         if lane.conn is None or lane.conn.is_closed():
             conn = await self._connect()
             try:
-                await conn.execute(STAGING_DDL)
+                await conn.execute(CONNECTION_DDL)
             except BaseException:
                 conn.terminate()
                 raise

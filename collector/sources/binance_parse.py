@@ -20,7 +20,8 @@ import orjson
 
 from collector import wire
 from collector.exceptions import MalformedPayload
-from collector.model import LiquidatedSide, Market, MarketLiquidation
+from collector.model import Market, MarketLiquidation
+from collector.venues import LiquidatedSide
 
 # Fields of the documented forceOrder event (USD-M and COIN-M), top level and inside "o".
 KNOWN_TOP_FIELDS = frozenset({"e", "E", "o", "st", "ps"})

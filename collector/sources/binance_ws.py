@@ -23,7 +23,7 @@ import structlog
 from collector.config import BinanceConfig
 from collector.metrics import Metrics
 from collector.model import Sink
-from collector.retry import AttemptBudget, Backoff, sleep_or_stop
+from collector.retry import WS_ROTATION_RETRY_S, AttemptBudget, sleep_or_stop, ws_reconnect
 from collector.sources.binance_control import ConnectionClosed
 from collector.sources.binance_plan import ShardSpec, plan_shards
 from collector.sources.binance_session import AnomalyExamples, Connection
@@ -34,9 +34,6 @@ log = structlog.get_logger(__name__)
 # `connection_attempts_per_5min` counts over this sliding window, the 5 minutes of the only
 # documented connection-attempt limit (Spot's, per IP; docs/binance.md §1.4).
 ATTEMPT_WINDOW_S = 300.0
-# A rotation whose replacement failed is tried again this much later: the old connection keeps
-# the streams covered meanwhile, and (at the default `rotate_after_s`) the cut is an hour away.
-ROTATION_RETRY_S = 60.0
 # With twins, a replica is checked for staleness this many times per `stall_after_s`, so a
 # stale one is replaced at most a quarter of that window late.
 STALE_CHECKS_PER_WINDOW = 4
@@ -81,7 +78,8 @@ class Shard:
         self._budget = budget or AttemptBudget(
             config.connection_attempts_per_5min, ATTEMPT_WINDOW_S
         )
-        self.backoff = Backoff(config.reconnect_initial_s, config.reconnect_max_s, rng=self._rng)
+        policy = ws_reconnect(config.reconnect_initial_s, config.reconnect_max_s)
+        self.backoff = policy.backoff(self._rng)
         self.current: Connection | None = None
         self.log = log.bind(connection=spec.name, replica=replica)
 
@@ -232,7 +230,7 @@ class Shard:
                 continue
             successor = await self._rotate(conn)
             if successor is None:  # the old connection keeps the stream covered; retry soon
-                rotate_at = time.monotonic() + ROTATION_RETRY_S
+                rotate_at = time.monotonic() + WS_ROTATION_RETRY_S
             else:
                 conn = successor
                 rotate_at = conn.opened_monotonic + self._config.rotate_after_s

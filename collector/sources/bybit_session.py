@@ -16,7 +16,7 @@ import orjson
 from collector.config import BybitConfig
 from collector.exceptions import MalformedPayload
 from collector.metrics import Metrics
-from collector.model import VenueSink
+from collector.model import Sink
 from collector.sources.bybit_parse import BybitInstrument, BybitReply, parse_frame
 from collector.sources.venue_ledger import LinkSpec
 from collector.sources.venue_link import Link
@@ -37,7 +37,7 @@ class BybitSession(VenueSession):
         self,
         link: BybitLink,
         http: aiohttp.ClientSession,
-        sink: VenueSink,
+        sink: Sink,
         metrics: Metrics,
         config: BybitConfig,
         instruments: dict[str, BybitInstrument],

@@ -23,8 +23,8 @@ import structlog
 from collector.config import BybitConfig
 from collector.exceptions import MalformedPayload
 from collector.metrics import Metrics
-from collector.model import VenueSink
-from collector.retry import AttemptBudget, Backoff, Policy, sleep_or_stop
+from collector.model import Sink
+from collector.retry import AttemptBudget, Backoff, exchange_info_retry, sleep_or_stop, ws_reconnect
 from collector.sources.bybit_parse import (
     TOPIC_PREFIX,
     BybitInstrument,
@@ -98,7 +98,7 @@ class BybitCategory:
         self,
         category: str,
         http: aiohttp.ClientSession,
-        sink: VenueSink,
+        sink: Sink,
         metrics: Metrics,
         config: BybitConfig,
         budget: AttemptBudget,
@@ -133,7 +133,10 @@ class BybitCategory:
         """Load the symbols (retrying with backoff), hold their connections, refresh until
         `stop`."""
         self._stop = stop
-        retry = Policy(self._config.reconnect_initial_s * 5, self._config.instruments_refresh_s)
+        # A failed instruments read: the exchangeInfo refresh's policy (not urgent; at most the
+        # refresh interval apart).
+        config = self._config
+        retry = exchange_info_retry(config.reconnect_initial_s, config.instruments_refresh_s)
         backoff = retry.backoff(self._rng)
         if not await self._refresh_until_done(backoff, stop):
             return
@@ -234,7 +237,9 @@ class BybitCategory:
                 link, self._http, self._sink, self._metrics, config, self.instruments
             ),
             self._metrics,
-            backoff=Backoff(config.reconnect_initial_s, config.reconnect_max_s, rng=self._rng),
+            backoff=ws_reconnect(config.reconnect_initial_s, config.reconnect_max_s).backoff(
+                self._rng
+            ),
             jitter_s=config.reconnect_jitter_s,
             budget=self._budget,
             rng=self._rng,
@@ -246,7 +251,7 @@ class BybitCategory:
 
 async def run_bybit(
     config: BybitConfig,
-    sink: VenueSink,
+    sink: Sink,
     metrics: Metrics,
     stop: asyncio.Event,
     *,

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import orjson
+import structlog
 
 from collector.config import OkxConfig
 from collector.exceptions import MalformedPayload
@@ -26,6 +27,8 @@ from collector.retry import AttemptBudget
 from collector.sources.okx_parse import CHANNEL, OkxInstrument, parse_liquidation_orders
 from collector.sources.repair import HistoryFailed, HistoryUnavailable, ReadBack
 from collector.venues import Venue, VenueApiError, VenueLiquidation
+
+log = structlog.get_logger(__name__)
 
 PATH = "/api/v5/public/liquidation-orders"
 PAGE_LIMIT = 100
@@ -52,12 +55,17 @@ def _ms(at: datetime) -> int:
     return int(at.timestamp() * 1000)
 
 
+def stream_name(inst_type: str) -> str:
+    """The ledger's name of one instType's subscription: `liquidation-orders:SWAP`."""
+    return f"{CHANNEL}:{inst_type}"
+
+
 class OkxHistory:
-    """OKX's REST read-back of `liquidation-orders` (a `repair.History`)."""
+    """OKX's REST read-back of `liquidation-orders` (a `repair.History`), one stream per
+    configured instType."""
 
     venue = Venue.OKX
-    stream = CHANNEL
-    source = f"rest:{PATH}"
+    source = "rest:okx:liquidation-orders"
 
     def __init__(
         self,
@@ -77,42 +85,42 @@ class OkxHistory:
         self._budget = AttemptBudget(config.repair_requests_per_2s, RATE_WINDOW_S)
         self.requests = 0
 
-    def scopes(self) -> list[tuple[str, str | None]]:
-        """(instType, instFamily) pairs to read: each known SWAP/FUTURES family (required by the
-        endpoint), MARGIN as a whole."""
-        out: list[tuple[str, str | None]] = []
-        for inst_type in self._config.inst_types:
-            if inst_type == "MARGIN":
-                out.append((inst_type, None))
-                continue
-            families = sorted(
-                {
-                    i.inst_family
-                    for i in self._instruments.values()
-                    if i.inst_type == inst_type and i.inst_family
-                }
-            )
-            out.extend((inst_type, family) for family in families)
-        return out
+    def families(self, inst_type: str) -> Sequence[str | None]:
+        """What to read of `inst_type`: each known SWAP/FUTURES family (the endpoint requires
+        one), MARGIN as a whole (None). Empty while no family of a SWAP/FUTURES type is known."""
+        if inst_type == "MARGIN":
+            return [None]
+        return sorted(
+            {
+                i.inst_family
+                for i in self._instruments.values()
+                if i.inst_type == inst_type and i.inst_family
+            }
+        )
 
-    async def read_back(self, start: datetime, end: datetime) -> ReadBack:
-        """Every filled liquidation of `[start, end)` the endpoint holds (see the module)."""
+    async def read_back(self, start: datetime, end: datetime) -> list[ReadBack]:
+        """Every filled liquidation of `[start, end)` the endpoint holds, per instType stream
+        (see the module). A SWAP/FUTURES type none of whose families is known yet is left out."""
         now = self._clock()
         start = max(start, now - timedelta(seconds=self._config.repair_lookback_s))
         floor = now - LOOK_BACK + _LOOK_BACK_MARGIN
-        scopes = self.scopes()
-        if any(t != "MARGIN" for t in self._config.inst_types) and all(
-            f is None for _, f in scopes
-        ):
+        out = []
+        for inst_type in self._config.inst_types:
+            families = self.families(inst_type)
+            if not families:
+                log.warning("okx.repair_no_families", inst_type=inst_type)
+                continue
+            before = self.requests
+            rows: list[VenueLiquidation] = []
+            covered = start
+            for family in families:
+                found, complete_from = await self._scope(inst_type, family, start, end, floor)
+                rows += found
+                covered = max(covered, complete_from)
+            out.append(ReadBack(stream_name(inst_type), rows, covered, self.requests - before))
+        if not out:
             raise HistoryFailed("no SWAP/FUTURES instrument family known yet")
-        before = self.requests
-        rows: list[VenueLiquidation] = []
-        covered = start
-        for inst_type, family in scopes:
-            found, complete_from = await self._scope(inst_type, family, start, end, floor)
-            rows += found
-            covered = max(covered, complete_from)
-        return ReadBack(rows, covered, self.requests - before)
+        return out
 
     async def _scope(
         self, inst_type: str, family: str | None, start: datetime, end: datetime, floor: datetime

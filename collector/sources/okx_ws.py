@@ -23,8 +23,8 @@ import structlog
 from collector.config import OkxConfig
 from collector.exceptions import MalformedPayload
 from collector.metrics import Metrics
-from collector.model import VenueSink
-from collector.retry import AttemptBudget, Backoff, Policy, sleep_or_stop
+from collector.model import Sink
+from collector.retry import AttemptBudget, exchange_info_retry, sleep_or_stop, ws_reconnect
 from collector.sources.okx_parse import (
     CHANNEL,
     OkxEvent,
@@ -33,7 +33,7 @@ from collector.sources.okx_parse import (
     parse_frame,
     parse_instruments,
 )
-from collector.sources.okx_repair import OkxHistory
+from collector.sources.okx_repair import OkxHistory, stream_name
 from collector.sources.repair import Gap, GapRepairer
 from collector.sources.venue_ledger import LinkSpec
 from collector.sources.venue_link import Link
@@ -47,11 +47,6 @@ PATH = "/ws/v5/public"
 # "Connection limit: 3 requests per second (based on IP)" (docs/okx.md section 1.4).
 CONNECTS_PER_S = 3
 _LOGGED_ERROR_CHARS = 300
-
-
-def stream_name(inst_type: str) -> str:
-    """The ledger's name of one subscription: `liquidation-orders:SWAP`."""
-    return f"{CHANNEL}:{inst_type}"
 
 
 async def fetch_instruments(
@@ -77,7 +72,7 @@ class OkxSession(VenueSession):
         self,
         spec: LinkSpec,
         http: aiohttp.ClientSession,
-        sink: VenueSink,
+        sink: Sink,
         metrics: Metrics,
         config: OkxConfig,
         instruments: dict[str, OkxInstrument],
@@ -154,7 +149,7 @@ class OkxSource:
         self,
         config: OkxConfig,
         http: aiohttp.ClientSession,
-        sink: VenueSink,
+        sink: Sink,
         metrics: Metrics,
         *,
         rng: random.Random | None = None,
@@ -179,7 +174,9 @@ class OkxSource:
             VENUE.value,
             lambda: OkxSession(self.spec, http, sink, metrics, config, self.instruments),
             metrics,
-            backoff=Backoff(config.reconnect_initial_s, config.reconnect_max_s, rng=self._rng),
+            backoff=ws_reconnect(config.reconnect_initial_s, config.reconnect_max_s).backoff(
+                self._rng
+            ),
             jitter_s=config.reconnect_jitter_s,
             budget=AttemptBudget(CONNECTS_PER_S, 1.0),
             rng=self._rng,
@@ -228,9 +225,8 @@ class OkxSource:
 
     async def _refresh_loop(self, stop: asyncio.Event) -> None:
         config = self._config
-        backoff = Policy(config.reconnect_initial_s * 5, config.instruments_refresh_s).backoff(
-            self._rng
-        )
+        retry = exchange_info_retry(config.reconnect_initial_s, config.instruments_refresh_s)
+        backoff = retry.backoff(self._rng)
         delay = config.instruments_refresh_s if self.instruments else backoff.next_delay()
         while not await sleep_or_stop(delay, stop):
             if await self.refresh():
@@ -257,7 +253,7 @@ class OkxSource:
 
 async def run_okx(
     config: OkxConfig,
-    sink: VenueSink,
+    sink: Sink,
     metrics: Metrics,
     stop: asyncio.Event,
     *,

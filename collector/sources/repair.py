@@ -1,30 +1,38 @@
-"""Gap repair as a venue capability: a venue that can read back `[start, end)` of its stream from
-a history (`History`) gets its coverage gaps filled by one mechanism (`GapRepairer`).
+"""Gap repair as a venue capability: a venue that can read back `[start, end)` of its streams
+from a history (`History`) gets its coverage gaps filled by one mechanism (`GapRepairer`).
 
 The repairer puts the rows read back (same content keys as the stream, so the database keeps
-one row per liquidation) and one `RepairRecord` for the part of the gap the history covered,
-never more than was read. A history that is gone (`HistoryUnavailable`: a 404, an error code)
-switches repair off for its venue with one log line and the `collector_venue_repair_state`
-metric, and is never asked again; a failed read (the network, a rate limit) gives up that gap
-only. OKX's `okx_repair.OkxHistory` is the first; a venue with a documented public history
-(Gate.io's `GET /futures/{settle}/liq_orders`, say) is one more class with `read_back`.
+one row per liquidation), flushes them, then puts one `RepairRecord` per stream for the part
+of the gap the history covered, never more than was read. A history that is gone
+(`HistoryUnavailable`: a 404, an error code) switches repair off for its venue with one log
+line and the `collector_venue_repair_state` metric, and is never asked again; a failed read
+(the network, a rate limit) gives up that gap only. OKX's `okx_repair.OkxHistory` is the
+first; a venue with a documented public history (Gate.io's `GET /futures/{settle}/liq_orders`,
+say) is one more class with `read_back`.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol
 
 import structlog
 
 from collector.metrics import Metrics
-from collector.model import RepairRecord, VenueSink
+from collector.model import RepairRecord, Sink
 from collector.venues import Venue, VenueLiquidation
 
 log = structlog.get_logger(__name__)
 _LOGGED_ERROR_CHARS = 300
+
+Clock = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class HistoryUnavailable(Exception):
@@ -42,26 +50,27 @@ class HistoryFailed(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ReadBack:
-    """What a history returned for `[start, end)`: every row it holds from `covered_from` up to
+    """What a history returned for one `stream` (as the ledger names it, e.g.
+    `liquidation-orders:SWAP`) and `[start, end)`: every row it holds from `covered_from` up to
     `end` (`covered_from` >= start: the history may not reach back to the gap's start)."""
 
+    stream: str
     rows: list[VenueLiquidation]
     covered_from: datetime
     requests: int
 
 
 class History(Protocol):
-    """A venue's ability to read back what its stream carried in a past window."""
+    """A venue's ability to read back what its streams carried in a past window."""
 
     venue: Venue
-    stream: str
-    """The ledger's name of the stream repaired (e.g. `liquidation-orders`)."""
     source: str
-    """Where repaired rows come from, for the ledger (e.g. `rest:/api/v5/public/...`)."""
+    """Where repaired rows come from, for the ledger (e.g. `rest:okx:liquidation-orders`)."""
 
-    async def read_back(self, start: datetime, end: datetime) -> ReadBack:
-        """Every liquidation of `[start, end)` the history still holds, and from when on it is
-        complete. Raises `HistoryUnavailable` or `HistoryFailed`."""
+    async def read_back(self, start: datetime, end: datetime) -> list[ReadBack]:
+        """Every liquidation of `[start, end)` the history still holds, per stream, and from
+        when on each is complete; a stream it cannot read is left out. Raises
+        `HistoryUnavailable` or `HistoryFailed`."""
         ...
 
 
@@ -77,8 +86,11 @@ class Gap:
 class GapRepairer:
     """Repairs the gaps handed to `submit`, one at a time, until switched off."""
 
-    def __init__(self, history: History, sink: VenueSink, metrics: Metrics) -> None:
+    def __init__(
+        self, history: History, sink: Sink, metrics: Metrics, *, clock: Clock = _utc_now
+    ) -> None:
         self._history = history
+        self._clock = clock
         self._sink = sink
         self._metrics = metrics
         self._venue = history.venue.value
@@ -86,7 +98,7 @@ class GapRepairer:
         self.is_on = True
         self.records: list[RepairRecord] = []
         """Every record put (tests and readiness read them)."""
-        self.log = log.bind(venue=self._venue, stream=history.stream)
+        self.log = log.bind(venue=self._venue, source=history.source)
         metrics.set_repair_state(self._venue, "on")
 
     def submit(self, gap: Gap) -> None:
@@ -115,44 +127,57 @@ class GapRepairer:
         self._metrics.venue_repairs.labels(self._venue, "failed").inc()
         self.log.error("repair.switched_off", answer=answer[:_LOGGED_ERROR_CHARS])
 
-    async def repair(self, gap: Gap) -> RepairRecord | None:
-        """Read `gap` back, put its rows and its `RepairRecord`; None when nothing was covered
-        (the history is off, failed, or does not reach into the gap)."""
+    async def repair(self, gap: Gap) -> list[RepairRecord]:
+        """Read `gap` back; put its rows, flush them, then put one `RepairRecord` per stream
+        the history covered (so the ledger never claims rows not committed). Empty when the
+        history is off, failed, or reaches into the gap for no stream."""
         if not self.is_on:
-            return None
+            return []
         venue = self._venue
         try:
             found = await self._history.read_back(gap.start, gap.end)
         except HistoryUnavailable as exc:
             self._switch_off(exc.detail)
-            return None
+            return []
         except HistoryFailed as exc:
             self._metrics.venue_repairs.labels(venue, "failed").inc()
             self.log.warning(
                 "repair.failed", why=gap.why, error=str(exc)[:_LOGGED_ERROR_CHARS],
                 gap_start=gap.start.isoformat(), gap_end=gap.end.isoformat(),
             )  # fmt: skip
-            return None
-        start = max(gap.start, found.covered_from)
-        if start >= gap.end:
-            self._metrics.venue_repairs.labels(venue, "skipped").inc()
-            self.log.warning(
-                "repair.out_of_reach", why=gap.why, gap_start=gap.start.isoformat(),
-                gap_end=gap.end.isoformat(), covered_from=found.covered_from.isoformat(),
+            return []
+        covered: list[tuple[ReadBack, datetime, list[VenueLiquidation]]] = []
+        for part in found:
+            start = max(gap.start, part.covered_from)
+            if start >= gap.end:
+                self._metrics.venue_repairs.labels(venue, "skipped").inc()
+                self.log.warning(
+                    "repair.out_of_reach", why=gap.why, stream=part.stream,
+                    gap_start=gap.start.isoformat(), gap_end=gap.end.isoformat(),
+                    covered_from=part.covered_from.isoformat(),
+                )  # fmt: skip
+                continue
+            rows = [r for r in part.rows if start <= r.trade_time < gap.end]
+            covered.append((part, start, rows))
+            for row in rows:
+                await self._sink.put(row)
+        if not covered:
+            return []
+        await self._sink.flush()
+        records = []
+        for part, start, rows in covered:
+            record = RepairRecord(
+                venue, part.stream, start, gap.end, self._history.source, len(rows),
+                self._clock(),
             )  # fmt: skip
-            return None
-        rows = [r for r in found.rows if start <= r.trade_time < gap.end]
-        for row in rows:
-            await self._sink.put(row)
-        record = RepairRecord(venue, self._history.stream, start, gap.end,
-                              self._history.source, len(rows))  # fmt: skip
-        await self._sink.put(record)
-        self.records.append(record)
-        self._metrics.venue_repair_rows.labels(venue).inc(len(rows))
-        outcome = "repaired" if start == gap.start else "partial"
-        self._metrics.venue_repairs.labels(venue, outcome).inc()
-        self.log.info(
-            "repair.done", why=gap.why, outcome=outcome, rows=len(rows),
-            requests=found.requests, from_at=start.isoformat(), to_at=gap.end.isoformat(),
-        )  # fmt: skip
-        return record
+            await self._sink.put(record)
+            records.append(record)
+            self._metrics.venue_repair_rows.labels(venue).inc(len(rows))
+            outcome = "repaired" if start == gap.start else "partial"
+            self._metrics.venue_repairs.labels(venue, outcome).inc()
+            self.log.info(
+                "repair.done", why=gap.why, stream=part.stream, outcome=outcome, rows=len(rows),
+                requests=part.requests, from_at=start.isoformat(), to_at=gap.end.isoformat(),
+            )  # fmt: skip
+        self.records.extend(records)
+        return records

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from collector.metrics import Metrics
-from collector.model import SessionRecord, VenueSink
+from collector.model import SessionRecord, Sink
 from collector.venues import Venue, VenueLiquidation
 
 
@@ -35,7 +35,7 @@ class VenueLedger:
     once set, snapshots go behind a full sink instead of waiting for room."""
 
     def __init__(
-        self, spec: LinkSpec, sink: VenueSink, metrics: Metrics, release: asyncio.Event
+        self, spec: LinkSpec, sink: Sink, metrics: Metrics, release: asyncio.Event
     ) -> None:
         self._spec = spec
         self._sink = sink

@@ -21,7 +21,7 @@ import orjson
 import structlog
 
 from collector.metrics import Metrics
-from collector.model import DeadLetter, VenueSink
+from collector.model import DeadLetter, Sink
 from collector.sources.venue_ledger import LinkSpec, VenueLedger
 from collector.venues import VenueLiquidation
 
@@ -59,7 +59,7 @@ class VenueSession:
         self,
         spec: LinkSpec,
         http: aiohttp.ClientSession,
-        sink: VenueSink,
+        sink: Sink,
         metrics: Metrics,
         *,
         open_timeout_s: float,
