@@ -16,10 +16,9 @@ import structlog
 from collector.config import BybitConfig
 from collector.emulator.bybit import BybitEmulator, BybitOptions, make_bybit_liquidation
 from collector.metrics import Metrics
-from collector.model import LiquidatedSide
 from collector.sources.bybit_parse import liquidation_key, plan_subscriptions
 from collector.sources.bybit_ws import BybitCategory, args_chars, run_bybit
-from collector.venues import Venue
+from collector.venues import LiquidatedSide, Venue
 from tests.daemon import eventually, metric_value
 from tests.recording_sink import RecordingSink
 

@@ -21,10 +21,9 @@ from aiohttp import WSMsgType, web
 from collector.config import OkxConfig
 from collector.emulator.okx import OkxEmulator, OkxOptions, make_okx_detail
 from collector.metrics import Metrics
-from collector.model import LiquidatedSide
 from collector.sources.okx_parse import liquidation_key
 from collector.sources.okx_ws import OkxSource, run_okx
-from collector.venues import Venue
+from collector.venues import LiquidatedSide, Venue
 from tests.daemon import eventually, metric_value
 from tests.recording_sink import RecordingSink
 
