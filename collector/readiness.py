@@ -63,15 +63,16 @@ def add_readiness(
     metrics: Metrics,
     max_event_age_s: float,
     binance: bool = True,
+    venues: bool = False,
     bybit: Sequence[BybitCategory] = (),
     okx: Sequence[OkxSource] = (),
 ) -> None:
     """Register the `database`, `streams` and `event_age` checks, and the `streams` detail, on
     `health`. `shards` is read at every check (`run_ws_sources` refills it in place); an
     `max_event_age_s` of 0 turns the event-age check off. Without `binance` (the venue is not
-    enabled) there is no `streams` check. `bybit` and `okx` (filled in place by their sources)
-    are shown as the `venues` detail, not checked: a venue unreachable from this network must
-    not make the collector unready for the others."""
+    enabled) there is no `streams` check. With `venues` (Bybit or OKX enabled), `bybit` and
+    `okx` (filled in place by their sources) are shown as the `venues` detail, not checked: a
+    venue unreachable from this network must not make the collector unready for the others."""
 
     async def database() -> None:
         if writer.is_failing and writer.queue.qsize() > 0:
@@ -97,4 +98,5 @@ def add_readiness(
         health.add("streams", streams)
         health.describe("streams", lambda: stream_state(shards))
     health.add("event_age", event_age)
-    health.describe("venues", lambda: venue_state(bybit, okx))
+    if venues:
+        health.describe("venues", lambda: venue_state(bybit, okx))

@@ -187,7 +187,9 @@ async def _start_up(
     add_readiness(
         health, pool=pool, writer=writer, shards=runtime.shards, metrics=metrics,
         max_event_age_s=config.http.max_event_age_s,
-        binance="binance" in config.venues.enabled, bybit=runtime.bybit, okx=runtime.okx,
+        binance="binance" in config.venues.enabled,
+        venues=bool({"bybit", "okx"} & set(config.venues.enabled)),
+        bybit=runtime.bybit, okx=runtime.okx,
     )  # fmt: skip
     fatal: list[BaseException] = []
 
