@@ -150,6 +150,7 @@ async def run_phase(
     env = {
         **os.environ,
         "COLLECTOR_DATABASE_DSN": dsn,
+        "COLLECTOR_VENUES_ENABLED": "binance",  # the emulator serves Binance only
         "COLLECTOR_BINANCE_FSTREAM_URL": f"ws://127.0.0.1:{base}",
         "COLLECTOR_BINANCE_DSTREAM_URL": f"ws://127.0.0.1:{base + 1}",
         "COLLECTOR_BINANCE_FAPI_URL": f"http://127.0.0.1:{base + 2}",

@@ -95,8 +95,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _print_environment(urls: Mapping[str, str]) -> None:
     """The settings that point a collector at a running emulator, as one shell line."""
-    print(" ".join(f"COLLECTOR_BINANCE_{name.upper()}_URL={urls[name]}"
-                   for name in ("fstream", "dstream", "fapi", "dapi", "papi", "sapi")),
+    # The emulator serves Binance only: the other venues are switched off, so a collector started
+    # with this line never reaches a real Bybit or OKX.
+    print(" ".join(["COLLECTOR_VENUES_ENABLED=binance",
+                    *(f"COLLECTOR_BINANCE_{name.upper()}_URL={urls[name]}"
+                      for name in ("fstream", "dstream", "fapi", "dapi", "papi", "sapi"))]),
           flush=True)  # fmt: skip
 
 

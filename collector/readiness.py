@@ -1,6 +1,7 @@
 """What `/readyz` checks for this daemon: the database answers and the writer commits, every
-stream shard holds a connection, and events keep arriving. `health` serves the checks; the
-supervisor registers them once at start-up (`add_readiness`)."""
+stream shard holds a connection, and events keep arriving; it also shows (without checking)
+the Bybit and OKX connections. `health` serves the checks; the supervisor registers them once
+at start-up (`add_readiness`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
     from collector.metrics import Metrics
     from collector.sink.writer import Writer
     from collector.sources.binance_ws import Shard
+    from collector.sources.bybit_ws import BybitCategory
+    from collector.sources.okx_ws import OkxSource
 
 # Waiting for a pool connection: below `health`'s 2 s limit on every check, so a pool with no
 # free connection fails this check with its own reason before the limit cuts it off.
@@ -41,6 +44,16 @@ def stream_state(shards: Sequence[Shard]) -> dict[str, Any]:
     return {"state": state, "shards": view}
 
 
+def venue_state(bybit: Sequence[BybitCategory], okx: Sequence[OkxSource]) -> dict[str, Any]:
+    """`/readyz`'s view of Bybit (per category) and OKX, for the venues running."""
+    view: dict[str, Any] = {}
+    if bybit:
+        view["bybit"] = {c.category: c.state() for c in bybit}
+    if okx:
+        view["okx"] = okx[0].state()
+    return view
+
+
 def add_readiness(
     health: Health,
     *,
@@ -49,10 +62,17 @@ def add_readiness(
     shards: Sequence[Shard],
     metrics: Metrics,
     max_event_age_s: float,
+    binance: bool = True,
+    venues: bool = False,
+    bybit: Sequence[BybitCategory] = (),
+    okx: Sequence[OkxSource] = (),
 ) -> None:
     """Register the `database`, `streams` and `event_age` checks, and the `streams` detail, on
     `health`. `shards` is read at every check (`run_ws_sources` refills it in place); an
-    `max_event_age_s` of 0 turns the event-age check off."""
+    `max_event_age_s` of 0 turns the event-age check off. Without `binance` (the venue is not
+    enabled) there is no `streams` check. With `venues` (Bybit or OKX enabled), `bybit` and
+    `okx` (filled in place by their sources) are shown as the `venues` detail, not checked: a
+    venue unreachable from this network must not make the collector unready for the others."""
 
     async def database() -> None:
         if writer.is_failing and writer.queue.qsize() > 0:
@@ -74,6 +94,9 @@ def add_readiness(
             raise RuntimeError(f"no event for {age:.0f} s (limit {max_event_age_s:.0f} s)")
 
     health.add("database", database)
-    health.add("streams", streams)
-    health.describe("streams", lambda: stream_state(shards))
+    if binance:
+        health.add("streams", streams)
+        health.describe("streams", lambda: stream_state(shards))
     health.add("event_age", event_age)
+    if venues:
+        health.describe("venues", lambda: venue_state(bybit, okx))

@@ -45,8 +45,10 @@ from collector.sink.liveness import run_database_ping
 from collector.sink.writer import Writer
 from collector.sources.binance_parse import reparse_frame
 from collector.sources.binance_ws import Shard, run_ws_sources
+from collector.sources.bybit_ws import BybitCategory, run_bybit
 from collector.sources.catalog import SymbolCatalog
 from collector.sources.exchange_info import run_exchange_info
+from collector.sources.okx_ws import OkxSource, run_okx
 
 log = structlog.get_logger(__name__)
 
@@ -68,6 +70,8 @@ class Runtime:
     catalog: SymbolCatalog
     http_port: int
     shards: list[Shard] = field(default_factory=list)
+    bybit: list[BybitCategory] = field(default_factory=list)
+    okx: list[OkxSource] = field(default_factory=list)
 
 
 async def supervise(
@@ -183,6 +187,9 @@ async def _start_up(
     add_readiness(
         health, pool=pool, writer=writer, shards=runtime.shards, metrics=metrics,
         max_event_age_s=config.http.max_event_age_s,
+        binance="binance" in config.venues.enabled,
+        venues=bool({"bybit", "okx"} & set(config.venues.enabled)),
+        bybit=runtime.bybit, okx=runtime.okx,
     )  # fmt: skip
     fatal: list[BaseException] = []
 
@@ -241,13 +248,24 @@ def _components(
 ) -> dict[str, Component]:
     """Every component the run phase supervises, by name."""
     config, writer, pool, metrics = runtime.config, runtime.writer, runtime.pool, runtime.metrics
-    components: dict[str, Component] = {
-        "ws": lambda s: run_ws_sources(
+    enabled = config.venues.enabled
+    components: dict[str, Component] = {}
+    if "binance" in enabled:
+        components["ws"] = lambda s: run_ws_sources(
             config.binance, writer, metrics, runtime.catalog, s, runtime.shards
-        ),
-        "exchange_info": lambda s: run_exchange_info(
+        )
+        components["exchange_info"] = lambda s: run_exchange_info(
             config.binance, pool, runtime.catalog, metrics, s
-        ),
+        )
+    if "bybit" in enabled:
+        components["bybit"] = lambda s: run_bybit(
+            config.bybit, writer, metrics, s, categories_out=runtime.bybit
+        )
+    if "okx" in enabled:
+        components["okx"] = lambda s: run_okx(
+            config.okx, writer, metrics, s, sources_out=runtime.okx
+        )
+    components |= {
         "rollup": lambda s: run_rollups(pool, s, interval_s=config.database.rollup_interval_s),
         "database_ping": lambda s: run_database_ping(
             pool,

@@ -28,6 +28,8 @@ def refused_port() -> Iterator[int]:
 def emulator_env(emulator: Emulator) -> dict[str, str]:
     """The environment settings that point a collector at `emulator`."""
     return {
+        # The emulator is Binance's: Bybit and OKX stay off, so no test reaches a real exchange.
+        "COLLECTOR_VENUES_ENABLED": "binance",
         "COLLECTOR_BINANCE_FSTREAM_URL": emulator.fstream_url,
         "COLLECTOR_BINANCE_DSTREAM_URL": emulator.dstream_url,
         "COLLECTOR_BINANCE_FAPI_URL": emulator.fapi_url,

@@ -49,6 +49,14 @@ def _spill_dir_outside_the_checkout(
     monkeypatch.setenv("COLLECTOR_WRITER_SPILL_DIR", str(tmp_path_factory.mktemp("spill")))
 
 
+@pytest.fixture(autouse=True)
+def _no_real_exchange(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Collectors started as processes with this test's environment follow Binance only (the
+    emulator's venue): Bybit and OKX are on by default and their default URLs are the real
+    exchanges'. A test of those venues points them at their emulators explicitly."""
+    monkeypatch.setenv("COLLECTOR_VENUES_ENABLED", "binance")
+
+
 @pytest.fixture(scope="session")
 def pg_admin_dsn() -> Iterator[str]:
     """A superuser DSN: $COLLECTOR_TEST_DSN, the local server, or an embedded server."""

@@ -16,7 +16,15 @@ from typing import Any, TypeVar, overload
 import asyncpg
 from prometheus_client import CollectorRegistry
 
-from collector.config import BinanceConfig, Config, DatabaseConfig, HttpConfig, Secret, WriterConfig
+from collector.config import (
+    BinanceConfig,
+    Config,
+    DatabaseConfig,
+    HttpConfig,
+    Secret,
+    VenuesConfig,
+    WriterConfig,
+)
 from collector.emulator import Emulator
 from collector.supervisor import Component, Runtime, run
 
@@ -44,6 +52,8 @@ def make_config(emulator: Emulator, dsn: str, **binance: Any) -> Config:
     return Config(
         database=DatabaseConfig(dsn=Secret(dsn), migrate_on_start=False),
         binance=dataclasses.replace(b, **binance),
+        # The emulator is Binance's: Bybit and OKX stay off, so no test reaches a real exchange.
+        venues=VenuesConfig(enabled=("binance",)),
         writer=WriterConfig(
             batch_max_age_s=0.01,
             retry_initial_s=0.05,

@@ -13,7 +13,15 @@ import aiohttp
 import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 
-from collector.config import BinanceConfig, Config, DatabaseConfig, HttpConfig, Secret, WriterConfig
+from collector.config import (
+    BinanceConfig,
+    Config,
+    DatabaseConfig,
+    HttpConfig,
+    Secret,
+    VenuesConfig,
+    WriterConfig,
+)
 from collector.metrics import Metrics
 from collector.sink.liveness import run_database_ping
 from tests.conftest import OwnPostgres
@@ -39,6 +47,7 @@ def config_without_binance(dsn: str) -> Config:
             reconnect_initial_s=1.0,
             reconnect_max_s=5.0,
         ),
+        venues=VenuesConfig(enabled=("binance",)),  # no real Bybit or OKX either
         writer=WriterConfig(
             batch_max_age_s=0.01,
             retry_initial_s=0.05,

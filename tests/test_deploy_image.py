@@ -259,6 +259,7 @@ async def test_daemon_runs_as_the_image_runs_it_and_drains_on_sigterm(
             "COLLECTOR_DATABASE_DSN_FILE": str(secret),
             "COLLECTOR_HTTP_HOST": "127.0.0.1",  # the environment wins over the mounted file
             "COLLECTOR_HTTP_PORT": str(port),
+            "COLLECTOR_VENUES_ENABLED": "binance",  # the emulator is Binance's only
             "COLLECTOR_BINANCE_FSTREAM_URL": emu.fstream_url,
             "COLLECTOR_BINANCE_DSTREAM_URL": emu.dstream_url,
             "COLLECTOR_BINANCE_FAPI_URL": emu.fapi_url,

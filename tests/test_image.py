@@ -105,6 +105,8 @@ def emulator_env(emu: Emulator) -> dict[str, str]:
         # One connection per shard: these tests count what each connection delivers; the
         # redundant pair has its own tests (tests/test_ws_redundancy.py).
         "COLLECTOR_BINANCE_REDUNDANCY": "1",
+        # The emulator is Binance's: Bybit and OKX stay off, so no test reaches a real exchange.
+        "COLLECTOR_VENUES_ENABLED": "binance",
         "COLLECTOR_BINANCE_FSTREAM_URL": emu.fstream_url,
         "COLLECTOR_BINANCE_DSTREAM_URL": emu.dstream_url,
         "COLLECTOR_BINANCE_FAPI_URL": emu.fapi_url,

@@ -23,6 +23,7 @@ async def test_sigterm_drains_every_received_event_and_exits_zero(
         env = {
             **os.environ,
             "COLLECTOR_DATABASE_DSN": pg_dsn,
+            "COLLECTOR_VENUES_ENABLED": "binance",  # the emulator is Binance's only
             "COLLECTOR_BINANCE_FSTREAM_URL": emu.fstream_url,
             "COLLECTOR_BINANCE_DSTREAM_URL": emu.dstream_url,
             "COLLECTOR_BINANCE_FAPI_URL": emu.fapi_url,

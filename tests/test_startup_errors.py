@@ -106,6 +106,9 @@ async def _migrated(pg_admin_dsn: str, database: str) -> bool:
          ["COLLECTOR_WRITER_QUEUE_MAX: expected an integer, got '100.9'",
           "[binance] heartbeat_s: must be above 0 and at most 10 (the ledger counts an open "
           "session live for 30 s after its mark), got -1.0"]),
+        ({"COLLECTOR_VENUES_ENABLED": "binance, Kraken, okx"},
+         ["[venues] enabled: must name one or more known venues (binance, bybit, okx), got "
+          "('binance', 'kraken', 'okx')"]),
         ({"COLLECTOR_DATABASE_DNS": "postgresql://u:hunter2@127.0.0.1/db"},
          ["COLLECTOR_DATABASE_DNS: unknown environment variable "
           "(did you mean COLLECTOR_DATABASE_DSN?)"]),
@@ -257,7 +260,11 @@ async def test_simulate_on_free_ports_prints_the_ports_it_bound(tmp_path: Path) 
         line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
         settings = dict(pair.split("=", 1) for pair in line.split())
         names = ["FSTREAM", "DSTREAM", "FAPI", "DAPI", "PAPI", "SAPI"]
-        assert list(settings) == [f"COLLECTOR_BINANCE_{n}_URL" for n in names]
+        assert list(settings) == [
+            "COLLECTOR_VENUES_ENABLED",
+            *(f"COLLECTOR_BINANCE_{n}_URL" for n in names),
+        ]
+        assert settings["COLLECTOR_VENUES_ENABLED"] == "binance"  # the emulator's venue only
         async with aiohttp.ClientSession() as http:
             for name, path, status in (
                 ("FAPI", "/fapi/v1/ping", 200), ("DAPI", "/dapi/v1/ping", 200),

@@ -57,7 +57,14 @@ async def server(on_control: Handler) -> AsyncIterator[tuple[str, list[dict[str,
 
 
 def config_for(base: str, dsn: str) -> Config:
-    from collector.config import BinanceConfig, DatabaseConfig, HttpConfig, Secret, WriterConfig
+    from collector.config import (
+        BinanceConfig,
+        DatabaseConfig,
+        HttpConfig,
+        Secret,
+        VenuesConfig,
+        WriterConfig,
+    )
 
     return Config(
         database=DatabaseConfig(dsn=Secret(dsn), migrate_on_start=False),
@@ -71,6 +78,7 @@ def config_for(base: str, dsn: str) -> Config:
             heartbeat_s=0.2,
             redundancy=1,  # these tests are about one connection's handshake
         ),
+        venues=VenuesConfig(enabled=("binance",)),  # no real Bybit or OKX
         writer=WriterConfig(
             batch_max_age_s=0.01, spill_dir=tempfile.mkdtemp(prefix="collector-spill-")
         ),

@@ -383,7 +383,7 @@ def load_config(environ: Mapping[str, str], toml_path: Path | None = None) -> Co
     config = Config(**sections, **top, accounts=accounts)
     problems += rules
     # The rules that span settings, in the order their messages have always come.
-    for name in ("binance", "writer", "rest", "database"):
+    for name in ("binance", "writer", "rest", "database", "bybit", "okx"):
         for keys, problem in getattr(config, name).validate():
             problems.append(f"[{name}] {keys}: {problem}" if keys else f"[{name}]: {problem}")
     if problems:
