@@ -444,3 +444,23 @@ async def test_the_commands_print_a_line_per_file_and_exit_as_documented(
         2,
         "collector export: --from: not an ISO-8601 date or time: 'yesterday'\n",
     )
+
+
+async def test_parquet_without_pyarrow_says_how_to_install_it(tmp_path: Path) -> None:
+    """With pyarrow not importable, `--format parquet` names the extra to install and exits 2
+    before touching the database."""
+    code = (
+        "import sys; sys.modules['pyarrow'] = None; from collector.cli import main; "
+        f"sys.exit(main(['export', '--from', '2026-11-18', '--to', '2026-11-19', "
+        f"'--format', 'parquet', '--out', {str(tmp_path)!r}]))"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code,
+        env={**os.environ, "COLLECTOR_DATABASE_DSN": "postgresql://x@127.0.0.1:1/none"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert (proc.returncode, out, err.decode()) == (
+        2, b"", "collector export: --format parquet needs pyarrow, which is not installed: "
+        "pip install 'collector[parquet]'\n",
+    )  # fmt: skip
