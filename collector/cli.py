@@ -1,4 +1,4 @@
-"""The `collector` command: run, migrate, check, sql, simulate."""
+"""The `collector` command: run, migrate, check, sql, export, import, simulate."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import structlog
 from collector import __version__, logs
 from collector.config import Config, load_from_process
 from collector.exceptions import CollectorError, ConfigError
+from collector.files.commands import add_parsers as add_file_parsers
 from collector.signals import install_signal_handlers
 from collector.sql import add_parser as add_sql_parser
 
@@ -204,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check)
 
     add_sql_parser(sub, with_config)
+    add_file_parsers(sub, with_config)
 
     p = sub.add_parser(
         "simulate",

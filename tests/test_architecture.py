@@ -19,7 +19,7 @@ PACKAGE = ROOT / "collector"
 # below it. The emulator stands beside the daemon (tests/emulator/test_seam.py pins that only
 # `collector simulate` reaches it).
 FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("entry", ("collector.__main__", "collector.cli", "collector.sql")),
+    ("entry", ("collector.__main__", "collector.cli", "collector.sql", "collector.files")),
     (
         "lifecycle",
         ("collector.supervisor", "collector.readiness", "collector.health", "collector.signals"),
