@@ -302,6 +302,15 @@ async def test_tardis_round_trip_stores_each_row_once_and_records_coverage(
     assert [tuple(g) for g in gaps] == [
         (day(18), day(19), True, ["import:tardis"]), (day(19), day(20), False, None),
     ]  # fmt: skip
+    # One imported symbol's day is not the whole venue's: asked for all of OKX, nothing is
+    # covered; asked for that symbol's stream, its day is repaired by the import.
+    venue_wide = await pg.fetch("SELECT * FROM coverage_gaps('okx', NULL, $1, $2)", FROM, TO)
+    assert [tuple(g) for g in venue_wide] == [(FROM, TO, False, None)]
+    okx_symbol = await pg.fetch(
+        "SELECT * FROM coverage_gaps('okx', ARRAY['liquidation-orders:SWAP:IOST-USDT-SWAP'], "
+        "$1, $2)", day(18), day(19),
+    )  # fmt: skip
+    assert [tuple(g) for g in okx_symbol] == [(day(18), day(19), True, ["import:tardis"])]
 
     await export(pg, ExportRequest(FROM, TO, Format.TARDIS, tmp_path / "again"))
     assert contents(tmp_path / "again") == contents(tmp_path / "out")
