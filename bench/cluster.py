@@ -16,6 +16,7 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -70,6 +71,8 @@ def stock_cluster() -> Iterator[Cluster]:
     data, log = top / "data", top / "server.log"
     port = free_port()
     started = False
+    # SIGTERM (a benchmark stopped by its pid) unwinds like Ctrl-C, so the cluster still stops.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         subprocess.run(
             _as_owner([str(initdb), "-D", str(data), "-U", "postgres", "--auth=trust",
@@ -96,3 +99,8 @@ def stock_cluster() -> Iterator[Cluster]:
                 check=False, stdout=subprocess.DEVNULL,
             )  # fmt: skip
         shutil.rmtree(top, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)

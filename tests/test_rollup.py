@@ -360,11 +360,14 @@ async def test_daemon_with_the_rollup_component_keeps_the_rollup_current(
 async def test_a_rebuild_equals_the_incremental_rollup_on_a_generated_dataset(
     pg: asyncpg.Connection, pool: asyncpg.Pool
 ) -> None:
-    """Over three generated days (bursts, late deletes and notional changes, marked by the
-    triggers and refreshed pass by pass), rebuild() from empty rollups gives the same rows."""
+    """Over three generated days (bursts; then deletes and notional changes in refreshed minutes;
+    all marked by the triggers and refreshed pass by pass), rebuild() from empty rollups gives
+    the same rows."""
     start = datetime(2026, 3, 1, tzinfo=UTC)
     end = start + timedelta(days=3)
     await yeardata.generate(pg, 6_000, start, end, seed=7, with_triggers=True)
+    while await refresh_pending(pool, max_minutes=500):
+        pass
     await pg.execute("DELETE FROM market_liquidations WHERE get_byte(content_key, 0) < 8")
     await pg.execute(
         "UPDATE market_liquidations SET notional_usd = NULL "
