@@ -68,13 +68,18 @@ def machine_busy_seconds() -> float:
     return (sum(values) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def rss_peak_mb(pid: int) -> float:
-    """VmHWM (peak resident set) of a live process, in MB."""
+def status_mb(pid: int, field: str) -> float:
+    """A memory field of /proc/<pid>/status (VmRSS: resident now, VmHWM: peak), in MB."""
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def rss_peak_mb(pid: int) -> float:
+    """VmHWM (peak resident set) of a live process, in MB."""
+    return status_mb(pid, "VmHWM")
 
 
 _SAMPLE = re.compile(r"^(\w+)(\{[^}]*\})? ([0-9.eE+-]+|NaN)$", re.MULTILINE)
