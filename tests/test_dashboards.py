@@ -416,8 +416,9 @@ async def seed_venues(conn: asyncpg.Connection) -> None:
     for venue, stream, opened, closed in sessions:
         await conn.execute(
             "INSERT INTO ws_sessions (session_id, venue, connection, host, route, url, streams,"
-            " opened_at, last_alive_at, closed_at, close_reason, events_received)"
-            " VALUES ($1, $2, $2 || '#0', $2, '', 'wss://example', $3, $4, $5, $5, 'rotation', 1)",
+            " opened_at, subscribed_at, last_alive_at, closed_at, close_reason, events_received)"
+            " VALUES ($1, $2, $2 || '#0', $2, '', 'wss://example', $3, $4, $4, $5, $5, 'rotation',"
+            " 1)",
             uuid.uuid4(), venue, [stream], opened, closed,
         )  # fmt: skip
     await conn.execute(

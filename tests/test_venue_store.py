@@ -222,6 +222,40 @@ def at(minutes: float) -> datetime:
     return NOW + timedelta(minutes=minutes)
 
 
+async def test_a_sessions_streams_survive_snapshots_committed_out_of_order(
+    writer: Writer, pg: asyncpg.Connection
+) -> None:
+    """A venue session opens with no streams and lists them once subscribed; with two writer
+    lanes the opening snapshot can commit after the subscribed one, and later ones add
+    streams (a new listing): the row keeps the union, sorted, whatever the order."""
+    opened = session(connection="bybit/linear#0", host="linear", route="", venue=Venue.BYBIT,
+                     url="wss://stream.bybit.com/v5/public/linear", streams=())  # fmt: skip
+    subscribed = dataclasses.replace(
+        opened, streams=("allLiquidation.ETHUSDT", "allLiquidation.BTCUSDT"), subscribed_at=at(1)
+    )
+    listed = dataclasses.replace(subscribed, streams=("allLiquidation.SOLUSDT",))
+    for item in (subscribed, opened, listed, opened):
+        await put_all(writer, [item])
+    streams = await pg.fetchval("SELECT streams FROM ws_sessions")
+    assert streams == ["allLiquidation.BTCUSDT", "allLiquidation.ETHUSDT", "allLiquidation.SOLUSDT"]
+
+
+async def test_a_venue_session_covers_from_its_subscription_not_its_open(
+    writer: Writer, pg: asyncpg.Connection
+) -> None:
+    """OKX sends nothing before the subscription is acknowledged: a session opened at 0 and
+    subscribed at 2 covers from 2; one never subscribed covers nothing. (Binance's streams are
+    on the URL, so its sessions cover from the open.)"""
+    subscribed = dataclasses.replace(okx_session(0, 10), subscribed_at=at(2))
+    never = dataclasses.replace(okx_session(20, 30), subscribed_at=None)
+    await put_all(writer, [subscribed, never])
+    gaps = await pg.fetch(
+        "SELECT gap_start, gap_end, repaired FROM coverage_gaps('okx', $1, $2, $3)",
+        [OKX_STREAM], at(0), at(40),
+    )  # fmt: skip
+    assert [tuple(g) for g in gaps] == [(at(0), at(2), False), (at(10), at(40), False)]
+
+
 def okx_repair(rows: int) -> RepairRecord:
     """REST read back 30-40 min of the OKX stream, finding `rows` liquidations there."""
     return RepairRecord(
@@ -234,8 +268,8 @@ def okx_session(opened: float, closed: float) -> Any:
     return session(
         connection="okx/public#0", host="ws.okx.com", route="", venue=Venue.OKX,
         url="wss://ws.okx.com:8443/ws/v5/public", streams=(OKX_STREAM,),
-        opened_at=at(opened), last_alive_at=at(closed), closed_at=at(closed),
-        close_reason="server_closed",
+        opened_at=at(opened), subscribed_at=at(opened), last_alive_at=at(closed),
+        closed_at=at(closed), close_reason="server_closed",
     )  # fmt: skip
 
 

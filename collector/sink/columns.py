@@ -84,6 +84,11 @@ UPSERT_SESSION = f"""
 INSERT INTO ws_sessions ({", ".join(SESSION_COLUMNS)})
 VALUES ({", ".join(f"${i + 1}" for i in range(len(SESSION_COLUMNS)))})
 ON CONFLICT (session_id) DO UPDATE SET
+    -- Streams only grow (a venue session subscribes after it opens, and adds new listings):
+    -- the union, so snapshots committed out of order (two writer lanes) lose none.
+    streams         = CASE WHEN ws_sessions.streams @> EXCLUDED.streams THEN ws_sessions.streams
+                           ELSE ARRAY(SELECT DISTINCT s FROM unnest(ws_sessions.streams
+                                      || EXCLUDED.streams) AS s ORDER BY s) END,
     subscribed_at   = coalesce(ws_sessions.subscribed_at, EXCLUDED.subscribed_at),
     first_event_at  = coalesce(ws_sessions.first_event_at, EXCLUDED.first_event_at),
     last_event_at   = greatest(ws_sessions.last_event_at, EXCLUDED.last_event_at),

@@ -1,4 +1,6 @@
--- An imported file covers one symbol (a Tardis.dev liquidations CSV is per exchange, symbol and
+-- Two corrections to the venue ledger of 0008.
+--
+-- 1. An imported file covers one symbol (a Tardis.dev liquidations CSV is per exchange, symbol and
 -- day; `collector import` records it as a repair of that symbol's stream, source `import:...`).
 -- Asked for a whole venue (stream_names NULL), 0008's functions counted any repair of any
 -- stream: one imported symbol's day showed the venue as repaired for that day, a claim of more
@@ -48,3 +50,23 @@ LANGUAGE sql STABLE AS $$
       FROM pieces x
      ORDER BY 1
 $$;
+
+-- 2. A Bybit or OKX session reads nothing until its subscription is acknowledged (Binance's
+-- streams are on the URL: they flow from the open), so such a session covers from
+-- `subscribed_at`, and a session never subscribed covers nothing (an empty range at its last
+-- sign of life). 0008's view counted every session from `opened_at`.
+CREATE OR REPLACE VIEW ws_session_coverage AS
+SELECT session_id, connection, host, streams,
+       CASE WHEN venue = 'binance' OR subscribed_at IS NOT NULL THEN
+           tstzrange(start,
+                     greatest(start,
+                              CASE WHEN closed_at IS NOT NULL THEN closed_at
+                                   WHEN last_alive_at >= now() - ws_liveness_grace()
+                                       THEN greatest(now(), last_alive_at)
+                                   ELSE last_alive_at
+                              END),
+                     '[]')
+       ELSE 'empty'::tstzrange END AS covered,
+       venue
+  FROM (SELECT *, CASE WHEN venue = 'binance' THEN opened_at ELSE subscribed_at END AS start
+          FROM ws_sessions) s;
