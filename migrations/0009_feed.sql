@@ -41,16 +41,17 @@ CREATE TRIGGER market_liquidations_feed_notify AFTER INSERT ON market_liquidatio
 CREATE TRIGGER venue_liquidations_feed_notify AFTER INSERT ON venue_liquidations
     FOR EACH STATEMENT EXECUTE FUNCTION liquidation_feed_notify();
 
--- The liquidations view (0008) with each row's cursor, for the feed and the history API.
+-- The liquidations view (0008) with each row's cursor, for the feed, and its content key, which
+-- with (trade_time, venue) orders the history API's pages.
 CREATE VIEW liquidation_feed AS
-SELECT m.committed_xid, m.seq, 'binance'::text AS venue, m.market, m.symbol, s.base_asset,
+SELECT m.committed_xid, m.seq, m.content_key, 'binance'::text AS venue, m.market, m.symbol, s.base_asset,
        m.liquidated_side, m.avg_price AS price,
        CASE WHEN m.market = 'UM' THEN m.filled_qty END AS qty,
        m.notional_usd, m.trade_time, m.received_at
   FROM market_liquidations m
   LEFT JOIN symbols s ON s.market = m.market AND s.symbol = m.symbol
 UNION ALL
-SELECT v.committed_xid, v.seq, v.venue, v.market, v.symbol, v.base_asset, v.liquidated_side,
+SELECT v.committed_xid, v.seq, v.content_key, v.venue, v.market, v.symbol, v.base_asset, v.liquidated_side,
        v.price, v.qty, v.notional_usd, v.trade_time, v.received_at
   FROM venue_liquidations v;
 
