@@ -210,7 +210,15 @@ async def test_a_slow_consumer_is_disconnected_with_its_reason_and_others_keep_r
                 for batch in range(40):
                     await insert(pg, *(liquidation(1000 + batch * 100 + i) for i in range(100)))
                 frames = await Stream(resp).events(4000)
-                await eventually(lambda: any(x.failed for x in s.feed.subscriptions))
+                registry = s.metrics.registry
+                await eventually(
+                    lambda: (
+                        any(x.failed for x in s.feed.subscriptions)
+                        or metric_value(
+                            registry, "collector_feed_disconnects_total", reason="slow_consumer"
+                        )
+                    )
+                )
                 received = b""
                 while chunk := await loop.sock_recv(raw, 65536):
                     received += chunk
