@@ -17,7 +17,14 @@ import pytest
 from collector.config import HttpConfig, load_config
 from collector.exceptions import ConfigError
 from collector.model import MarketLiquidation
-from collector.sink.columns import INSERT_VL_ONE, UPSERT_SESSION, session_args, vl_record
+from collector.sink.columns import (
+    INSERT_ML_ONE,
+    INSERT_VL_ONE,
+    UPSERT_SESSION,
+    ml_record,
+    session_args,
+    vl_record,
+)
 from tests.daemon import eventually, metric_value
 from tests.factories import NOW, bybit_liquidation, liquidation, session
 from tests.feed_harness import Stream, ids, insert, served
@@ -146,8 +153,6 @@ async def test_a_transaction_committing_later_with_a_smaller_seq_is_delivered_fi
                 early = pg.transaction()
                 await early.start()
                 await pg.execute("SELECT pg_current_xact_id()")  # a's xid: the older one
-                from collector.sink.columns import INSERT_ML_ONE, ml_record
-
                 await pg.execute(INSERT_ML_ONE, *ml_record(liquidation(30)))
                 await insert(other, liquidation(31))  # b commits first, with a larger seq
                 # The feed has seen b's notification and read; b is not final while a runs.
@@ -178,8 +183,6 @@ async def test_two_feeds_over_one_database_emit_the_same_sequence(
                     t1, t2 = pg.transaction(), other.transaction()
                     await t1.start()
                     await t2.start()
-                    from collector.sink.columns import INSERT_ML_ONE, ml_record
-
                     await pg.execute(INSERT_ML_ONE, *ml_record(liquidation(100 + i)))
                     await other.execute(INSERT_ML_ONE, *ml_record(liquidation(101 + i)))
                     await (t2 if i % 4 else t1).commit()
