@@ -60,8 +60,12 @@ class Health:
         return [n for n in names if n not in failing], failing
 
 
-def make_app(health: Health, metrics: Metrics) -> web.Application:
-    """The aiohttp application serving /metrics, /healthz and /readyz."""
+Routes = Callable[[web.Application], None]
+
+
+def make_app(health: Health, metrics: Metrics, routes: Routes | None = None) -> web.Application:
+    """The aiohttp application serving /metrics, /healthz and /readyz, plus what `routes`
+    adds (the data-out API, `collector.out.api.add_routes`)."""
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -78,6 +82,8 @@ def make_app(health: Health, metrics: Metrics) -> web.Application:
     app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if routes is not None:
+        routes(app)
     return app
 
 
@@ -131,10 +137,11 @@ async def serve_http(
     metrics: Metrics,
     *,
     sockets: Sequence[socket.socket] = (),
+    routes: Routes | None = None,
 ) -> AsyncIterator[web.AppRunner]:
     """Serve the app on host:port for the duration of the context (port 0: any free port), or
-    on `sockets` already listening (see `listen`) when given."""
-    runner = web.AppRunner(make_app(health, metrics), access_log=None)
+    on `sockets` already listening (see `listen`) when given; `routes` adds routes."""
+    runner = web.AppRunner(make_app(health, metrics, routes), access_log=None)
     await runner.setup()
     try:
         sites: list[web.BaseSite] = [web.SockSite(runner, sock) for sock in sockets]

@@ -37,6 +37,9 @@ from collector.db.rollup import run_rollups
 from collector.health import Health, listen, serve_http
 from collector.metrics import Metrics
 from collector.model import MarketLiquidation
+from collector.out.alerts import Alerts
+from collector.out.api import Api
+from collector.out.feed import Feed
 from collector.readiness import add_readiness
 from collector.rest.accounts import build_account_components
 from collector.retry import COMPONENT_RESTART, FATAL_ERRORS, sleep_or_stop
@@ -72,6 +75,8 @@ class Runtime:
     shards: list[Shard] = field(default_factory=list)
     bybit: list[BybitCategory] = field(default_factory=list)
     okx: list[OkxSource] = field(default_factory=list)
+    feed: Feed | None = None
+    alerts: Alerts | None = None
 
 
 async def supervise(
@@ -178,12 +183,20 @@ async def _start_up(
     stack.push_async_callback(pool.close)
     metrics = Metrics()
     health = Health()
+    feed = Feed(pool, lambda: connect(dsn, config), config.feed, metrics)
+    api = Api(config, feed, pool, metrics)
     runner = await stack.enter_async_context(
-        serve_http(config.http.host, config.http.port, health, metrics, sockets=sockets)
-    )
+        serve_http(config.http.host, config.http.port, health, metrics, sockets=sockets,
+                   routes=api.add_routes)
+    )  # fmt: skip
     port = int(runner.addresses[0][1])
     writer = Writer(lambda: connect(dsn, config), config.writer, metrics)
     runtime = Runtime(config, dsn, pool, metrics, health, writer, SymbolCatalog(), port)
+    if config.http.api_enabled or config.alerts:
+        runtime.feed = feed
+    if config.alerts:
+        runtime.alerts = Alerts(config.alerts, metrics)
+        feed.add_listener(runtime.alerts.on_event)
     add_readiness(
         health, pool=pool, writer=writer, shards=runtime.shards, metrics=metrics,
         max_event_age_s=config.http.max_event_age_s,
@@ -277,6 +290,10 @@ def _components(
         ),
     }
     components.update(build_account_components(config, pool, metrics))
+    if runtime.feed is not None:  # data out: the committed-order feed and its alerts
+        components["feed"] = runtime.feed.run
+    if runtime.alerts is not None:
+        components["alerts"] = runtime.alerts.run
     if extra is not None:
         components.update(extra(runtime))
     return components

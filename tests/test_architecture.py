@@ -24,6 +24,7 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "lifecycle",
         ("collector.supervisor", "collector.readiness", "collector.health", "collector.signals"),
     ),
+    ("out", ("collector.out",)),
     ("sources", ("collector.sources", "collector.rest")),
     ("sink", ("collector.sink",)),
     ("database", ("collector.db",)),

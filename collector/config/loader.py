@@ -23,6 +23,7 @@ from typing import Any
 
 from collector.config.settings import (
     AccountConfig,
+    AlertConfig,
     Config,
     KeyType,
     Rule,
@@ -38,9 +39,13 @@ _SECTIONS: dict[str, type[Any]] = {
     for name, tp in typing.get_type_hints(Config).items()
     if isinstance(tp, type) and dataclasses.is_dataclass(tp)
 }
-# Settings outside any section (`accounts` is a list of tables, read by `_accounts`).
+# Lists of tables, each read by its own function (`_accounts`, `_alerts`).
+_LISTS_OF_TABLES = frozenset({"accounts", "alerts"})
+# Settings outside any section.
 _TOP_LEVEL = tuple(
-    f.name for f in dataclasses.fields(Config) if f.name not in _SECTIONS and f.name != "accounts"
+    f.name
+    for f in dataclasses.fields(Config)
+    if f.name not in _SECTIONS and f.name not in _LISTS_OF_TABLES
 )
 # A value that could not be read; its problem is already reported.
 _REPORTED: Any = object()
@@ -297,6 +302,47 @@ def _accounts(
     return tuple(accounts)
 
 
+# -- [[alerts]] (issue 11) ---------------------------------------------------------------------
+
+_ALERT_KEYS = frozenset(f.name for f in dataclasses.fields(AlertConfig))
+
+
+def _alerts(raw: Any, problems: list[str]) -> tuple[AlertConfig, ...]:
+    """The `[[alerts]]` tables (TOML only); a rule with a problem is left out (reported)."""
+    if not isinstance(raw, list):
+        problems.append("alerts: expected [[alerts]] tables")
+        return ()
+    rules: list[AlertConfig] = []
+    names: set[str] = set()
+    for i, table in enumerate(raw, 1):
+        if not isinstance(table, dict):
+            problems.append(f"[[alerts]] #{i}: expected a table")
+            continue
+        name = table.get("name")
+        if not isinstance(name, str) or not name.strip():
+            problems.append(f"[[alerts]] #{i} name: required, a non-empty string")
+            continue
+        if name in names:
+            problems.append(f"[[alerts]] #{i} name: {name!r} is used twice")
+        names.add(name)
+        where = f"[[alerts]] {name!r}"
+        problems.extend(f"{where} {k}: unknown setting" for k in table if k not in _ALERT_KEYS)
+        before = len(problems)
+
+        def read(key: str, table: dict[str, Any] = table, where: str = where) -> tuple[Any, str]:
+            return table.get(key, dataclasses.MISSING), f"{where} {key}"
+
+        values = _read(AlertConfig, read, where, problems, problems)
+        if len(problems) > before or "url" not in values:
+            if "url" not in values and len(problems) == before:
+                problems.append(f"{where} url: required")
+            continue
+        rule = AlertConfig(**values)
+        problems.extend(f"{where} {keys}: {problem}" for keys, problem in rule.validate())
+        rules.append(rule)
+    return tuple(rules)
+
+
 # COLLECTOR_* variables that are not settings but are read by the collector, its tests or its
 # deployment scripts.
 _OTHER_VARIABLES = frozenset(
@@ -370,7 +416,7 @@ def load_config(environ: Mapping[str, str], toml_path: Path | None = None) -> Co
             raise ConfigError(
                 [f"config file {str(toml_path)!r} is not valid TOML: {exc}"]
             ) from None
-    known_top = {*_SECTIONS, *_TOP_LEVEL, "accounts"}
+    known_top = {*_SECTIONS, *_TOP_LEVEL, *_LISTS_OF_TABLES}
     for key in data:
         if key not in known_top:
             problems.append(f"{key}: unknown section (known: {', '.join(sorted(known_top))})")
@@ -380,10 +426,11 @@ def load_config(environ: Mapping[str, str], toml_path: Path | None = None) -> Co
     read = functools.partial(_raw_setting, data, None, environ, problems)
     top = _read(Config, read, None, problems, rules, names=_TOP_LEVEL)
     accounts = _accounts(data.get("accounts", []), environ, problems)
-    config = Config(**sections, **top, accounts=accounts)
+    alerts = _alerts(data.get("alerts", []), problems)
+    config = Config(**sections, **top, accounts=accounts, alerts=alerts)
     problems += rules
     # The rules that span settings, in the order their messages have always come.
-    for name in ("binance", "writer", "rest", "database", "bybit", "okx"):
+    for name in ("binance", "writer", "rest", "database", "bybit", "okx", "http", "feed"):
         for keys, problem in getattr(config, name).validate():
             problems.append(f"[{name}] {keys}: {problem}" if keys else f"[{name}]: {problem}")
     if problems:

@@ -6,10 +6,12 @@ what spans its fields. Reading files and the environment into these is `collecto
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
@@ -290,6 +292,38 @@ class HttpConfig:
     port: int = setting(9108, between(0, 65535))
     # /readyz fails when the newest market event is older than this (0 disables the check).
     max_event_age_s: float = setting(0.0, between(0, _WEEK))
+    # The data-out API (/v1/...: feed, history, coverage). Off a loopback host it needs a bearer
+    # token (`api_token_file`, a file holding it); the image sets api_enabled = false, as it
+    # listens on 0.0.0.0 for Prometheus.
+    api_enabled: bool = True
+    api_token_file: str | None = None
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        """(settings, problem) for each rule that spans settings."""
+        if self.api_token_file is not None:
+            try:
+                token = Path(self.api_token_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                yield "api_token_file", f"cannot read {self.api_token_file!r}: {exc.strerror}"
+                return
+            if not token:
+                yield "api_token_file", f"{self.api_token_file!r} is empty"
+        elif self.api_enabled and not is_loopback(self.host):
+            yield (
+                "api_token_file",
+                f"required when host {self.host!r} is not loopback and api_enabled"
+                " (or set api_enabled = false)",
+            )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names only the loopback interface ("" means every interface)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,6 +510,90 @@ def load_private_key(
     raise ConfigError([f"[[accounts]] {account!r} api_secret: the PEM key is not {key_type}"])
 
 
+# -- data out (issue 11): the live feed, the history API and alerts ------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FeedConfig:
+    """The committed-order feed behind /v1/liquidations/stream and the alerts."""
+
+    # Besides LISTEN/NOTIFY, the feed looks for committed rows this often.
+    poll_interval_s: float = setting(1.0, _UP_TO_HOUR)
+    # How far back `Last-Event-ID` may resume (by the event's received time); older: an error.
+    lookback_s: float = setting(3600.0, _UP_TO_WEEK)
+    # A `: ping` comment on each stream this often, so proxies keep idle streams open.
+    heartbeat_s: float = setting(15.0, _UP_TO_HOUR)
+    max_subscribers: int = setting(100, between(0, 100_000))
+    # Events a subscriber may fall behind by before it is disconnected (`slow_consumer`).
+    subscriber_buffer: int = setting(10_000, between(1, 1_000_000))
+    # Rows read from the database per query (live and catching up).
+    page_rows: int = setting(1000, between(1, 100_000))
+    # The largest `limit` of GET /v1/liquidations.
+    history_max_rows: int = setting(10_000, between(1, 1_000_000))
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        """(settings, problem) for each rule that spans settings."""
+        # The feed hands a subscriber a page at a time: a smaller buffer would fail it at once.
+        yield from _ordered(self, "page_rows", "subscriber_buffer", "page_rows <= buffer")
+
+
+class AlertKind(StrEnum):
+    """`large`: one liquidation of at least min_notional_usd; `cascade`: the liquidated USD of
+    one side within window_s reaches threshold_usd."""
+
+    LARGE = "large"
+    CASCADE = "cascade"
+
+
+class AlertFormat(StrEnum):
+    """The webhook body: our JSON, or Slack's / Discord's incoming-webhook shape."""
+
+    JSON = "json"
+    SLACK = "slack"
+    DISCORD = "discord"
+
+
+def _webhook_url(value: Secret, problems: list[str]) -> Secret:
+    if urlsplit(value.reveal()).scheme not in ("http", "https"):
+        problems.append("[[alerts]] url: must start with http:// or https://")  # never shown
+    return value
+
+
+_USD = between(0, 1e15, above=True)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertConfig:
+    """One `[[alerts]]` rule, delivered by webhook. The URL is a secret (Slack's and Discord's
+    carry their token): it is never logged."""
+
+    name: str
+    url: Secret = field(repr=False, metadata={"rule": None, "convert": _webhook_url})
+    kind: AlertKind = AlertKind.LARGE
+    format: AlertFormat = AlertFormat.JSON
+    venues: tuple[str, ...] = ()
+    symbols: tuple[str, ...] = setting((), convert=_upper)
+    min_notional_usd: float | None = setting(None, _USD)  # large
+    threshold_usd: float | None = setting(None, _USD)  # cascade
+    window_s: float = setting(60.0, _UP_TO_DAY)  # cascade
+    # At most one delivery per this many seconds; alerts in between are dropped and counted.
+    min_interval_s: float = setting(0.0, between(0, _DAY))
+    max_attempts: int = setting(5, between(1, 100))
+    retry_initial_s: float = setting(1.0, _UP_TO_HOUR)
+    retry_max_s: float = setting(60.0, _UP_TO_DAY)
+    timeout_s: float = setting(10.0, _UP_TO_10MIN)
+    # Alerts waiting for delivery; beyond, new ones are dropped and counted.
+    queue_max: int = setting(100, between(1, 100_000))
+
+    def validate(self) -> Iterator[tuple[str, str]]:
+        """(settings, problem) for each rule that spans settings."""
+        if self.kind == AlertKind.LARGE and self.min_notional_usd is None:
+            yield "min_notional_usd", "required for kind = large"
+        if self.kind == AlertKind.CASCADE and self.threshold_usd is None:
+            yield "threshold_usd", "required for kind = cascade"
+        yield from _ordered(self, "retry_initial_s", "retry_max_s", "initial <= max")
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration."""
@@ -491,3 +609,5 @@ class Config:
     okx: OkxConfig = OkxConfig()
     shutdown_grace_s: float = setting(20.0, _UP_TO_HOUR)
     accounts: tuple[AccountConfig, ...] = ()
+    feed: FeedConfig = FeedConfig()
+    alerts: tuple[AlertConfig, ...] = ()

@@ -1,0 +1,227 @@
+"""The feed: one reader per process follows the committed rows (LISTEN/NOTIFY wakes it, a poll
+backs it up) and hands each row, in cursor order, to every subscriber's bounded buffer and to
+every listener (alerts). A subscriber that falls `subscriber_buffer` rows behind is failed
+with reason `slow_consumer`; nothing here ever waits for a subscriber.
+
+Catching up from a cursor (`Last-Event-ID`) reads the database through the pool
+(`Feed.read_range`), up to where the subscriber joined the live rows, so nothing is missed
+or sent twice. The HTTP side is `collector.out.api`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+import asyncpg
+import structlog
+
+from collector.config import FeedConfig
+from collector.exceptions import CollectorError
+from collector.metrics import Metrics
+from collector.out.events import (
+    HEAD,
+    PAGE,
+    RANGE,
+    RECEIVED,
+    START,
+    XMIN,
+    Cursor,
+    FeedEvent,
+    Filter,
+    event_from_row,
+)
+from collector.retry import Policy
+
+log = structlog.get_logger(__name__)
+
+CHANNEL = "collector_liquidations"
+Listener = Callable[[FeedEvent], None]
+# A notified transaction that is not yet below xmin (an older one still runs) is looked for
+# again after 2 ms, doubling up to the poll interval.
+_XMIN_WAIT = Policy(0.002, 1.0)
+
+
+class TooManySubscribers(CollectorError):
+    """`[feed] max_subscribers` streams are open already."""
+
+
+class Subscription:
+    """One subscriber's bounded buffer of rows. The feed appends (never waits); the stream
+    takes. `failed` is set once, with the reason the stream must end."""
+
+    def __init__(self, match: Filter, capacity: int, joined_at: Cursor) -> None:
+        self.match = match
+        self.capacity = capacity
+        # The feed's position when this subscriber joined: live rows are all after it.
+        self.joined_at = joined_at
+        self.failed: str | None = None
+        self.on_fail: Callable[[], None] | None = None
+        self._rows: deque[FeedEvent] = deque()
+        self._ready = asyncio.Event()
+
+    def offer(self, event: FeedEvent) -> None:
+        """Buffer `event` if it matches; fail the subscription when the buffer is full."""
+        if self.failed is not None or not self.match.matches(event):
+            return
+        if len(self._rows) >= self.capacity:
+            self.fail("slow_consumer")
+            return
+        self._rows.append(event)
+        self._ready.set()
+
+    def fail(self, reason: str) -> None:
+        """End the subscription with `reason` (the first reason stays)."""
+        if self.failed is None:
+            self.failed = reason
+            self._rows.clear()
+            self._ready.set()
+            if self.on_fail is not None:
+                self.on_fail()
+
+    async def take(self) -> list[FeedEvent]:
+        """Every buffered row, waiting until there is one (or the subscription fails: then
+        an empty list)."""
+        while not self._rows and self.failed is None:
+            self._ready.clear()
+            await self._ready.wait()
+        rows = list(self._rows)
+        self._rows.clear()
+        return rows
+
+
+class Feed:
+    """The process's reader of committed rows (`run` is its component) and its subscribers."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        connect: Callable[[], Awaitable[asyncpg.Connection]],
+        config: FeedConfig,
+        metrics: Metrics,
+    ) -> None:
+        self.pool = pool
+        self.config = config
+        self.metrics = metrics
+        self.head: Cursor | None = None  # None until the first read
+        self._connect = connect
+        self._subscribers: set[Subscription] = set()
+        self._listeners: list[Listener] = []
+        self._wake = asyncio.Event()
+        self._notified_xid = 0  # the newest transaction a notification named
+        self._started = asyncio.Event()
+
+    # -- subscribers --------------------------------------------------------------------------
+
+    async def started(self) -> Cursor:
+        """The feed's head once it has read the database once."""
+        await self._started.wait()
+        assert self.head is not None
+        return self.head
+
+    def subscribe(self, match: Filter) -> Subscription:
+        """A subscription to the rows after the current head; `TooManySubscribers` beyond
+        `[feed] max_subscribers`. Call `unsubscribe` when done."""
+        if len(self._subscribers) >= self.config.max_subscribers:
+            raise TooManySubscribers
+        assert self.head is not None, "await started() first"
+        sub = Subscription(match, self.config.subscriber_buffer, self.head)
+        self._subscribers.add(sub)
+        self.metrics.feed_subscribers.set(len(self._subscribers))
+        return sub
+
+    @property
+    def subscriptions(self) -> tuple[Subscription, ...]:
+        """The open subscriptions (for readiness and tests)."""
+        return tuple(self._subscribers)
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Stop feeding `sub` (idempotent)."""
+        self._subscribers.discard(sub)
+        self.metrics.feed_subscribers.set(len(self._subscribers))
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call `listener(event)` for every row, in order, in the feed's task (it must not
+        block: alerts only queue)."""
+        self._listeners.append(listener)
+
+    async def received_at(self, cursor: Cursor) -> datetime | None:
+        """When the row at `cursor` was received; None when no row has that cursor."""
+        value: datetime | None = await self.pool.fetchval(RECEIVED, cursor.xid, cursor.seq)
+        return value
+
+    async def read_range(self, after: Cursor, upto: Cursor) -> list[FeedEvent]:
+        """At most `[feed] page_rows` rows after `after`, up to and including `upto` (a head
+        this feed read, so all of them are final), in order."""
+        rows = await self.pool.fetch(
+            RANGE, after.xid, after.seq, upto.xid, upto.seq, self.config.page_rows
+        )
+        return [event_from_row(r) for r in rows]
+
+    # -- the reader ---------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follow the committed rows until `stop` (a supervised component: a lost connection
+        raises, and the restart resumes at `head`)."""
+        conn = await self._connect()
+        try:
+            await conn.add_listener(CHANNEL, self._notified)
+            if self.head is None:
+                xmin = await conn.fetchval(XMIN)
+                row = await conn.fetchrow(HEAD, xmin)
+                self.head = START if row is None else Cursor(row["xid"], row["seq"])
+                self._started.set()
+            backoff = _XMIN_WAIT.backoff()
+            while not stop.is_set():
+                self._wake.clear()
+                xmin = await self._read(conn)
+                if self._notified_xid >= xmin:  # committed, not yet final: look again soon
+                    delay = min(backoff.next_delay(), self.config.poll_interval_s)
+                else:
+                    backoff.reset()
+                    delay = self.config.poll_interval_s
+                await self._sleep(delay, stop)
+        finally:
+            for sub in list(self._subscribers):
+                if stop.is_set():
+                    sub.fail("shutdown")
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        with contextlib.suppress(ValueError):
+            self._notified_xid = max(self._notified_xid, int(payload))
+        self._wake.set()
+
+    async def _sleep(self, delay_s: float, stop: asyncio.Event) -> None:
+        waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
+        try:
+            await asyncio.wait(waits, timeout=delay_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def _read(self, conn: asyncpg.Connection) -> int:
+        """Hand out every final row after `head`; return the xmin it read below."""
+        assert self.head is not None
+        xmin: int = await conn.fetchval(XMIN)
+        page = self.config.page_rows
+        while True:
+            rows = await conn.fetch(PAGE, self.head.xid, self.head.seq, xmin, page)
+            if rows:
+                self._dispatch([event_from_row(r) for r in rows])
+            if len(rows) < page:
+                return xmin
+
+    def _dispatch(self, events: list[FeedEvent]) -> None:
+        # No await in here: a subscriber joining sees `head` move only with the rows it covers.
+        for event in events:
+            for sub in self._subscribers:
+                sub.offer(event)
+            for listener in self._listeners:
+                listener(event)
+        self.head = events[-1].cursor
+        self.metrics.feed_rows.inc(len(events))
