@@ -45,7 +45,10 @@ from e2e import cpu_seconds, free_port_base, quantile, scrape, status_mb
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE = "bench_template"
-SUBJECTS = ("collector r2", "collector r1", "bare")
+SUBJECTS = ["collector r2", "collector r1", "bare"]
+# --baseline DIR: "baseline rN" subjects run the collector package found in DIR (a checkout of
+# another commit, e.g. `git archive main | tar -x -C DIR`), interleaved with this one.
+BASELINE: Path | None = None
 REST = 0.0
 MAX = float("inf")
 
@@ -125,6 +128,9 @@ async def start_subject(name: str, cluster: Cluster, database: str, base: int) -
         "COLLECTOR_LOG_LEVEL": "warning",
         "COLLECTOR_BINANCE_REDUNDANCY": name.rsplit("r", 1)[1],
     }
+    if name.startswith("baseline"):
+        assert BASELINE is not None
+        env["PYTHONPATH"] = str(BASELINE)  # ahead of this checkout's editable install
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "collector", "run", env=env,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
@@ -286,8 +292,9 @@ def report(results: list[Phase], rates: list[float], rounds: int) -> None:
     print(f"\nMedian of {rounds} round(s). CPU: µs per committed event, process + its PostgreSQL "
           "backends; ratio: total CPU per event, collector / bare.\n")  # fmt: skip
     heads = " | ".join(f"{s} µs/event" for s in SUBJECTS)
-    print(f"| rate | {heads} | ratio r2 | ratio r1 |")
-    print("|---|" + "---|" * (len(SUBJECTS) + 2))
+    others = [s for s in SUBJECTS if s != "bare"]
+    print(f"| rate | {heads} | " + " | ".join(f"ratio {s}" for s in others) + " |")
+    print("|---|" + "---|" * (len(SUBJECTS) + len(others)))
     for rate in rates:
         if rate == REST:
             continue
@@ -303,21 +310,23 @@ def report(results: list[Phase], rates: list[float], rounds: int) -> None:
             if rate == MAX:
                 cell += f" ({rows:,.0f} rows/s)"
             cells.append(cell)
-        ratios = [totals[s] / totals["bare"] for s in SUBJECTS[:2]]
+        ratios = [totals[s] / totals["bare"] for s in others]
         extra = ""
         if rate == MAX:
             extra = " / " + " / ".join(
                 f"{med(s, rate, 'rows_per_s') / med('bare', rate, 'rows_per_s'):.2f}x rows/s"
-                for s in SUBJECTS[:2]
+                for s in others
             )
         print(f"| {label(rate)} | " + " | ".join(cells) + " | "
               + " | ".join(f"{r:.2f}x" for r in ratios) + f" |{extra}")  # fmt: skip
-    print("\n| rate | " + " | ".join(f"{s} RSS MB" for s in SUBJECTS) + " | ratio r2 |")
+    print("\n| rate | " + " | ".join(f"{s} RSS MB" for s in SUBJECTS) + " | ratio "
+          + SUBJECTS[0] + " |")  # fmt: skip
     print("|---|" + "---|" * (len(SUBJECTS) + 1))
     for rate in rates:
         rss = [med(s, rate, "rss_mb") for s in SUBJECTS]
+        bare = med("bare", rate, "rss_mb")
         print(f"| {label(rate)} | " + " | ".join(f"{r:.1f}" for r in rss)
-              + f" | {rss[0] / rss[2]:.2f}x |")  # fmt: skip
+              + f" | {rss[0] / bare:.2f}x |")  # fmt: skip
     rest = [(med(s, REST, "proc_cores") + med(s, REST, "pg_cores")) * 1000 for s in SUBJECTS]
     if REST in rates:
         print("\nCPU at rest (ms per second, process + backends): "
@@ -340,7 +349,19 @@ async def main() -> None:
     parser.add_argument(
         "--rates", default="rest,20,200,2000,max", help="comma-separated: rest, N, max"
     )
+    parser.add_argument(
+        "--baseline", type=Path, help="also run the collector package in this directory"
+    )
+    parser.add_argument(
+        "--subjects", help="comma-separated subset, e.g. 'collector r2,baseline r2,bare'"
+    )
     args = parser.parse_args()
+    global BASELINE  # noqa: PLW0603 (set once, before any phase)
+    if args.baseline is not None:
+        BASELINE = args.baseline.resolve()
+        SUBJECTS[2:2] = ["baseline r2", "baseline r1"]
+    if args.subjects:
+        SUBJECTS[:] = [s for s in args.subjects.split(",") if s]
     rates = [
         REST if r == "rest" else MAX if r == "max" else float(r) for r in args.rates.split(",")
     ]
