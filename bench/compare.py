@@ -3,6 +3,8 @@ socket->commit latency, on a throwaway stock PostgreSQL 15 cluster this script s
 
     .venv/bin/python bench/compare.py                      # ~3 minutes: --seconds 6 --rounds 1
     .venv/bin/python bench/compare.py --seconds 30 --rounds 3
+    .venv/bin/python bench/compare.py --baseline /tmp/main   # also the collector of another
+        # commit (git archive main | tar -x -C /tmp/main), interleaved: before/after
 
 For each round, rate (at rest, 20, 200, 2,000 events/s, then --max-rate, more than either can
 take) and subject (the collector at redundancy 2 and 1, the bare pipeline; their order rotates
@@ -47,8 +49,9 @@ HERE = Path(__file__).resolve().parent
 TEMPLATE = "bench_template"
 SUBJECTS = ["collector r2", "collector r1", "bare"]
 # --baseline DIR: "baseline rN" subjects run the collector package found in DIR (a checkout of
-# another commit, e.g. `git archive main | tar -x -C DIR`), interleaved with this one.
-BASELINE: Path | None = None
+# another commit, e.g. `git archive main | tar -x -C DIR`), interleaved with this one; a second
+# --baseline is "baseline2 rN", and so on.
+BASELINES: dict[str, Path] = {}
 REST = 0.0
 MAX = float("inf")
 
@@ -128,11 +131,13 @@ async def start_subject(name: str, cluster: Cluster, database: str, base: int) -
         "COLLECTOR_LOG_LEVEL": "warning",
         "COLLECTOR_BINANCE_REDUNDANCY": name.rsplit("r", 1)[1],
     }
+    cwd = None
     if name.startswith("baseline"):
-        assert BASELINE is not None
-        env["PYTHONPATH"] = str(BASELINE)  # ahead of this checkout's editable install
+        # `-m` puts the working directory first on sys.path, ahead of this checkout's editable
+        # install: the baseline's own package is the one imported.
+        cwd = BASELINES[name.split(maxsplit=1)[0]]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "collector", "run", env=env,
+        sys.executable, "-m", "collector", "run", env=env, cwd=cwd,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     return Subject(proc, "market_liquidations", http_port)
@@ -350,16 +355,20 @@ async def main() -> None:
         "--rates", default="rest,20,200,2000,max", help="comma-separated: rest, N, max"
     )
     parser.add_argument(
-        "--baseline", type=Path, help="also run the collector package in this directory"
+        "--baseline",
+        type=Path,
+        action="append",
+        default=[],
+        help="also run the collector package in this directory (repeatable)",
     )
     parser.add_argument(
         "--subjects", help="comma-separated subset, e.g. 'collector r2,baseline r2,bare'"
     )
     args = parser.parse_args()
-    global BASELINE  # noqa: PLW0603 (set once, before any phase)
-    if args.baseline is not None:
-        BASELINE = args.baseline.resolve()
-        SUBJECTS[2:2] = ["baseline r2", "baseline r1"]
+    for i, directory in enumerate(args.baseline):
+        label = f"baseline{i + 1 if i else ''}"
+        BASELINES[label] = directory.resolve()
+        SUBJECTS[-1:-1] = [f"{label} r2", f"{label} r1"]
     if args.subjects:
         SUBJECTS[:] = [s for s in args.subjects.split(",") if s]
     rates = [
