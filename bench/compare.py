@@ -52,6 +52,9 @@ SUBJECTS = ["collector r2", "collector r1", "bare"]
 # another commit, e.g. `git archive main | tar -x -C DIR`), interleaved with this one; a second
 # --baseline is "baseline2 rN", and so on.
 BASELINES: dict[str, Path] = {}
+# --subject-env "SUBJECT:NAME=VALUE": extra environment for one subject (e.g. another
+# COLLECTOR_WRITER_BATCH_MAX_AGE_S for "baseline r2" with --baseline set to this checkout).
+SUBJECT_ENV: dict[str, dict[str, str]] = {}
 REST = 0.0
 MAX = float("inf")
 
@@ -130,6 +133,7 @@ async def start_subject(name: str, cluster: Cluster, database: str, base: int) -
         "COLLECTOR_HTTP_PORT": str(http_port),
         "COLLECTOR_LOG_LEVEL": "warning",
         "COLLECTOR_BINANCE_REDUNDANCY": name.rsplit("r", 1)[1],
+        **SUBJECT_ENV.get(name, {}),
     }
     cwd = None
     if name.startswith("baseline"):
@@ -315,7 +319,8 @@ def report(results: list[Phase], rates: list[float], rounds: int) -> None:
             if rate == MAX:
                 cell += f" ({rows:,.0f} rows/s)"
             cells.append(cell)
-        ratios = [totals[s] / totals["bare"] for s in others]
+        bare = totals.get("bare", float("nan"))  # without a bare subject: no ratios (nan)
+        ratios = [totals[s] / bare for s in others]
         extra = ""
         if rate == MAX:
             extra = " / " + " / ".join(
@@ -364,7 +369,17 @@ async def main() -> None:
     parser.add_argument(
         "--subjects", help="comma-separated subset, e.g. 'collector r2,baseline r2,bare'"
     )
+    parser.add_argument(
+        "--subject-env",
+        action="append",
+        default=[],
+        help="SUBJECT:NAME=VALUE, extra environment for one collector subject (repeatable)",
+    )
     args = parser.parse_args()
+    for spec in args.subject_env:
+        subject, assignment = spec.split(":", 1)
+        key, value = assignment.split("=", 1)
+        SUBJECT_ENV.setdefault(subject, {})[key] = value
     for i, directory in enumerate(args.baseline):
         label = f"baseline{i + 1 if i else ''}"
         BASELINES[label] = directory.resolve()
