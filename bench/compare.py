@@ -3,6 +3,8 @@ socket->commit latency, on a throwaway stock PostgreSQL 15 cluster this script s
 
     .venv/bin/python bench/compare.py                      # ~3 minutes: --seconds 6 --rounds 1
     .venv/bin/python bench/compare.py --seconds 30 --rounds 3
+    .venv/bin/python bench/compare.py --baseline /tmp/main   # also the collector of another
+        # commit (git archive main | tar -x -C /tmp/main), interleaved: before/after
 
 For each round, rate (at rest, 20, 200, 2,000 events/s, then --max-rate, more than either can
 take) and subject (the collector at redundancy 2 and 1, the bare pipeline; their order rotates
@@ -45,7 +47,14 @@ from e2e import cpu_seconds, free_port_base, quantile, scrape, status_mb
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE = "bench_template"
-SUBJECTS = ("collector r2", "collector r1", "bare")
+SUBJECTS = ["collector r2", "collector r1", "bare"]
+# --baseline DIR: "baseline rN" subjects run the collector package found in DIR (a checkout of
+# another commit, e.g. `git archive main | tar -x -C DIR`), interleaved with this one; a second
+# --baseline is "baseline2 rN", and so on.
+BASELINES: dict[str, Path] = {}
+# --subject-env "SUBJECT:NAME=VALUE": extra environment for one subject (e.g. another
+# COLLECTOR_WRITER_BATCH_MAX_AGE_S for "baseline r2" with --baseline set to this checkout).
+SUBJECT_ENV: dict[str, dict[str, str]] = {}
 REST = 0.0
 MAX = float("inf")
 
@@ -124,9 +133,15 @@ async def start_subject(name: str, cluster: Cluster, database: str, base: int) -
         "COLLECTOR_HTTP_PORT": str(http_port),
         "COLLECTOR_LOG_LEVEL": "warning",
         "COLLECTOR_BINANCE_REDUNDANCY": name.rsplit("r", 1)[1],
+        **SUBJECT_ENV.get(name, {}),
     }
+    cwd = None
+    if name.startswith("baseline"):
+        # `-m` puts the working directory first on sys.path, ahead of this checkout's editable
+        # install: the baseline's own package is the one imported.
+        cwd = BASELINES[name.split(maxsplit=1)[0]]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "collector", "run", env=env,
+        sys.executable, "-m", "collector", "run", env=env, cwd=cwd,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     return Subject(proc, "market_liquidations", http_port)
@@ -286,8 +301,9 @@ def report(results: list[Phase], rates: list[float], rounds: int) -> None:
     print(f"\nMedian of {rounds} round(s). CPU: µs per committed event, process + its PostgreSQL "
           "backends; ratio: total CPU per event, collector / bare.\n")  # fmt: skip
     heads = " | ".join(f"{s} µs/event" for s in SUBJECTS)
-    print(f"| rate | {heads} | ratio r2 | ratio r1 |")
-    print("|---|" + "---|" * (len(SUBJECTS) + 2))
+    others = [s for s in SUBJECTS if s != "bare"]
+    print(f"| rate | {heads} | " + " | ".join(f"ratio {s}" for s in others) + " |")
+    print("|---|" + "---|" * (len(SUBJECTS) + len(others)))
     for rate in rates:
         if rate == REST:
             continue
@@ -303,21 +319,24 @@ def report(results: list[Phase], rates: list[float], rounds: int) -> None:
             if rate == MAX:
                 cell += f" ({rows:,.0f} rows/s)"
             cells.append(cell)
-        ratios = [totals[s] / totals["bare"] for s in SUBJECTS[:2]]
+        bare = totals.get("bare", float("nan"))  # without a bare subject: no ratios (nan)
+        ratios = [totals[s] / bare for s in others]
         extra = ""
         if rate == MAX:
             extra = " / " + " / ".join(
                 f"{med(s, rate, 'rows_per_s') / med('bare', rate, 'rows_per_s'):.2f}x rows/s"
-                for s in SUBJECTS[:2]
+                for s in others
             )
         print(f"| {label(rate)} | " + " | ".join(cells) + " | "
               + " | ".join(f"{r:.2f}x" for r in ratios) + f" |{extra}")  # fmt: skip
-    print("\n| rate | " + " | ".join(f"{s} RSS MB" for s in SUBJECTS) + " | ratio r2 |")
+    print("\n| rate | " + " | ".join(f"{s} RSS MB" for s in SUBJECTS) + " | ratio "
+          + SUBJECTS[0] + " |")  # fmt: skip
     print("|---|" + "---|" * (len(SUBJECTS) + 1))
     for rate in rates:
         rss = [med(s, rate, "rss_mb") for s in SUBJECTS]
+        bare = med("bare", rate, "rss_mb")
         print(f"| {label(rate)} | " + " | ".join(f"{r:.1f}" for r in rss)
-              + f" | {rss[0] / rss[2]:.2f}x |")  # fmt: skip
+              + f" | {rss[0] / bare:.2f}x |")  # fmt: skip
     rest = [(med(s, REST, "proc_cores") + med(s, REST, "pg_cores")) * 1000 for s in SUBJECTS]
     if REST in rates:
         print("\nCPU at rest (ms per second, process + backends): "
@@ -340,7 +359,33 @@ async def main() -> None:
     parser.add_argument(
         "--rates", default="rest,20,200,2000,max", help="comma-separated: rest, N, max"
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        action="append",
+        default=[],
+        help="also run the collector package in this directory (repeatable)",
+    )
+    parser.add_argument(
+        "--subjects", help="comma-separated subset, e.g. 'collector r2,baseline r2,bare'"
+    )
+    parser.add_argument(
+        "--subject-env",
+        action="append",
+        default=[],
+        help="SUBJECT:NAME=VALUE, extra environment for one collector subject (repeatable)",
+    )
     args = parser.parse_args()
+    for spec in args.subject_env:
+        subject, assignment = spec.split(":", 1)
+        key, value = assignment.split("=", 1)
+        SUBJECT_ENV.setdefault(subject, {})[key] = value
+    for i, directory in enumerate(args.baseline):
+        label = f"baseline{i + 1 if i else ''}"
+        BASELINES[label] = directory.resolve()
+        SUBJECTS[-1:-1] = [f"{label} r2", f"{label} r1"]
+    if args.subjects:
+        SUBJECTS[:] = [s for s in args.subjects.split(",") if s]
     rates = [
         REST if r == "rest" else MAX if r == "max" else float(r) for r in args.rates.split(",")
     ]

@@ -22,6 +22,8 @@ _FLOAT_EXACT_MS = 4_000_000_000_000
 # Postgres `numeric` holds up to 131072 digits before the decimal point and 16383 after.
 _PG_NUMERIC_INT_DIGITS = 131072
 _PG_NUMERIC_FRAC_DIGITS = 16383
+# A decimal string this short without an exponent has fewer digits than either limit.
+_SHORT = 1000
 
 
 def millis(value: Any, field: str) -> datetime:
@@ -45,6 +47,9 @@ def decimal(value: Any, field: str) -> Decimal:
         raise MalformedPayload(f"not a decimal: {value!r}", field=field) from None
     if not result.is_finite():
         raise MalformedPayload(f"not a finite decimal: {value!r}", field=field)
+    if type(value) is str and len(value) <= _SHORT and "e" not in value and "E" not in value:
+        # Fewer digits than the string's length, far within Postgres' range: no need to look.
+        return result
     exponent = result.as_tuple().exponent
     assert isinstance(exponent, int)  # finite
     if result.adjusted() >= _PG_NUMERIC_INT_DIGITS or -exponent > _PG_NUMERIC_FRAC_DIGITS:

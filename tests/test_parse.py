@@ -189,3 +189,35 @@ def test_times_are_exact_to_the_millisecond(ms: int) -> None:
     row = parse_force_order(event, source=SRC, received_at=NOW)
     assert row.trade_time == datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
     assert row.event_time == row.trade_time
+
+
+def test_parsed_decimals_are_the_same_cached_or_not() -> None:
+    """The parser's cache of decimal strings changes no row: the same event parses to the same
+    row before and after the cache is emptied, spellings still share a key, bad values raise
+    every time, and exponent forms keep the key of their own spelling."""
+    first = parse_force_order(UM_EVENT, source=SRC, received_at=NOW)
+    for i in range(5000):  # more distinct strings than the cache holds: it empties itself
+        spelled = {**UM_EVENT, "o": {**UM_EVENT["o"], "q": f"0.{i:05d}1"}}
+        row = parse_force_order(spelled, source=SRC, received_at=NOW)
+        assert row.orig_qty == Decimal(f"0.{i:05d}1")
+    assert parse_force_order(UM_EVENT, source=SRC, received_at=NOW) == first
+    bad = {**UM_EVENT, "o": {**UM_EVENT["o"], "p": "12x"}}
+    for _ in range(2):
+        with pytest.raises(MalformedPayload, match=r"o\.p"):
+            parse_force_order(bad, source=SRC, received_at=NOW)
+    expo = {**UM_EVENT, "o": {**UM_EVENT["o"], "p": "9.91E+3"}}
+    row = parse_force_order(expo, source=SRC, received_at=NOW)
+    assert row.price == Decimal(9910)
+    assert row.content_key == content_key(
+        "BTCUSDT",
+        1568014460893,
+        "SELL",
+        Decimal("0.014"),
+        Decimal("9.91E+3"),
+        Decimal(9910),
+        Decimal("0.014"),
+        "FILLED",
+    )
+    huge = {**UM_EVENT, "o": {**UM_EVENT["o"], "q": "1" * 131073}}
+    with pytest.raises(MalformedPayload, match="out of range"):
+        parse_force_order(huge, source=SRC, received_at=NOW)

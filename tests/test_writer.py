@@ -14,9 +14,10 @@ import pytest
 
 from collector.config import WriterConfig
 from collector.metrics import Metrics
-from collector.model import DeadLetter, MarketLiquidation
+from collector.model import DeadLetter, MarketLiquidation, SessionRecord
 from collector.retry import is_transient
 from collector.sink.columns import ML_COLUMNS, ML_NOT_STORED, ml_record
+from collector.sink.commit import ARRAY_MAX_ROWS
 from collector.sink.partitions import ensure_partitions
 from collector.sink.writer import Writer
 from tests.daemon import metric_value
@@ -122,6 +123,36 @@ async def test_a_row_postgres_rejects_is_dead_lettered_and_the_rest_commit(
     ]
     assert sample(metrics, "collector_write_errors_total", {"kind": "data"}) == 1
     assert sample(metrics, "collector_dead_letters_total", {"reason": "db_rejected"}) == 1
+
+
+@pytest.mark.parametrize(
+    ("good_rows", "with_session"),
+    [(3, True), (ARRAY_MAX_ROWS + 50, False), (ARRAY_MAX_ROWS + 50, True)],
+    ids=["small-with-session", "large-alone", "large-with-session"],
+)
+async def test_a_rejected_row_in_any_kind_of_batch_costs_only_itself(
+    pg_dsn: str, pg: asyncpg.Connection, good_rows: int, with_session: bool
+) -> None:
+    """Whichever way a batch is written (arrays or COPY, alone or in a transaction with other
+    items), a row the database refuses is dead-lettered and everything else commits."""
+    metrics = Metrics()
+    config = dataclasses.replace(FAST, batch_max_rows=1000)
+    writer = Writer(lambda: asyncpg.connect(pg_dsn), config, metrics)
+    good = [liquidation(i) for i in range(good_rows)]
+    bad = liquidation(10_000)._replace(raw='{"e":"forceOrder","x":"\\u0000"}')
+    items: list[MarketLiquidation | SessionRecord] = [*good[:2], bad, *good[2:]]
+    if with_session:
+        items.append(session())
+    for item in items:  # queued before the writer runs: one batch
+        await writer.put(item)
+    task = await start(writer)
+    await writer.flush()
+    await stop(task)
+    assert await pg.fetchval("SELECT count(*) FROM market_liquidations") == good_rows
+    dead = await pg.fetch("SELECT reason, raw FROM dead_letters")
+    assert [(d["reason"], bytes(d["raw"])) for d in dead] == [("db_rejected", bad.raw.encode())]
+    assert await pg.fetchval("SELECT count(*) FROM ws_sessions") == int(with_session)
+    assert sample(metrics, "collector_write_errors_total", {"kind": "data"}) == 1
 
 
 async def test_transient_failure_keeps_the_batch_and_retries(

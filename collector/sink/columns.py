@@ -62,6 +62,16 @@ INSERT_ML = (
     f"INSERT INTO market_liquidations ({', '.join(ML_COLUMNS)}) "
     f"SELECT {', '.join(_CASTS)} FROM ml_staging ON CONFLICT DO NOTHING"
 )
+# The same insert from one array per column, in one statement: a batch of market rows alone
+# commits in one round trip (autocommit), where BEGIN, COPY, INSERT and COMMIT take four.
+INSERT_ML_ARRAYS = (
+    f"INSERT INTO market_liquidations ({', '.join(ML_COLUMNS)}) "
+    f"SELECT {', '.join(_CASTS)} FROM unnest("
+    + ", ".join(
+        f"${i + 1}::{'text' if t in _AS_TEXT else t}[]" for i, (_, t) in enumerate(ML_STAGING)
+    )
+    + f") AS s({', '.join(ML_COLUMNS)}) ON CONFLICT DO NOTHING"
+)
 INSERT_ML_ONE = (
     f"INSERT INTO market_liquidations ({', '.join(ML_COLUMNS)}) VALUES ("
     + ", ".join(

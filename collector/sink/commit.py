@@ -1,10 +1,13 @@
-"""One batch in one transaction: market rows (Binance's, then other venues') through COPY into
-a staging table and `INSERT ... ON CONFLICT DO NOTHING`, dead letters by COPY, ledger snapshots
-by upsert, repairs by insert.
+"""One batch in one transaction: Binance's market rows by one `INSERT ... SELECT FROM unnest(...)
+ON CONFLICT DO NOTHING` (a small batch of them alone: autocommitted, one round trip; a large
+one through COPY into a staging table and the same insert), other venues' rows
+through COPY into a staging table and the same insert, dead letters by COPY, ledger snapshots by
+upsert, repairs by insert.
 
 A row Postgres rejects (SQLSTATE class 22/23, `retry.is_data_error`) costs its batch one
-savepoint rollback: the rows are then inserted one by one, the rejected ones dead-lettered,
-and the rest commit. Every other error propagates to the writer, which retries or fails.
+rollback: the batch is then written again with a savepoint per kind of row, the failing kind
+inserted one by one, the rejected rows dead-lettered, and the rest commit. Every other error
+propagates to the writer, which retries or fails.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collector.sink.batch import Batch
 from collector.sink.columns import (
     DL_COLUMNS,
     INSERT_ML,
+    INSERT_ML_ARRAYS,
     INSERT_ML_ONE,
     INSERT_REPAIR,
     INSERT_VL,
@@ -43,35 +47,17 @@ log = structlog.get_logger(__name__)
 async def commit_batch(conn: asyncpg.Connection, batch: Batch, metrics: Metrics) -> None:
     """Write `batch` in one transaction on `conn` and count what it did; see the docstring."""
     started = time.monotonic()
-    inserted = 0
-    rejected: list[DeadLetter] = []
-    async with conn.transaction():
-        if batch.liquidations:
-            try:
-                async with conn.transaction():  # a savepoint: a bad row costs only a retry
-                    inserted = await _insert_liquidations(conn, batch.liquidations)
-            except asyncpg.PostgresError as exc:
-                if not is_data_error(exc):
-                    raise
-                metrics.write_errors.labels("data").inc()
-                inserted, rejected = await _insert_one_by_one(conn, batch.liquidations)
-        venue_inserted, venue_rejected = 0, list[DeadLetter]()
-        if batch.venue_rows:
-            venue_inserted, venue_rejected = await _commit_venue_rows(
-                conn, batch.venue_rows, metrics
-            )
-        dead = batch.dead_letters + rejected + venue_rejected
-        if dead:
-            await conn.copy_records_to_table(
-                "dead_letters", records=[dead_letter_record(d) for d in dead], columns=DL_COLUMNS
-            )
-        if batch.sessions:
-            await conn.executemany(
-                UPSERT_SESSION, [session_args(s) for s in batch.sessions.values()]
-            )
-        if batch.repairs:
-            await conn.executemany(INSERT_REPAIR, [repair_args(r) for r in batch.repairs])
+    try:
+        inserted, rejected, venue_inserted, venue_rejected = await _commit(conn, batch)
+    except asyncpg.PostgresError as exc:
+        if not is_data_error(exc):
+            raise
+        # Nothing committed: write the batch again, isolating its market rows.
+        inserted, rejected, venue_inserted, venue_rejected = await _commit_isolating(
+            conn, batch, metrics
+        )
     committed = time.monotonic()
+    dead = len(batch.dead_letters) + len(rejected) + len(venue_rejected)
     m = metrics
     m.write_seconds.observe(committed - started)
     m.batch_rows.observe(batch.size)
@@ -81,7 +67,7 @@ async def commit_batch(conn: asyncpg.Connection, batch: Batch, metrics: Metrics)
     if duplicates:
         m.duplicates.labels("database").inc(duplicates)
     if dead:
-        m.rows_inserted.labels("dead_letters").inc(len(dead))
+        m.rows_inserted.labels("dead_letters").inc(dead)
     for d in rejected:
         m.dead_letters.labels(d.reason).inc()
     if batch.venue_rows:
@@ -92,11 +78,79 @@ async def commit_batch(conn: asyncpg.Connection, batch: Batch, metrics: Metrics)
             observe(committed - row.received_monotonic)
 
 
+_Outcome = tuple[int, list[DeadLetter], int, list[DeadLetter]]
+
+
+async def _commit(conn: asyncpg.Connection, batch: Batch) -> _Outcome:
+    """The batch without savepoints: market rows alone in one autocommitted statement (one
+    round trip), anything else in one transaction. A rejected row raises, and nothing commits."""
+    alone = not (batch.venue_rows or batch.dead_letters or batch.sessions or batch.repairs)
+    if alone and len(batch.liquidations) <= ARRAY_MAX_ROWS:
+        inserted = await _insert_liquidations(conn, batch.liquidations) if batch.liquidations else 0
+        return inserted, [], 0, []
+    async with conn.transaction():
+        inserted = await _insert_liquidations(conn, batch.liquidations) if batch.liquidations else 0
+        venue_inserted = await _insert_venue_rows(conn, batch.venue_rows) if batch.venue_rows else 0
+        await _write_the_rest(conn, batch, [])
+    return inserted, [], venue_inserted, []
+
+
+async def _commit_isolating(conn: asyncpg.Connection, batch: Batch, metrics: Metrics) -> _Outcome:
+    """The batch in one transaction, each kind of row under a savepoint: a rejected row costs its
+    kind one savepoint rollback, then they are inserted one by one (the rejected dead-lettered)."""
+    inserted = 0
+    rejected: list[DeadLetter] = []
+    venue_inserted, venue_rejected = 0, list[DeadLetter]()
+    async with conn.transaction():
+        if batch.liquidations:
+            try:
+                async with conn.transaction():  # a savepoint: a bad row costs only a retry
+                    inserted = await _insert_liquidations(conn, batch.liquidations)
+            except asyncpg.PostgresError as exc:
+                if not is_data_error(exc):
+                    raise
+                metrics.write_errors.labels("data").inc()
+                inserted, rejected = await _insert_one_by_one(conn, batch.liquidations)
+        if batch.venue_rows:
+            venue_inserted, venue_rejected = await _commit_venue_rows(
+                conn, batch.venue_rows, metrics
+            )
+        await _write_the_rest(conn, batch, rejected + venue_rejected)
+    return inserted, rejected, venue_inserted, venue_rejected
+
+
+async def _write_the_rest(
+    conn: asyncpg.Connection, batch: Batch, rejected: list[DeadLetter]
+) -> None:
+    """Dead letters (the batch's and `rejected`), session snapshots and repairs."""
+    dead = batch.dead_letters + rejected
+    if dead:
+        await conn.copy_records_to_table(
+            "dead_letters", records=[dead_letter_record(d) for d in dead], columns=DL_COLUMNS
+        )
+    if batch.sessions:
+        await conn.executemany(UPSERT_SESSION, [session_args(s) for s in batch.sessions.values()])
+    if batch.repairs:
+        await conn.executemany(INSERT_REPAIR, [repair_args(r) for r in batch.repairs])
+
+
+# Up to this many market rows go as one array per column (one statement: autocommitted when
+# alone in the batch); more go through COPY into the staging table, inside a transaction. Round
+# trips matter for small batches; for large ones COPY's cheaper encoding does.
+ARRAY_MAX_ROWS = 100
+
+
 async def _insert_liquidations(conn: asyncpg.Connection, rows: Sequence[MarketLiquidation]) -> int:
-    await conn.copy_records_to_table(
-        "ml_staging", records=[ml_record(r) for r in rows], columns=ML_COLUMNS
-    )
-    status = await conn.execute(INSERT_ML)
+    """`rows` by one statement of arrays (`columns.INSERT_ML_ARRAYS`) or, above `ARRAY_MAX_ROWS`
+    (in a transaction: the staging table empties on commit), by COPY and `columns.INSERT_ML`."""
+    if len(rows) <= ARRAY_MAX_ROWS:
+        columns = list(zip(*(ml_record(r) for r in rows), strict=True))
+        status = await conn.execute(INSERT_ML_ARRAYS, *columns)
+    else:
+        await conn.copy_records_to_table(
+            "ml_staging", records=[ml_record(r) for r in rows], columns=ML_COLUMNS
+        )
+        status = await conn.execute(INSERT_ML)
     return int(status.rsplit(" ", 1)[1])
 
 

@@ -88,16 +88,38 @@ def decode_frame(text: str | bytes) -> ControlReply | DataFrame:
     return DataFrame(None, obj)
 
 
+# Decimal strings already parsed, with their canonical spelling (`_canonical`): an order's
+# q, l and z are often one string, and prices repeat across events. Bounded: emptied when full
+# (about 1 MB at most). Decimals are immutable, so sharing one is safe.
+_PARSED: dict[str, tuple[Decimal, str]] = {}
+_PARSED_MAX = 4096
+
+
+def _parsed_decimal(value: Any, name: str) -> tuple[Decimal, str]:
+    """`wire.decimal(value)` and its canonical spelling, cached by the wire string."""
+    if type(value) is str:
+        found = _PARSED.get(value)
+        if found is not None:
+            return found
+    result = wire.decimal(value, name)
+    parsed = (result, _canonical(result))
+    if type(value) is str:
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[value] = parsed
+    return parsed
+
+
 def _opt_decimal(order: Mapping[str, Any], key: str) -> Decimal | None:
     value = order.get(key)
-    return None if value is None else wire.decimal(value, f"o.{key}")
+    return None if value is None else _parsed_decimal(value, f"o.{key}")[0]
 
 
-def _decimal(order: Mapping[str, Any], key: str) -> Decimal:
-    result = _opt_decimal(order, key)
-    if result is None:
+def _decimal(order: Mapping[str, Any], key: str) -> tuple[Decimal, str]:
+    value = order.get(key)
+    if value is None:
         raise MalformedPayload("missing required field", field=f"o.{key}")
-    return result
+    return _parsed_decimal(value, f"o.{key}")
 
 
 def _millis(obj: Mapping[str, Any], key: str, name: str) -> datetime:
@@ -153,10 +175,21 @@ def content_key(
     decimals in canonical spelling so "9910" and "9910.0" are the same value.
     See docs/binance.md §1.3.
     """
-    text = (
-        f"{symbol}\x1f{trade_time_ms}\x1f{side}\x1f{_canonical(qty)}\x1f{_canonical(price)}"
-        f"\x1f{_canonical(avg_price)}\x1f{_canonical(filled)}\x1f{status}"
+    return _content_key(
+        symbol,
+        trade_time_ms,
+        side,
+        _canonical(qty),
+        _canonical(price),
+        _canonical(avg_price),
+        _canonical(filled),
+        status,
     )
+
+
+def _content_key(*parts: object) -> bytes:
+    """`content_key` from its parts, decimals already canonical (the parser has them)."""
+    text = "\x1f".join(map(str, parts))
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
@@ -214,10 +247,10 @@ def parse_force_order(
         pair = order.get("ps")
     if pair is not None and not isinstance(pair, str):
         raise MalformedPayload(f"expected a string, got {pair!r}", field="ps")
-    qty = _decimal(order, "q")
-    price = _decimal(order, "p")
-    avg_price = _decimal(order, "ap")
-    filled = _decimal(order, "z")
+    qty, qty_c = _decimal(order, "q")
+    price, price_c = _decimal(order, "p")
+    avg_price, avg_price_c = _decimal(order, "ap")
+    filled, filled_c = _decimal(order, "z")
     last = _opt_decimal(order, "l")
     market = Market.UM if st == 1 else Market.CM if st == 2 else classify_market(symbol, None)
     notional: Decimal | None
@@ -230,7 +263,9 @@ def parse_force_order(
     except ArithmeticError as exc:  # decimal.Overflow and its kin: a value, not a bug
         raise MalformedPayload(f"notional not computable: {exc!r}", field="o.z") from None
     return MarketLiquidation(
-        content_key=content_key(symbol, trade_time_ms, side, qty, price, avg_price, filled, status),
+        content_key=_content_key(
+            symbol, trade_time_ms, side, qty_c, price_c, avg_price_c, filled_c, status
+        ),
         event_time=event_time,
         trade_time=trade_time,
         symbol=symbol,
