@@ -1,6 +1,6 @@
 """A throwaway stock PostgreSQL cluster for the benchmarks: initdb + pg_ctl in a temporary
 directory, loopback only, a free port, every setting at its default (autovacuum on, fsync on,
-synchronous_commit on), deleted on exit.
+synchronous_commit on) unless the caller names some (`settings`), deleted on exit.
 
     with stock_cluster() as cluster:
         print(cluster.dsn)          # postgresql://postgres@127.0.0.1:<port>/postgres
@@ -20,7 +20,7 @@ import signal
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -56,8 +56,9 @@ def _as_owner(argv: list[str], owner: str | None) -> list[str]:
 
 
 @contextlib.contextmanager
-def stock_cluster() -> Iterator[Cluster]:
-    """Start a fresh cluster with default settings; stop and delete it on exit."""
+def stock_cluster(settings: Mapping[str, str] | None = None) -> Iterator[Cluster]:
+    """Start a fresh cluster with default settings (but `settings`, e.g.
+    {"track_commit_timestamp": "on"}); stop and delete it on exit."""
     initdb, pg_ctl, postgres = (PG_BIN / n for n in ("initdb", "pg_ctl", "postgres"))
     if not initdb.exists():
         raise SystemExit(f"{initdb} not found: install postgresql-15 or set BENCH_PG_BIN")
@@ -82,6 +83,7 @@ def stock_cluster() -> Iterator[Cluster]:
         # Only where it listens differs from the defaults: loopback, a free port, its own
         # socket directory (so it never collides with a system cluster's).
         options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={top}"
+        options += "".join(f" -c {name}={value}" for name, value in (settings or {}).items())
         subprocess.run(
             _as_owner([str(pg_ctl), "-D", str(data), "-l", str(log), "-o", options, "-w",
                        "-t", "60", "start"], owner),

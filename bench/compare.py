@@ -225,7 +225,7 @@ async def run_phase(
     offered = args.max_rate if rate == MAX else rate
     emulator = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "collector", "simulate", "--rate", str(offered),
-        "--port-base", str(base),
+        "--port-base", str(base), "--venues", "binance",  # its six ports; base + 6 is ours
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     await asyncio.sleep(1.0)  # the emulator's listeners (it prints them; we just give it time)

@@ -149,6 +149,8 @@ async def run_phase(
         str(rate),
         "--port-base",
         str(base),
+        "--venues",
+        "binance",  # Binance alone (its six ports; base + 6 is the collector's)
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import sys
 import urllib.error
@@ -94,14 +95,29 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
 
 
-def _print_environment(urls: Mapping[str, str]) -> None:
-    """The settings that point a collector at a running emulator, as one shell line."""
-    # The emulator serves Binance only: the other venues are switched off, so a collector started
-    # with this line never reaches a real Bybit or OKX.
-    print(" ".join(["COLLECTOR_VENUES_ENABLED=binance",
-                    *(f"COLLECTOR_BINANCE_{name.upper()}_URL={urls[name]}"
-                      for name in ("fstream", "dstream", "fapi", "dapi", "papi", "sapi"))]),
-          flush=True)  # fmt: skip
+SIMULATED_VENUES = ("binance", "bybit", "okx")
+"""What `collector simulate` can serve, in the order of its ports and of its settings line."""
+_BINANCE_HOSTS = ("fstream", "dstream", "fapi", "dapi", "papi", "sapi")
+_PORT_OFFSETS = {
+    "binance": dict(zip(_BINANCE_HOSTS, range(6), strict=True)),
+    "bybit": {"ws": 6, "rest": 7},
+    "okx": {"ws": 8, "rest": 9},
+}
+"""Each venue's hosts, as offsets from `--port-base`: a fixed layout, whichever are served."""
+_PORTS = 10
+
+
+def _environment_line(venues: Sequence[str], urls: Mapping[str, Mapping[str, str]]) -> str:
+    """The settings that point a collector at the running emulators, as one shell line.
+
+    Only the served venues are enabled, so a collector started with this line never reaches a
+    real exchange. `urls` maps a venue to its hosts' base URLs (Binance: fstream … sapi; Bybit
+    and OKX: ws, rest)."""
+    words = [f"COLLECTOR_VENUES_ENABLED={','.join(venues)}"]
+    for venue in venues:
+        words += (f"COLLECTOR_{venue.upper()}_{name.upper()}_URL={urls[venue][name]}"
+                  for name in _PORT_OFFSETS[venue])  # fmt: skip
+    return " ".join(words)
 
 
 EMULATOR_MISSING = (
@@ -111,12 +127,35 @@ EMULATOR_MISSING = (
 )
 
 
+def _simulate_problems(args: argparse.Namespace) -> tuple[list[str], tuple[str, ...]]:
+    """What is wrong with `collector simulate`'s arguments, and the venues it is to serve."""
+    problems = []
+    names = [v.strip().lower() for v in args.venues.split(",") if v.strip()]
+    venues = tuple(v for v in SIMULATED_VENUES if v in names)
+    unknown = sorted(set(names) - set(SIMULATED_VENUES))
+    if unknown or not venues or len(names) != len(set(names)):
+        problems.append(f"--venues: must list one or more of {', '.join(SIMULATED_VENUES)}, "
+                        f"each once, got {args.venues!r}")  # fmt: skip
+    for flag, rate in (("--rate", args.rate), ("--bybit-rate", args.bybit_rate),
+                       ("--okx-rate", args.okx_rate)):  # fmt: skip
+        if rate is not None and not (math.isfinite(rate) and rate >= 0):
+            problems.append(f"{flag}: must be a finite number of events per second >= 0, "
+                            f"got {rate:g}")  # fmt: skip
+    if not (args.port_base == 0 or 1 <= args.port_base <= 65535 - (_PORTS - 1)):
+        problems.append(f"--port-base: must be 0 (free ports) or 1..{65535 - (_PORTS - 1)} "
+                        f"({_PORTS} consecutive ports), got {args.port_base}")  # fmt: skip
+    return problems, venues
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
-    """Serve the Binance emulator on loopback until interrupted."""
+    """Serve the Binance, Bybit and OKX emulators (or those `--venues` names) on loopback until
+    interrupted; print the settings line that points a collector at them."""
     logs.configure("info", "auto")
     try:
         from collector.emulator import EmulatorOptions  # noqa: PLC0415
+        from collector.emulator.bybit import BybitEmulator, BybitOptions  # noqa: PLC0415
         from collector.emulator.core import run_simulator  # noqa: PLC0415
+        from collector.emulator.okx import OkxEmulator, OkxOptions  # noqa: PLC0415
     except ModuleNotFoundError as exc:
         if exc.name != "collector.emulator":
             raise  # the emulator is there but something it imports is not: a real error
@@ -124,33 +163,57 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return 2
     from collector.health import listen  # noqa: PLC0415
 
-    problems = []
-    if not (math.isfinite(args.rate) and args.rate >= 0):
-        problems.append(f"--rate: must be a finite number of events per second >= 0, "
-                        f"got {args.rate:g}")  # fmt: skip
-    if not (args.port_base == 0 or 1 <= args.port_base <= 65535 - 5):
-        problems.append(f"--port-base: must be 0 (free ports) or 1..65530 (six consecutive "
-                        f"ports), got {args.port_base}")  # fmt: skip
+    problems, venues = _simulate_problems(args)
     if problems:
         raise ConfigError(problems)
-    options = EmulatorOptions.for_rate(args.rate, seed=args.seed)
     ports = {
-        "fstream": args.port_base, "dstream": args.port_base + 1, "fapi": args.port_base + 2,
-        "dapi": args.port_base + 3, "papi": args.port_base + 4, "sapi": args.port_base + 5,
+        venue: {name: 0 if args.port_base == 0 else args.port_base + offset
+                for name, offset in _PORT_OFFSETS[venue].items()}
+        for venue in venues
     }  # fmt: skip
-    if args.port_base == 0:
-        ports = dict.fromkeys(ports, 0)
-    else:
-        for name, port in ports.items():  # taken ports: a message now, not a traceback later
-            for sock in listen("127.0.0.1", port, setting=f"--port-base ({name})",
-                               fix="choose another --port-base, or 0 for free ports"):  # fmt: skip
-                sock.close()
+    if args.port_base != 0:
+        for venue in venues:  # taken ports: a message now, not a traceback later
+            for name, port in ports[venue].items():
+                shown = name if venue == "binance" else f"{venue} {name}"
+                fix = "choose another --port-base, or 0 for free ports"
+                for sock in listen("127.0.0.1", port, setting=f"--port-base ({shown})", fix=fix):
+                    sock.close()
+    rate = {
+        "binance": args.rate,
+        "bybit": args.rate if args.bybit_rate is None else args.bybit_rate,
+        "okx": args.rate if args.okx_rate is None else args.okx_rate,
+    }
 
     async def main() -> int:
         stop = asyncio.Event()
         install_signal_handlers(stop)
-        await run_simulator(options, host="127.0.0.1", ports=ports, stop=stop,
-                            on_started=_print_environment)  # fmt: skip
+        urls: dict[str, Mapping[str, str]] = {}
+        async with contextlib.AsyncExitStack() as stack:
+            # Bybit and OKX first, so that the one settings line can name every URL.
+            for venue in venues:
+                if venue == "binance":
+                    continue
+                emulator: BybitEmulator | OkxEmulator = (
+                    BybitEmulator(BybitOptions(seed=args.seed, rate_per_s=rate[venue]))
+                    if venue == "bybit"
+                    else OkxEmulator(OkxOptions(seed=args.seed, rate_per_s=rate[venue]))
+                )
+                await emulator.start("127.0.0.1", ports=ports[venue])
+                stack.push_async_callback(emulator.stop)
+                urls[venue] = {"ws": emulator.ws_url, "rest": emulator.rest_url}
+                log.info("emulator.started", venue=venue, rate_per_s=rate[venue], **urls[venue])
+
+            def started(binance: Mapping[str, str]) -> None:
+                urls["binance"] = binance
+                print(_environment_line(venues, urls), flush=True)
+
+            if "binance" in venues:
+                options = EmulatorOptions.for_rate(rate["binance"], seed=args.seed)
+                await run_simulator(options, host="127.0.0.1", ports=ports["binance"], stop=stop,
+                                    on_started=started)  # fmt: skip
+            else:
+                print(_environment_line(venues, urls), flush=True)
+                await stop.wait()
         return 0
 
     return asyncio.run(main())
@@ -209,16 +272,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "simulate",
-        help="run the in-repo Binance emulator on loopback",
-        description="Serve a Binance emulator (websocket streams and REST) on 127.0.0.1 for "
-        "offline demos, tests and benchmarks. Prints the environment settings that point a "
-        "collector at it.",
+        help="run the in-repo Binance, Bybit and OKX emulators on loopback",
+        description="Serve emulators of Binance (websocket streams and REST), Bybit and OKX "
+        "(their public liquidation streams and REST) on 127.0.0.1 for offline demos, tests and "
+        "benchmarks. Prints the environment settings that point a collector at them.",
     )
-    p.add_argument("--rate", type=float, default=20.0, help="liquidation events per second")
+    p.add_argument(
+        "--rate", type=float, default=20.0,
+        help="liquidation events per second, per venue (default 20)",
+    )  # fmt: skip
+    p.add_argument("--bybit-rate", type=float, default=None, help="Bybit's (default: --rate)")
+    p.add_argument("--okx-rate", type=float, default=None, help="OKX's (default: --rate)")
     p.add_argument("--seed", type=int, default=0, help="random seed for generated events")
     p.add_argument(
+        "--venues", default=",".join(SIMULATED_VENUES),
+        help="comma-separated venues to serve (default: binance,bybit,okx)",
+    )  # fmt: skip
+    p.add_argument(
         "--port-base", type=int, default=9400,
-        help="first of six consecutive ports (fstream, dstream, fapi, dapi, papi, sapi); "
+        help="first of ten consecutive ports: Binance fstream, dstream, fapi, dapi, papi, sapi, "
+        "then Bybit ws, rest, then OKX ws, rest (those of venues not served stay free); "
         "0 picks free ports",
     )  # fmt: skip
     p.set_defaults(func=cmd_simulate)

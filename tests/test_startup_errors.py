@@ -249,8 +249,8 @@ async def test_simulate_refuses_a_taken_port(tmp_path: Path) -> None:
 
 
 async def test_simulate_on_free_ports_prints_the_ports_it_bound(tmp_path: Path) -> None:
-    """`collector simulate --port-base 0` prints the six settings with the ports it actually
-    listens on, and each of them answers."""
+    """`collector simulate --port-base 0` prints the settings of all three venues with the ports
+    it actually listens on, and each of them answers."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "collector", "simulate", "--port-base", "0", env=_ENV,
         cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
@@ -263,8 +263,11 @@ async def test_simulate_on_free_ports_prints_the_ports_it_bound(tmp_path: Path) 
         assert list(settings) == [
             "COLLECTOR_VENUES_ENABLED",
             *(f"COLLECTOR_BINANCE_{n}_URL" for n in names),
-        ]
-        assert settings["COLLECTOR_VENUES_ENABLED"] == "binance"  # the emulator's venue only
+            "COLLECTOR_BYBIT_WS_URL", "COLLECTOR_BYBIT_REST_URL",
+            "COLLECTOR_OKX_WS_URL", "COLLECTOR_OKX_REST_URL",
+        ]  # fmt: skip
+        # The emulated venues only, so a collector on this line reaches no real exchange.
+        assert settings["COLLECTOR_VENUES_ENABLED"] == "binance,bybit,okx"
         async with aiohttp.ClientSession() as http:
             for name, path, status in (
                 ("FAPI", "/fapi/v1/ping", 200), ("DAPI", "/dapi/v1/ping", 200),
@@ -279,6 +282,54 @@ async def test_simulate_on_free_ports_prints_the_ports_it_bound(tmp_path: Path) 
                 route = "/market/stream" if name == "FSTREAM" else "/stream"
                 async with http.ws_connect(f"{url}{route}?streams=!forceOrder@arr") as ws:
                     assert not ws.closed
+            for url, status in (
+                (settings["COLLECTOR_BYBIT_REST_URL"]
+                 + "/v5/market/instruments-info?category=linear", 200),
+                (settings["COLLECTOR_OKX_REST_URL"]
+                 + "/api/v5/public/instruments?instType=SWAP", 200),
+            ):  # fmt: skip
+                async with http.get(url) as r:
+                    assert r.status == status, url
+            for url in (
+                settings["COLLECTOR_BYBIT_WS_URL"] + "/v5/public/linear",
+                settings["COLLECTOR_OKX_WS_URL"] + "/ws/v5/public",
+            ):
+                assert url.startswith("ws://127.0.0.1:")
+                async with http.ws_connect(url) as ws:
+                    assert not ws.closed
+    finally:
+        proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def test_simulate_refuses_an_unknown_venue(tmp_path: Path) -> None:
+    """`collector simulate --venues binance,kraken` exits 2 naming what it can serve."""
+    code, out, err = await _collector("simulate", "--venues", "binance,kraken", "--port-base",
+                                      "0", env={}, cwd=tmp_path)  # fmt: skip
+    assert (code, out) == (2, "")
+    assert err == _invalid(
+        "--venues: must list one or more of binance, bybit, okx, each once, got 'binance,kraken'"
+    )
+
+
+async def test_simulate_binance_only_prints_the_binance_settings_alone(tmp_path: Path) -> None:
+    """`collector simulate --venues binance` serves and enables Binance only: the six URLs and
+    `COLLECTOR_VENUES_ENABLED=binance`, as before Bybit and OKX had emulators."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "collector", "simulate", "--venues", "binance", "--port-base", "0",
+        env=_ENV, cwd=tmp_path, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        settings = dict(pair.split("=", 1) for pair in line.split())
+        names = ["FSTREAM", "DSTREAM", "FAPI", "DAPI", "PAPI", "SAPI"]
+        assert list(settings) == [
+            "COLLECTOR_VENUES_ENABLED",
+            *(f"COLLECTOR_BINANCE_{n}_URL" for n in names),
+        ]
+        assert settings["COLLECTOR_VENUES_ENABLED"] == "binance"
     finally:
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), 30) == 0

@@ -217,10 +217,13 @@ class BybitEmulator:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1") -> None:
-        """Listen on `host`: one free port for the stream host, one for REST."""
+    async def start(
+        self, host: str = "127.0.0.1", *, ports: Mapping[str, int] | None = None
+    ) -> None:
+        """Listen on `host`: one port for the stream host (`ports["ws"]`), one for REST
+        (`ports["rest"]`); missing or 0 means a free port."""
         await self._listener.start(
-            {"ws": (self.ws.app, "ws"), "rest": (self.rest_app, "http")}, host
+            {"ws": (self.ws.app, "ws"), "rest": (self.rest_app, "http")}, host, ports
         )
         if self.options.rate_per_s > 0:
             self._generator_task = asyncio.create_task(self._generate(), name="bybit.generate")
