@@ -21,15 +21,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from collector.config.settings import (
-    AccountConfig,
-    AlertConfig,
-    Config,
-    KeyType,
-    Rule,
-    Secret,
-    load_private_key,
-)
+from collector.config.sections import AccountConfig, Config, load_private_key
+from collector.config.sections_out import AlertConfig
+from collector.config.settings import KeyType, Rule, Secret
 from collector.exceptions import ConfigError
 
 ENV_PREFIX = "COLLECTOR_"
