@@ -16,7 +16,7 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -204,6 +204,11 @@ def _section(
     return cls(**_read(cls, read, f"[{name}]", problems, rules))
 
 
+def _from_table(table: Mapping[str, Any], where: str) -> Read:
+    """A `Read` of a `[[...]]` table (TOML only): a key's value, or MISSING."""
+    return lambda key: (table.get(key, dataclasses.MISSING), f"{where} {key}")
+
+
 def _credential(
     table: Mapping[str, Any], what: str, where: str, environ: Mapping[str, str], problems: list[str]
 ) -> tuple[Any, str]:
@@ -250,15 +255,38 @@ def _account(
     where = f"[[accounts]] {name!r}"
     problems.extend(f"{where} {key}: unknown setting" for key in table if key not in _ACCOUNT_KEYS)
 
+    from_table = _from_table({**table, "name": name}, where)
+
     def read(key: str) -> tuple[Any, str]:
         if key in _CREDENTIALS:
             return _credential(table, key, where, environ, problems)
-        if key == "name":
-            return name, f"{where} name"
-        return table.get(key, dataclasses.MISSING), f"{where} {key}"
+        return from_table(key)
 
     values = _read(AccountConfig, read, where, problems, problems)
     return AccountConfig(**values) if values.keys() >= _REQUIRED else None
+
+
+def _named_tables(
+    raw: Any, what: str, problems: list[str]
+) -> Iterator[tuple[int, dict[str, Any], str | None]]:
+    """Each `[[what]]` table with its 1-based position and its name (None when it has none: that
+    problem, like a name used twice, is reported)."""
+    if not isinstance(raw, list):
+        problems.append(f"{what}: expected [[{what}]] tables")
+        return
+    names: set[str] = set()
+    for i, table in enumerate(raw, 1):
+        if not isinstance(table, dict):
+            problems.append(f"[[{what}]] #{i}: expected a table")
+            continue
+        name = table.get("name")
+        if not isinstance(name, str) or not name.strip():
+            problems.append(f"[[{what}]] #{i} name: required, a non-empty string")
+            name = None
+        elif name in names:
+            problems.append(f"[[{what}]] #{i} name: {name!r} is used twice")
+        names.add(name or f"#{i}")
+        yield i, table, name
 
 
 def _accounts(
@@ -266,25 +294,11 @@ def _accounts(
 ) -> tuple[AccountConfig, ...]:
     """The `[[accounts]]` tables; an account with a problem in a required setting is left out
     (its problem is reported)."""
-    if not isinstance(raw, list):
-        problems.append("accounts: expected [[accounts]] tables")
-        return ()
-    accounts: list[AccountConfig] = []
-    names: set[str] = set()
-    for i, table in enumerate(raw, 1):
-        if not isinstance(table, dict):
-            problems.append(f"[[accounts]] #{i}: expected a table")
-            continue
-        name = table.get("name")
-        if not isinstance(name, str) or not name.strip():
-            problems.append(f"[[accounts]] #{i} name: required, a non-empty string")
-            name = f"#{i}"
-        elif name in names:
-            problems.append(f"[[accounts]] #{i} name: {name!r} is used twice")
-        names.add(name)
-        account = _account(table, name, environ, problems)
-        if account is not None:
-            accounts.append(account)
+    accounts = [
+        account
+        for i, table, name in _named_tables(raw, "accounts", problems)
+        if (account := _account(table, name or f"#{i}", environ, problems)) is not None
+    ]
     # Every RSA/Ed25519 private key is loaded now, so a bad key stops the start, not the first
     # signed request.
     for account in accounts:
@@ -296,40 +310,22 @@ def _accounts(
     return tuple(accounts)
 
 
-# -- [[alerts]] (issue 11) ---------------------------------------------------------------------
-
 _ALERT_KEYS = frozenset(f.name for f in dataclasses.fields(AlertConfig))
 
 
 def _alerts(raw: Any, problems: list[str]) -> tuple[AlertConfig, ...]:
     """The `[[alerts]]` tables (TOML only); a rule with a problem is left out (reported)."""
-    if not isinstance(raw, list):
-        problems.append("alerts: expected [[alerts]] tables")
-        return ()
     rules: list[AlertConfig] = []
-    names: set[str] = set()
-    for i, table in enumerate(raw, 1):
-        if not isinstance(table, dict):
-            problems.append(f"[[alerts]] #{i}: expected a table")
+    for _, table, name in _named_tables(raw, "alerts", problems):
+        if name is None:
             continue
-        name = table.get("name")
-        if not isinstance(name, str) or not name.strip():
-            problems.append(f"[[alerts]] #{i} name: required, a non-empty string")
-            continue
-        if name in names:
-            problems.append(f"[[alerts]] #{i} name: {name!r} is used twice")
-        names.add(name)
         where = f"[[alerts]] {name!r}"
         problems.extend(f"{where} {k}: unknown setting" for k in table if k not in _ALERT_KEYS)
         before = len(problems)
-
-        def read(key: str, table: dict[str, Any] = table, where: str = where) -> tuple[Any, str]:
-            return table.get(key, dataclasses.MISSING), f"{where} {key}"
-
-        values = _read(AlertConfig, read, where, problems, problems)
-        if len(problems) > before or "url" not in values:
-            if "url" not in values and len(problems) == before:
-                problems.append(f"{where} url: required")
+        values = _read(AlertConfig, _from_table(table, where), where, problems, problems)
+        if "url" not in values and len(problems) == before:
+            problems.append(f"{where} url: required")
+        if len(problems) > before:
             continue
         rule = AlertConfig(**values)
         problems.extend(f"{where} {keys}: {problem}" for keys, problem in rule.validate())

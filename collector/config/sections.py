@@ -62,7 +62,6 @@ class DatabaseConfig:
     ping_timeout_s: float = setting(3.0, UP_TO_10MIN)
 
     def validate(self) -> Iterator[tuple[str, str]]:
-        """(settings, problem) for each rule that spans settings."""
         yield from ordered(self, "pool_min_size", "pool_max_size", "min <= max")
 
 
@@ -139,7 +138,6 @@ class BinanceConfig:
     stall_after_s: float = setting(60.0, UP_TO_DAY)
 
     def validate(self) -> Iterator[tuple[str, str]]:
-        """(settings, problem) for each rule that spans settings."""
         if not (
             self.all_market or self.coin_m_all_market or self.usdm_symbols or self.coinm_symbols
         ):
@@ -166,7 +164,6 @@ class WriterConfig:
     spill_dir: str = ".collector/spill"
 
     def validate(self) -> Iterator[tuple[str, str]]:
-        """(settings, problem) for each rule that spans settings."""
         yield from ordered(self, "retry_initial_s", "retry_max_s", "initial <= max")
 
 
@@ -185,7 +182,6 @@ class HttpConfig:
     api_token_file: str | None = None
 
     def validate(self) -> Iterator[tuple[str, str]]:
-        """(settings, problem) for each rule that spans settings."""
         if self.api_token_file is not None:
             try:
                 token = Path(self.api_token_file).read_text(encoding="utf-8").strip()
@@ -245,7 +241,6 @@ class RestConfig:
     enrich_per_poll: int = setting(20, between(0, 1000))
 
     def validate(self) -> Iterator[tuple[str, str]]:
-        """(settings, problem) for each rule that spans settings."""
         yield from ordered(self, "retry_initial_s", "retry_max_s", "initial <= max")
 
 

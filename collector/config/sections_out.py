@@ -41,7 +41,6 @@ class FeedConfig:
     history_max_rows: int = setting(10_000, between(1, 1_000_000))
 
     def validate(self) -> Iterator[tuple[str, str]]:
-        """(settings, problem) for each rule that spans settings."""
         # The feed hands a subscriber a page at a time: a smaller buffer would fail it at once.
         yield from ordered(self, "page_rows", "subscriber_buffer", "page_rows <= buffer")
 
@@ -79,7 +78,6 @@ class AlertConfig:
     queue_max: int = setting(100, between(1, 100_000))
 
     def validate(self) -> Iterator[tuple[str, str]]:
-        """(settings, problem) for each rule that spans settings."""
         if self.kind == AlertKind.LARGE and self.min_notional_usd is None:
             yield "min_notional_usd", "required for kind = large"
         if self.kind == AlertKind.CASCADE and self.threshold_usd is None:

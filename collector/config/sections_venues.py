@@ -68,7 +68,6 @@ class BybitConfig:
     max_args_chars: int = setting(21_000, between(100, 21_000))
 
     def validate(self) -> Iterator[tuple[str, str]]:
-        """(settings, problem) for each rule that spans settings."""
         yield from ordered(self, "reconnect_initial_s", "reconnect_max_s", "initial <= max")
 
 
@@ -102,7 +101,6 @@ class OkxConfig:
     repair_requests_per_2s: int = setting(20, between(1, 40))
 
     def validate(self) -> Iterator[tuple[str, str]]:
-        """(settings, problem) for each rule that spans settings."""
         yield from ordered(self, "reconnect_initial_s", "reconnect_max_s", "initial <= max")
         if self.pong_timeout_s + self.heartbeat_s >= 30:
             yield (

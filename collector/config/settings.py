@@ -155,6 +155,7 @@ UP_TO_WEEK = between(0, WEEK, above=True)
 
 
 def ordered(section: object, low: str, high: str, need: str) -> Iterator[tuple[str, str]]:
+    """The `(settings, problem)` a section's `validate()` yields when `low` exceeds `high`."""
     lo, hi = getattr(section, low), getattr(section, high)
     if lo > hi:
         yield f"{low}/{high}", f"need {need}, got {lo!r} > {hi!r}"
