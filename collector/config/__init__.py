@@ -9,7 +9,8 @@ environment variables or files that the TOML names, never from the TOML itself.
 
 `settings` is the mechanism (each field beside its rule), `sections`, `sections_venues` and
 `sections_out` the sections; `loader` reads every section (and each account) with one
-mechanism; `dsn` checks DSNs at load and redacts them for logs.
+mechanism, `coerce` converting each raw value to its field's type; `dsn` checks DSNs at load
+and redacts them for logs.
 """
 
 from collector.config.dsn import UNPARSEABLE_DSN, redact_dsn
