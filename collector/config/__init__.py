@@ -7,34 +7,35 @@ listing every problem. Environment variables are `COLLECTOR_<SECTION>_<KEY>` (fo
 Accounts (`[[accounts]]`) come from the TOML file only; their credentials are read from the
 environment variables or files that the TOML names, never from the TOML itself.
 
-`settings` holds the sections, each field beside its rule; `loader` reads every section (and
-each account) with one mechanism; `dsn` checks DSNs at load and redacts them for logs.
+`settings` is the mechanism (each field beside its rule), `sections`, `sections_venues` and
+`sections_out` the sections; `loader` reads every section (and each account) with one
+mechanism, `coerce` converting each raw value to its field's type; `dsn` checks DSNs at load
+and redacts them for logs.
 """
 
 from collector.config.dsn import UNPARSEABLE_DSN, redact_dsn
 from collector.config.loader import ENV_PREFIX, load_config, load_from_process
-from collector.config.settings import (
+from collector.config.sections import (
     AccountConfig,
+    BinanceConfig,
+    Config,
+    DatabaseConfig,
+    HttpConfig,
+    LogConfig,
+    RestConfig,
+    WriterConfig,
+    load_private_key,
+)
+from collector.config.sections_out import AlertConfig, FeedConfig
+from collector.config.sections_venues import BybitConfig, OkxConfig, VenuesConfig
+from collector.config.settings import (
     AccountKind,
-    AlertConfig,
     AlertFormat,
     AlertKind,
     ApiFamily,
-    BinanceConfig,
-    BybitConfig,
-    Config,
-    DatabaseConfig,
-    FeedConfig,
-    HttpConfig,
     KeyType,
-    LogConfig,
-    OkxConfig,
     Product,
-    RestConfig,
     Secret,
-    VenuesConfig,
-    WriterConfig,
-    load_private_key,
 )
 
 __all__ = [

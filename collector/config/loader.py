@@ -7,29 +7,21 @@ type and checked against its rule (`collector.config.settings`); every problem i
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import functools
 import os
 import re
 import tomllib
-import types
 import typing
-from collections.abc import Callable, Mapping
-from enum import StrEnum
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from collector.config.settings import (
-    AccountConfig,
-    AlertConfig,
-    Config,
-    KeyType,
-    Rule,
-    Secret,
-    load_private_key,
-)
+from collector.config.coerce import coerce, read_secret_file
+from collector.config.sections import AccountConfig, Config, load_private_key
+from collector.config.sections_out import AlertConfig
+from collector.config.settings import KeyType, Rule
 from collector.exceptions import ConfigError
 
 ENV_PREFIX = "COLLECTOR_"
@@ -50,81 +42,6 @@ _TOP_LEVEL = tuple(
 # A value that could not be read; its problem is already reported.
 _REPORTED: Any = object()
 Read = Callable[[str], tuple[Any, str]]  # a key -> its raw value (or MISSING) and its origin
-
-
-def _read_secret_file(path: str, where: str, problems: list[str]) -> str | None:
-    try:
-        return Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        problems.append(f"{where}: cannot read file {path!r}: {exc.strerror or exc}")
-        return None
-
-
-def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
-    """Convert a TOML value or an environment string to `tp`; append a problem on failure."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.strip() == ""):
-            return None
-        return _coerce(value, inner[0], where, problems)
-    if tp is Secret:
-        if not isinstance(value, str):
-            problems.append(f"{where}: expected a string")
-            return None
-        return Secret(value) if value else None
-    if origin is tuple:
-        items = value
-        if isinstance(value, str):
-            items = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
-            problems.append(f"{where}: expected a list of strings")
-            return None
-        if issubclass(args[0], StrEnum):
-            choices = [m.value for m in args[0]]
-            bad = [i for i in items if i not in choices]
-            problems.extend(f"{where}: {i!r} is not one of {', '.join(choices)}" for i in bad)
-            return None if bad else tuple(args[0](i) for i in items)
-        return tuple(items)
-    if isinstance(tp, type) and issubclass(tp, StrEnum):
-        choices = [m.value for m in tp]
-        if isinstance(value, str) and value in choices:
-            return tp(value)
-        problems.append(f"{where}: must be one of {', '.join(choices)}")
-        return None
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in {"1", "true", "yes", "on"}:
-            return True
-        if isinstance(value, str) and value.strip().lower() in {"0", "false", "no", "off"}:
-            return False
-        problems.append(f"{where}: expected true or false, got {value!r}")
-        return None
-    if tp is int:
-        # Only whole numbers: 2.7 (TOML) or "2.7" (environment) is an error, never truncated.
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                return int(value.strip())
-        problems.append(f"{where}: expected an integer, got {value!r}")
-        return None
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                return float(value.strip())
-        problems.append(f"{where}: expected a number, got {value!r}")
-        return None
-    if tp is str:
-        if not isinstance(value, str):
-            problems.append(f"{where}: expected a string, got {value!r}")
-            return None
-        return value
-    raise TypeError(f"unsupported config type {tp!r}")  # a bug in this module, not in the config
 
 
 def _read(
@@ -148,7 +65,7 @@ def _read(
             raw = None  # required: its type's problem says what it must be
         if raw is not dataclasses.MISSING and raw is not _REPORTED:
             before = len(problems)
-            value = _coerce(raw, hints[f.name], where, problems)
+            value = coerce(raw, hints[f.name], where, problems)
             convert = f.metadata.get("convert")
             if convert is not None and value is not None:
                 value = convert(value, problems)
@@ -182,7 +99,7 @@ def _raw_setting(
         raw = toml[key]
     if env_name + "_FILE" in environ:
         where = f"{env_name}_FILE"
-        content = _read_secret_file(environ[env_name + "_FILE"], where, problems)
+        content = read_secret_file(environ[env_name + "_FILE"], where, problems)
         raw = dataclasses.MISSING if content is None else content
     if env_name in environ:
         raw, where = environ[env_name], env_name
@@ -210,6 +127,11 @@ def _section(
     return cls(**_read(cls, read, f"[{name}]", problems, rules))
 
 
+def _from_table(table: Mapping[str, Any], where: str) -> Read:
+    """A `Read` of a `[[...]]` table (TOML only): a key's value, or MISSING."""
+    return lambda key: (table.get(key, dataclasses.MISSING), f"{where} {key}")
+
+
 def _credential(
     table: Mapping[str, Any], what: str, where: str, environ: Mapping[str, str], problems: list[str]
 ) -> tuple[Any, str]:
@@ -229,7 +151,7 @@ def _credential(
         problems.append(f"{where} {env_key}: environment variable {var!r} is not set")
     elif file_key in table:
         path = str(table[file_key])
-        content = _read_secret_file(path, f"{where} {file_key}", problems)
+        content = read_secret_file(path, f"{where} {file_key}", problems)
         if content:
             return content, f"{where} {file_key}"
         if content is not None:
@@ -256,15 +178,38 @@ def _account(
     where = f"[[accounts]] {name!r}"
     problems.extend(f"{where} {key}: unknown setting" for key in table if key not in _ACCOUNT_KEYS)
 
+    from_table = _from_table({**table, "name": name}, where)
+
     def read(key: str) -> tuple[Any, str]:
         if key in _CREDENTIALS:
             return _credential(table, key, where, environ, problems)
-        if key == "name":
-            return name, f"{where} name"
-        return table.get(key, dataclasses.MISSING), f"{where} {key}"
+        return from_table(key)
 
     values = _read(AccountConfig, read, where, problems, problems)
     return AccountConfig(**values) if values.keys() >= _REQUIRED else None
+
+
+def _named_tables(
+    raw: Any, what: str, problems: list[str]
+) -> Iterator[tuple[int, dict[str, Any], str | None]]:
+    """Each `[[what]]` table with its 1-based position and its name (None when it has none: that
+    problem, like a name used twice, is reported)."""
+    if not isinstance(raw, list):
+        problems.append(f"{what}: expected [[{what}]] tables")
+        return
+    names: set[str] = set()
+    for i, table in enumerate(raw, 1):
+        if not isinstance(table, dict):
+            problems.append(f"[[{what}]] #{i}: expected a table")
+            continue
+        name = table.get("name")
+        if not isinstance(name, str) or not name.strip():
+            problems.append(f"[[{what}]] #{i} name: required, a non-empty string")
+            name = None
+        elif name in names:
+            problems.append(f"[[{what}]] #{i} name: {name!r} is used twice")
+        names.add(name or f"#{i}")
+        yield i, table, name
 
 
 def _accounts(
@@ -272,25 +217,11 @@ def _accounts(
 ) -> tuple[AccountConfig, ...]:
     """The `[[accounts]]` tables; an account with a problem in a required setting is left out
     (its problem is reported)."""
-    if not isinstance(raw, list):
-        problems.append("accounts: expected [[accounts]] tables")
-        return ()
-    accounts: list[AccountConfig] = []
-    names: set[str] = set()
-    for i, table in enumerate(raw, 1):
-        if not isinstance(table, dict):
-            problems.append(f"[[accounts]] #{i}: expected a table")
-            continue
-        name = table.get("name")
-        if not isinstance(name, str) or not name.strip():
-            problems.append(f"[[accounts]] #{i} name: required, a non-empty string")
-            name = f"#{i}"
-        elif name in names:
-            problems.append(f"[[accounts]] #{i} name: {name!r} is used twice")
-        names.add(name)
-        account = _account(table, name, environ, problems)
-        if account is not None:
-            accounts.append(account)
+    accounts = [
+        account
+        for i, table, name in _named_tables(raw, "accounts", problems)
+        if (account := _account(table, name or f"#{i}", environ, problems)) is not None
+    ]
     # Every RSA/Ed25519 private key is loaded now, so a bad key stops the start, not the first
     # signed request.
     for account in accounts:
@@ -302,40 +233,22 @@ def _accounts(
     return tuple(accounts)
 
 
-# -- [[alerts]] (issue 11) ---------------------------------------------------------------------
-
 _ALERT_KEYS = frozenset(f.name for f in dataclasses.fields(AlertConfig))
 
 
 def _alerts(raw: Any, problems: list[str]) -> tuple[AlertConfig, ...]:
     """The `[[alerts]]` tables (TOML only); a rule with a problem is left out (reported)."""
-    if not isinstance(raw, list):
-        problems.append("alerts: expected [[alerts]] tables")
-        return ()
     rules: list[AlertConfig] = []
-    names: set[str] = set()
-    for i, table in enumerate(raw, 1):
-        if not isinstance(table, dict):
-            problems.append(f"[[alerts]] #{i}: expected a table")
+    for _, table, name in _named_tables(raw, "alerts", problems):
+        if name is None:
             continue
-        name = table.get("name")
-        if not isinstance(name, str) or not name.strip():
-            problems.append(f"[[alerts]] #{i} name: required, a non-empty string")
-            continue
-        if name in names:
-            problems.append(f"[[alerts]] #{i} name: {name!r} is used twice")
-        names.add(name)
         where = f"[[alerts]] {name!r}"
         problems.extend(f"{where} {k}: unknown setting" for k in table if k not in _ALERT_KEYS)
         before = len(problems)
-
-        def read(key: str, table: dict[str, Any] = table, where: str = where) -> tuple[Any, str]:
-            return table.get(key, dataclasses.MISSING), f"{where} {key}"
-
-        values = _read(AlertConfig, read, where, problems, problems)
-        if len(problems) > before or "url" not in values:
-            if "url" not in values and len(problems) == before:
-                problems.append(f"{where} url: required")
+        values = _read(AlertConfig, _from_table(table, where), where, problems, problems)
+        if "url" not in values and len(problems) == before:
+            problems.append(f"{where} url: required")
+        if len(problems) > before:
             continue
         rule = AlertConfig(**values)
         problems.extend(f"{where} {keys}: {problem}" for keys, problem in rule.validate())
