@@ -162,6 +162,8 @@ async def test_a_liquidation_is_one_row_across_puts_connections_and_the_rest_rep
     assert sample(metrics, "collector_rows_inserted_total", {"table": "venue_liquidations"}) == 1
     assert sample(metrics, "collector_duplicates_total", {"layer": "memory"}) == 2
     assert sample(metrics, "collector_duplicates_total", {"layer": "database"}) == 1
+    # Socket -> commit latency: the stream's copy that reached a batch, not the REST one.
+    assert sample(metrics, "collector_socket_to_commit_seconds_count") == 1
 
 
 async def test_a_rest_row_first_keeps_origin_rest(writer: Writer, pg: asyncpg.Connection) -> None:

@@ -13,6 +13,7 @@ propagates to the writer, which retries or fails.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from collections.abc import Sequence
 
 import asyncpg
@@ -76,6 +77,13 @@ async def commit_batch(conn: asyncpg.Connection, batch: Batch, metrics: Metrics)
     for row in batch.liquidations:
         if row.received_monotonic:
             observe(committed - row.received_monotonic)
+    if batch.venue_rows:
+        # Bybit and OKX rows carry their wall-clock receive stamp only (taken as the frame came
+        # off the socket); rows read back by a REST repair have no socket latency to report.
+        now = datetime.now(UTC)
+        for vrow in batch.venue_rows:
+            if vrow.source == "ws":
+                observe(max(0.0, (now - vrow.received_at).total_seconds()))
 
 
 _Outcome = tuple[int, list[DeadLetter], int, list[DeadLetter]]
