@@ -203,7 +203,7 @@ def report(results: list[Phase], rounds: int) -> None:
     print(f"\nMedian of {rounds} round(s). CPU: µs per committed row, collector process + its "
           "PostgreSQL backends. p50 / p99: socket -> commit (commit timestamp - received_at), "
           "per venue; histogram: the collector's collector_socket_to_commit_seconds p99 "
-          "(Binance rows only).\n")  # fmt: skip
+          "(every venue's stream rows).\n")  # fmt: skip
     print("| setup | rows/s committed | CPU µs/row | cores | binance p50 / p99 ms "
           "| bybit p50 / p99 ms | okx p50 / p99 ms | histogram p99 ms |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")

@@ -13,8 +13,8 @@ propagates to the writer, which retries or fails.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import asyncpg
 import structlog
