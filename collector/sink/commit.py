@@ -13,8 +13,9 @@ propagates to the writer, which retries or fails.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 import structlog
@@ -43,6 +44,8 @@ from collector.sink.columns import (
 from collector.venues import VenueLiquidation
 
 log = structlog.get_logger(__name__)
+
+R = TypeVar("R", bound="_Row")
 
 
 async def commit_batch(conn: asyncpg.Connection, batch: Batch, metrics: Metrics) -> None:
@@ -106,23 +109,19 @@ async def _commit(conn: asyncpg.Connection, batch: Batch) -> _Outcome:
 async def _commit_isolating(conn: asyncpg.Connection, batch: Batch, metrics: Metrics) -> _Outcome:
     """The batch in one transaction, each kind of row under a savepoint: a rejected row costs its
     kind one savepoint rollback, then they are inserted one by one (the rejected dead-lettered)."""
-    inserted = 0
-    rejected: list[DeadLetter] = []
+    inserted, rejected = 0, list[DeadLetter]()
     venue_inserted, venue_rejected = 0, list[DeadLetter]()
     async with conn.transaction():
         if batch.liquidations:
-            try:
-                async with conn.transaction():  # a savepoint: a bad row costs only a retry
-                    inserted = await _insert_liquidations(conn, batch.liquidations)
-            except asyncpg.PostgresError as exc:
-                if not is_data_error(exc):
-                    raise
-                metrics.write_errors.labels("data").inc()
-                inserted, rejected = await _insert_one_by_one(conn, batch.liquidations)
+            inserted, rejected = await _isolating(
+                conn, batch.liquidations, _insert_liquidations, INSERT_ML_ONE, ml_record,
+                lambda r: f"{r.source_host}/{r.source_stream}", metrics,
+            )  # fmt: skip
         if batch.venue_rows:
-            venue_inserted, venue_rejected = await _commit_venue_rows(
-                conn, batch.venue_rows, metrics
-            )
+            venue_inserted, venue_rejected = await _isolating(
+                conn, batch.venue_rows, _insert_venue_rows, INSERT_VL_ONE, vl_record,
+                lambda r: f"{r.venue}/{r.source}", metrics,
+            )  # fmt: skip
         await _write_the_rest(conn, batch, rejected + venue_rejected)
     return inserted, rejected, venue_inserted, venue_rejected
 
@@ -162,56 +161,8 @@ async def _insert_liquidations(conn: asyncpg.Connection, rows: Sequence[MarketLi
     return int(status.rsplit(" ", 1)[1])
 
 
-async def _insert_one_by_one(
-    conn: asyncpg.Connection, rows: Sequence[MarketLiquidation]
-) -> tuple[int, list[DeadLetter]]:
-    """Insert rows singly so the ones Postgres rejects are isolated and dead-lettered."""
-    inserted = 0
-    rejected: list[DeadLetter] = []
-    for row in rows:
-        try:
-            async with conn.transaction():
-                status = await conn.execute(INSERT_ML_ONE, *ml_record(row))
-            inserted += int(status.rsplit(" ", 1)[1])
-        except asyncpg.PostgresError as exc:
-            if not is_data_error(exc):
-                raise
-            log.warning(
-                "writer.row_rejected",
-                symbol=row.symbol,
-                key=str(row.content_key),
-                sqlstate=exc.sqlstate,
-                error=str(exc)[:200],
-            )
-            rejected.append(
-                DeadLetter(
-                    received_at=row.received_at,
-                    source=f"{row.source_host}/{row.source_stream}",
-                    reason="db_rejected",
-                    detail=f"{exc.sqlstate}: {exc}"[:1000],
-                    raw=row.raw.encode(),
-                )
-            )
-    return inserted, rejected
-
-
 # -- other venues' rows -------------------------------------------------------------------------
-# The same pattern as Binance's rows above, in functions of their own.
-
-
-async def _commit_venue_rows(
-    conn: asyncpg.Connection, rows: Sequence[VenueLiquidation], metrics: Metrics
-) -> tuple[int, list[DeadLetter]]:
-    """COPY and insert `rows` under a savepoint; on a row Postgres rejects, insert them one by
-    one and return the rejected ones as dead letters. Returns (inserted, rejected)."""
-    try:
-        async with conn.transaction():
-            return await _insert_venue_rows(conn, rows), []
-    except asyncpg.PostgresError as exc:
-        if not is_data_error(exc):
-            raise
-        metrics.write_errors.labels("data").inc()
-        return await _insert_venue_rows_one_by_one(conn, rows)
+# COPY into their staging table and one insert, as large Binance batches are.
 
 
 async def _insert_venue_rows(conn: asyncpg.Connection, rows: Sequence[VenueLiquidation]) -> int:
@@ -222,23 +173,51 @@ async def _insert_venue_rows(conn: asyncpg.Connection, rows: Sequence[VenueLiqui
     return int(status.rsplit(" ", 1)[1])
 
 
-async def _insert_venue_rows_one_by_one(
-    conn: asyncpg.Connection, rows: Sequence[VenueLiquidation]
+class _Row(Protocol):
+    """What isolating a rejected row reads of a market or venue row."""
+
+    @property
+    def symbol(self) -> str: ...
+    @property
+    def content_key(self) -> bytes: ...
+    @property
+    def received_at(self) -> datetime: ...
+    @property
+    def raw(self) -> str: ...
+
+
+async def _isolating(
+    conn: asyncpg.Connection,
+    rows: Sequence[R],
+    insert: Callable[[asyncpg.Connection, Sequence[R]], Awaitable[int]],
+    insert_one: str,
+    values: Callable[[R], list[Any]],
+    source: Callable[[R], str],
+    metrics: Metrics,
 ) -> tuple[int, list[DeadLetter]]:
-    """Insert rows singly so the ones Postgres rejects are isolated and dead-lettered."""
+    """`insert` all `rows` under a savepoint; when Postgres rejects one, insert them singly
+    (`insert_one` of `values(row)`, each under its own savepoint) so the rejected ones are
+    isolated and dead-lettered and the rest inserted. Returns (inserted, rejected)."""
+    try:
+        async with conn.transaction():
+            return await insert(conn, rows), []
+    except asyncpg.PostgresError as exc:
+        if not is_data_error(exc):
+            raise
+        metrics.write_errors.labels("data").inc()
     inserted = 0
     rejected: list[DeadLetter] = []
     for row in rows:
         try:
             async with conn.transaction():
-                status = await conn.execute(INSERT_VL_ONE, *vl_record(row))
+                status = await conn.execute(insert_one, *values(row))
             inserted += int(status.rsplit(" ", 1)[1])
         except asyncpg.PostgresError as exc:
             if not is_data_error(exc):
                 raise
             log.warning(
                 "writer.row_rejected",
-                venue=str(row.venue),
+                source=source(row),
                 symbol=row.symbol,
                 key=str(row.content_key),
                 sqlstate=exc.sqlstate,
@@ -247,7 +226,7 @@ async def _insert_venue_rows_one_by_one(
             rejected.append(
                 DeadLetter(
                     received_at=row.received_at,
-                    source=f"{row.venue}/{row.source}",
+                    source=source(row),
                     reason="db_rejected",
                     detail=f"{exc.sqlstate}: {exc}"[:1000],
                     raw=row.raw.encode(),
