@@ -4,9 +4,13 @@ Prints the feed process's CPU (the collector's side: the feed reader and every s
 process of its own), per subscriber against a run with none, and the commit -> client latency
 (p50/p99 over every subscriber's copy of every row: from the INSERT's COMMIT returning to the
 frame read by the client). Rows commit in 25 ms batches, as the writer's do. Figures, not
-assertions. Uses $BENCH_DSN (a server where it may create and drop a database).
+assertions. Runs on a throwaway stock PostgreSQL cluster of its own (bench/cluster.py), because
+the feed waits for the whole cluster's snapshot xmin: on a shared server, any other writing
+transaction (another suite's DROP DATABASE, a migration) holds rows back and the p99 measures
+that. --dsn uses an existing server instead (one where it may create and drop a database).
 
     PYTHONPATH=. .venv/bin/python bench/feed.py [--subscribers 100] [--rate 200] [--seconds 20]
+        [--dsn postgresql://postgres@127.0.0.1:5432/postgres]
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import asyncpg
 
+from bench.cluster import stock_cluster
 from collector.db.migrate import migrate
 from collector.out.events import iso
 from tests.factories import liquidation
@@ -107,7 +112,9 @@ async def run(
     readers: list[tuple[Any, Connection]] = []
     try:
         url = await asyncio.to_thread(ours.recv)
-        for count in [subscribers // _CLIENT_PROCESSES] * _CLIENT_PROCESSES if subscribers else []:
+        shares = [subscribers // _CLIENT_PROCESSES + (i < subscribers % _CLIENT_PROCESSES)
+                  for i in range(_CLIENT_PROCESSES)]  # fmt: skip
+        for count in [c for c in shares if c]:
             mine, its = spawn.Pipe()
             reader = spawn.Process(target=clients, args=(url, count, its))
             reader.start()
@@ -153,8 +160,16 @@ async def main() -> None:
     parser.add_argument("--subscribers", type=int, default=100)
     parser.add_argument("--rate", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--dsn", default=None, help="an existing server (default: a throwaway)")
     args = parser.parse_args()
-    admin_dsn = os.environ.get("BENCH_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+    if args.dsn is not None:
+        await measure(args, args.dsn)
+        return
+    with stock_cluster() as cluster:
+        await measure(args, cluster.dsn)
+
+
+async def measure(args: argparse.Namespace, admin_dsn: str) -> None:
     name = f"bench_feed_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(admin_dsn)
     await admin.execute(f'CREATE DATABASE "{name}"')

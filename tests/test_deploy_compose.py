@@ -10,6 +10,7 @@ import re
 import shutil
 import stat
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +62,37 @@ def test_collector_starts_after_migrations_which_start_after_postgres() -> None:
         assert svc["read_only"] is True
 
 
-def test_stop_grace_period_covers_the_drain() -> None:
+def test_stop_grace_period_covers_the_drain(tmp_path: Path) -> None:
     """compose waits longer than the collector's shutdown_grace_s before killing it."""
-    config = load_config({}, DEPLOY / "collector.toml")
+    config = load_config(api_token_at(tmp_path), DEPLOY / "collector.toml")
     grace = service("collector")["stop_grace_period"]
     assert re.fullmatch(r"\d+s", grace)
     assert int(grace[:-1]) >= config.shutdown_grace_s + 5
     assert (config.http.host, config.http.port) == ("0.0.0.0", 9108)
+
+
+def api_token_at(directory: Path) -> dict[str, str]:
+    """The environment that points [http] api_token_file at a token in `directory` (the
+    stack's own path, /run/secrets/collector_api_token, exists only in the container)."""
+    token = directory / "collector_api_token"
+    token.write_text("t" * 32)
+    return {"COLLECTOR_HTTP_API_TOKEN_FILE": str(token)}
+
+
+def test_the_data_out_api_is_on_behind_the_generated_token(tmp_path: Path) -> None:
+    """The image turns /v1 off; the stack turns it on, with the token from the secret that
+    generate.sh writes, mounted into the collector's container."""
+    secret = "/run/secrets/collector_api_token"
+    assert (
+        tomllib.loads((DEPLOY / "collector.toml").read_text())["http"]["api_token_file"] == secret
+    )
+    assert service("collector")["environment"]["COLLECTOR_HTTP_API_ENABLED"] == "true"
+    assert "collector_api_token" in service("collector")["secrets"]
+    assert compose()["secrets"]["collector_api_token"] == {"file": "./secrets/collector_api_token"}
+    config = load_config(api_token_at(tmp_path), DEPLOY / "collector.toml")
+    assert (config.http.api_enabled, config.http.api_token_file) == (
+        True, str(tmp_path / "collector_api_token")
+    )  # fmt: skip
 
 
 def test_the_collector_spills_to_a_named_volume() -> None:

@@ -252,11 +252,14 @@ async def test_daemon_runs_as_the_image_runs_it_and_drains_on_sigterm(
     port = free_port()
     secret = tmp_path / "collector_dsn"
     secret.write_text(pg_dsn)
+    token = tmp_path / "collector_api_token"  # the stack mounts it at /run/secrets/
+    token.write_text("t" * 32)
     async with Emulator(EmulatorOptions()) as emu:
         env = {
             **os.environ,
             "COLLECTOR_CONFIG": str(ROOT / "deploy" / "collector.toml"),
             "COLLECTOR_DATABASE_DSN_FILE": str(secret),
+            "COLLECTOR_HTTP_API_TOKEN_FILE": str(token),
             "COLLECTOR_HTTP_HOST": "127.0.0.1",  # the environment wins over the mounted file
             "COLLECTOR_HTTP_PORT": str(port),
             "COLLECTOR_VENUES_ENABLED": "binance",  # the emulator is Binance's only

@@ -449,6 +449,16 @@ async def test_compose_stack_migrates_as_the_collector_role_and_collects(
             reader = (f"postgresql://grafana_reader:{secret('grafana_db_password')}"
                       f"@127.0.0.1:{pg_port}/collector")  # fmt: skip
             await eventually(lambda: rows(reader), lambda n: n == 4, 30, "4 rows, as the reader")
+            # The data-out API is on in the stack, behind the token generate.sh wrote.
+            history = f"http://127.0.0.1:{http_port}/v1/liquidations?from=2026-11-01T00:00:00Z"
+            token = {"Authorization": f"Bearer {secret('collector_api_token')}"}
+            async with aiohttp.ClientSession() as http:
+                async with http.get(history) as anonymous:
+                    assert anonymous.status == 401
+                async with http.get(history, headers=token) as answer:
+                    assert answer.status == 200
+                    found = (await answer.json())["liquidations"]
+            assert [(r["venue"], r["symbol"]) for r in found] == [("binance", "BTCUSDT")] * 4
             conn = await asyncpg.connect(reader)
             try:
                 with pytest.raises(asyncpg.ReadOnlySQLTransactionError):

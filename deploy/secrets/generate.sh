@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates the compose stack's secrets in this directory, once: random passwords for the
-# PostgreSQL superuser, the `collector` and `grafana_reader` roles and Grafana's admin, and the
-# collector's DSN. Existing files are never overwritten, so running it again is harmless.
+# PostgreSQL superuser, the `collector` and `grafana_reader` roles and Grafana's admin, the
+# collector's DSN, and the bearer token of the collector's data-out API (/v1 and the page). Existing files are never overwritten, so running it again is harmless.
 #
 # The directory is private to you (0700); the files are 0644 because compose bind-mounts them
 # into containers whose users (postgres, grafana, the collector's uid 10001) must read them.
@@ -27,7 +27,8 @@ create() {  # create NAME CONTENT
     fi
 }
 
-for name in postgres_password collector_db_password grafana_db_password grafana_admin_password; do
+for name in postgres_password collector_db_password grafana_db_password grafana_admin_password \
+    collector_api_token; do
     create "$name" "$(password)"
 done
 create collector_dsn "postgresql://collector:$(<collector_db_password)@postgres:5432/collector"
