@@ -15,15 +15,14 @@ import difflib
 import os
 import re
 import tomllib
-import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from collector.config.coerce import coerce, read_secret_file
 from collector.config.sections import Config
-from collector.config.settings import Rule, Secret
+from collector.config.settings import Rule
 from collector.exceptions import ConfigError
 
 ENV_PREFIX = "COLLECTOR_"
@@ -40,88 +39,6 @@ _VALIDATE_FIRST = ("binance", "writer", "rest", "database", "bybit", "okx", "htt
 # A value that could not be read; its problem is already reported.
 _REPORTED: Any = object()
 Read = Callable[[str], tuple[Any, str]]  # a key -> its raw value (or MISSING) and its origin
-
-
-def _file(path: str, where: str, problems: list[str]) -> str | None:
-    try:
-        return Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        problems.append(f"{where}: cannot read file {path!r}: {exc.strerror or exc}")
-        return None
-
-
-def _int(value: Any) -> int:
-    # Only whole numbers: 2.7 (TOML) or "2.7" (environment) is an error, never truncated.
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise TypeError
-    return int(value.strip()) if isinstance(value, str) else value
-
-
-def _float(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise TypeError
-    return float(value.strip() if isinstance(value, str) else value)
-
-
-_WORDS = {"1": True, "true": True, "yes": True, "on": True}
-_WORDS |= {"0": False, "false": False, "no": False, "off": False}
-
-
-def _bool(value: Any) -> bool:
-    return value if isinstance(value, bool) else _WORDS[value.strip().lower()]
-
-
-def _str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError
-    return value
-
-
-# Each scalar type: its parser (raising on a value that is not one) and what it expects.
-_SCALARS: dict[Any, tuple[Callable[[Any], Any], str]] = {
-    bool: (_bool, "true or false"),
-    int: (_int, "an integer"),
-    float: (_float, "a number"),
-    str: (_str, "a string"),
-}
-
-
-def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
-    """Convert a TOML value or an environment string to `tp`; append a problem on failure."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):  # `X | None`: unset or blank is None
-        if value is None or (isinstance(value, str) and value.strip() == ""):
-            return None
-        return _coerce(value, next(a for a in args if a is not type(None)), where, problems)
-    if tp is Secret:
-        if not isinstance(value, str):
-            problems.append(f"{where}: expected a string")  # never quoting a secret
-            return None
-        return Secret(value) if value else None
-    if origin is tuple:
-        items = (
-            [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
-        )
-        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
-            problems.append(f"{where}: expected a list of strings")
-            return None
-        if issubclass(args[0], StrEnum):
-            choices = [m.value for m in args[0]]
-            bad = [i for i in items if i not in choices]
-            problems.extend(f"{where}: {i!r} is not one of {', '.join(choices)}" for i in bad)
-            return None if bad else tuple(args[0](i) for i in items)
-        return tuple(items)
-    if isinstance(tp, type) and issubclass(tp, StrEnum):
-        if isinstance(value, str) and value in tp._value2member_map_:
-            return tp(value)
-        problems.append(f"{where}: must be one of {', '.join(m.value for m in tp)}")
-        return None
-    parse, expected = _SCALARS[tp]  # a KeyError here is a bug in a section, not in the config
-    try:
-        return parse(value)
-    except (TypeError, ValueError, KeyError, AttributeError):
-        problems.append(f"{where}: expected {expected}, got {value!r}")
-        return None
 
 
 def _read(
@@ -145,7 +62,7 @@ def _read(
             raw = None  # required: its type's problem says what it must be
         if raw is not dataclasses.MISSING and raw is not _REPORTED:
             before = len(problems)
-            value = _coerce(raw, hints[f.name], where, problems)
+            value = coerce(raw, hints[f.name], where, problems)
             convert = f.metadata.get("convert")
             if convert is not None and value is not None:
                 value = convert(value, problems)
@@ -174,7 +91,7 @@ def _settings(
         raw, where = toml.get(key, dataclasses.MISSING), f"[{section}] {key}" if section else key
         if env + "_FILE" in environ:
             where = f"{env}_FILE"
-            raw = _file(environ[where], where, problems)
+            raw = read_secret_file(environ[where], where, problems)
             raw = dataclasses.MISSING if raw is None else raw
         return (environ[env], env) if env in environ else (raw, where)
 
@@ -229,7 +146,7 @@ def _credential(
         problems.append(f"{where} {env_key}: environment variable {var!r} is not set")
     elif file_key in table:
         path = str(table[file_key])
-        content = _file(path, f"{where} {file_key}", problems)
+        content = read_secret_file(path, f"{where} {file_key}", problems)
         if content:
             return content, f"{where} {file_key}"
         if content is not None:
