@@ -7,9 +7,10 @@ Behaviour follows docs/binance.md §2-§5; every point docs/binance.md marks ⚠
 `AccountOptions` field (`account_options`), so tests can exercise each reading. This module is
 the endpoints (authentication, then each endpoint's query) and the installation; the
 `AccountEmulator` it defines keeps its data in `account_store` and admits requests in
-`account_gate` (weights, bans, faults, stalls). The pure parts are `account_auth` (keys, signatures, timestamps, error bodies),
-`account_queries` (which rows a request gets), `account_orders` (stored orders, wire shapes,
-seeded histories) and `account_limits` (weight budgets, bans, clock, faults).
+`account_gate` (weights, bans, faults, stalls). The pure parts are `account_auth` (keys,
+signatures, timestamps, error bodies), `account_queries` (which rows a request gets),
+`account_orders` (stored orders, wire shapes, seeded histories) and `account_limits` (weight
+budgets, bans, clock, faults).
 
 Once installed, this module's middleware is the outermost one on all four REST apps: it owns
 request weight, 429/418 and the weight headers for market-data routes too (their declared
