@@ -13,7 +13,7 @@ from collector.emulator.events import (
     synthetic_symbols,
 )
 from collector.emulator.market_rest import add_route_weight
-from collector.emulator.ws import ConnectionInfo, EmulatorStats
+from collector.emulator.ws_state import ConnectionInfo, EmulatorStats
 
 __all__ = [
     "DEFAULT_CM_SYMBOLS",

@@ -38,14 +38,8 @@ from collector.emulator.market_rest import (
     add_papi_routes,
     new_rest_app,
 )
-from collector.emulator.ws import (
-    FORCE_ORDER_ARR,
-    ConnectionInfo,
-    EmulatorStats,
-    Faults,
-    StreamHost,
-    WsSettings,
-)
+from collector.emulator.ws import FORCE_ORDER_ARR, StreamHost
+from collector.emulator.ws_state import ConnectionInfo, EmulatorStats, Faults, WsSettings
 
 log = structlog.get_logger(__name__)
 
