@@ -1,6 +1,6 @@
-"""The admission side of the account emulator: request weight per pool, 429 then 418 bans,
-scripted failures and stalls, and the middleware that applies them outermost on every REST app
-(see `account_rest`); a base of `AccountEmulator`."""
+"""The admission side of the account emulator: request weight per pool, 429 then 418 bans
+(docs/binance.md §3), scripted failures and stalls, and the middleware that applies them
+outermost on every REST app (see `account_rest`); a base of `AccountEmulator`."""
 
 from __future__ import annotations
 

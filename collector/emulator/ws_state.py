@@ -1,7 +1,8 @@
-"""What a Binance stream host keeps of each connection and counts for tests: `ConnectionInfo`
-(what a test sees of a connection), `EmulatorStats`, the per-connection rules (`WsSettings`),
-the scripted `Faults`, a connection's server-side state (`Connection`) and the frames written
-to it (the combined-stream `envelope`, pre-encoded text frames). The host is `ws.StreamHost`.
+"""What a Binance stream host (docs/binance.md §1) keeps of each connection and counts for
+tests: `ConnectionInfo` (what a test sees of a connection), `EmulatorStats`, the per-connection
+rules (`WsSettings`), the scripted `Faults`, a connection's server-side state (`Connection`) and
+the frames written to it (the combined-stream `envelope`, pre-encoded text frames). The host is
+`ws.StreamHost`.
 """
 
 from __future__ import annotations
