@@ -154,8 +154,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     try:
         from collector.emulator import EmulatorOptions  # noqa: PLC0415
         from collector.emulator.bybit import BybitEmulator, BybitOptions  # noqa: PLC0415
-        from collector.emulator.core import run_simulator  # noqa: PLC0415
         from collector.emulator.okx import OkxEmulator, OkxOptions  # noqa: PLC0415
+        from collector.emulator.simulate import run_simulator  # noqa: PLC0415
     except ModuleNotFoundError as exc:
         if exc.name != "collector.emulator":
             raise  # the emulator is there but something it imports is not: a real error

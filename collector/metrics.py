@@ -12,6 +12,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from collector import __version__
+from collector.metrics_out import OutMetrics
+from collector.metrics_venues import VenueMetrics
 
 _LATENCY_BUCKETS = (
     0.001,
@@ -33,8 +35,9 @@ _LATENCY_BUCKETS = (
 _BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 
-class Metrics:
-    """The collector's metrics; one instance per process (tests make their own)."""
+class Metrics(VenueMetrics, OutMetrics):
+    """The collector's metrics; one instance per process (tests make their own). Those of the
+    venues beside Binance are declared in `metrics_venues`, those of data out in `metrics_out`."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -270,142 +273,8 @@ class Metrics:
             registry=r,
         )
 
-        # Venues other than Binance (Bybit, OKX): the same facts, labelled by venue.
-        self.venue_events_received = Counter(
-            "collector_venue_events_received_total",
-            "Liquidations received from a venue's websocket stream, by venue and market.",
-            ["venue", "market"],
-            registry=r,
-        )
-        self.venue_last_event_timestamp = Gauge(
-            "collector_venue_last_event_timestamp_seconds",
-            "Unix time of the newest liquidation received from a venue's stream.",
-            ["venue"],
-            registry=r,
-        )
-        self.venue_ws_connections = Gauge(
-            "collector_venue_ws_connections",
-            "Open websocket sessions, by venue.",
-            ["venue"],
-            registry=r,
-        )
-        self.venue_ws_sessions = Counter(
-            "collector_venue_ws_sessions_total",
-            "Websocket sessions opened (each a row in the coverage ledger), by venue.",
-            ["venue"],
-            registry=r,
-        )
-        self.venue_ws_reconnects = Counter(
-            "collector_venue_ws_reconnects_total",
-            "Websocket sessions lost or refused and tried again, by venue and reason.",
-            ["venue", "reason"],
-            registry=r,
-        )
-        self.venue_subscribe_replies = Counter(
-            "collector_venue_subscribe_replies_total",
-            "Replies to subscribe/unsubscribe requests, by venue and outcome (ok, error, "
-            "unexpected).",
-            ["venue", "outcome"],
-            registry=r,
-        )
-        self.venue_subscribed_topics = Gauge(
-            "collector_venue_subscribed_topics",
-            "Topics or channels confirmed subscribed on open sessions, by venue and stream host "
-            "(Bybit: linear, inverse; OKX: public).",
-            ["venue", "host"],
-            registry=r,
-        )
-        self.venue_heartbeats = Counter(
-            "collector_venue_heartbeats_total",
-            "Application pings sent, by venue and outcome (pong, timeout).",
-            ["venue", "outcome"],
-            registry=r,
-        )
-        self.venue_instrument_refreshes = Counter(
-            "collector_venue_instrument_refreshes_total",
-            "Instrument list refreshes, by venue, market and outcome (ok, error).",
-            ["venue", "market", "outcome"],
-            registry=r,
-        )
-        self.venue_repair_state = Gauge(
-            "collector_venue_repair_state",
-            "1 for the state a venue's gap repair is in, 0 for the others: on, off (switched "
-            "off: the history endpoint answered 404 or an error code) or disabled (by config).",
-            ["venue", "state"],
-            registry=r,
-        )
-        self.venue_repairs = Counter(
-            "collector_venue_repairs_total",
-            "Coverage gaps read back, by venue and outcome (repaired, partial, failed, skipped).",
-            ["venue", "outcome"],
-            registry=r,
-        )
-        self.venue_repair_rows = Counter(
-            "collector_venue_repair_rows_total",
-            "Liquidations read back for gaps (before deduplication against the stream), by venue.",
-            ["venue"],
-            registry=r,
-        )
-        self.venue_repair_requests = Counter(
-            "collector_venue_repair_requests_total",
-            "History requests made by gap repair, by venue and outcome.",
-            ["venue", "outcome"],
-            registry=r,
-        )
-
-        # Data out (issue 11): the feed, its streams and the alerts.
-        self.feed_rows = Counter(
-            "collector_feed_rows_total",
-            "Committed liquidations the feed read, in cursor order.",
-            registry=r,
-        )
-        self.feed_subscribers = Gauge(
-            "collector_feed_subscribers", "Open /v1/liquidations/stream streams.", registry=r
-        )
-        self.feed_events_sent = Counter(
-            "collector_feed_events_sent_total",
-            "Liquidation events written to /v1/liquidations/stream streams.",
-            registry=r,
-        )
-        self.feed_disconnects = Counter(
-            "collector_feed_disconnects_total",
-            "Streams ended, by reason (client, slow_consumer, cursor_too_old, cursor_unknown,"
-            " shutdown).",
-            ["reason"],
-            registry=r,
-        )
-        self.feed_rejected = Counter(
-            "collector_feed_rejected_total",
-            "Streams refused: too_many_subscribers, unauthorized.",
-            ["reason"],
-            registry=r,
-        )
-        self.alerts_sent = Counter(
-            "collector_alerts_sent_total", "Alerts delivered by webhook.", ["rule"], registry=r
-        )
-        self.alerts_failed = Counter(
-            "collector_alerts_failed_total",
-            "Alerts given up on after their last webhook attempt.",
-            ["rule"],
-            registry=r,
-        )
-        self.alerts_dropped = Counter(
-            "collector_alerts_dropped_total",
-            "Alerts not delivered: rate_limited (the rule's min_interval_s) or queue_full.",
-            ["rule", "reason"],
-            registry=r,
-        )
-        self.alert_attempts_retried = Counter(
-            "collector_alert_retries_total",
-            "Webhook attempts that failed and were retried.",
-            ["rule"],
-            registry=r,
-        )
-
-    def set_repair_state(self, venue: str, state: str) -> None:
-        """Mark `venue`'s repair as `state` (on, off, disabled), the other states 0."""
-        for each in ("on", "off", "disabled"):
-            self.venue_repair_state.labels(venue, each).set(1.0 if each == state else 0.0)
+        self._register_venue_metrics(r)
+        self._register_out_metrics(r)
 
     def watch_shard(self, shard: str, up: Callable[[], int], wanted: int) -> None:
         """Export `shard`'s open connections (read from `up` at scrape time) and whether it is

@@ -140,6 +140,7 @@ async def test_started_line_shows_the_dsn_redacted(pg_dsn: str) -> None:
     [
         ("postgresql://u:pw@h:5432/db", "postgresql://u:***@h:5432/db"),
         ("postgres://h/db", "postgres://h/db"),
+        ("postgresql://h/db?password=pw&sslmode=disable", "postgresql://h/db?password=***&sslmode=disable"),
         ("postgresql://u@h/db?application_name=a@b", "postgresql://u@h/db?application_name=a@b"),
         ("postgresql://user@corp:pw@h/db", "postgresql://user@corp:***@h/db"),
         ("postgresql://:pw@h/db", "postgresql://:***@h/db"),

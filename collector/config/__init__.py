@@ -7,10 +7,9 @@ listing every problem. Environment variables are `COLLECTOR_<SECTION>_<KEY>` (fo
 Accounts (`[[accounts]]`) come from the TOML file only; their credentials are read from the
 environment variables or files that the TOML names, never from the TOML itself.
 
-`settings` is the mechanism (each field beside its rule), `sections`, `sections_venues` and
-`sections_out` the sections; `loader` reads every section (and each account) with one
-mechanism, `coerce` converting each raw value to its field's type; `dsn` checks DSNs at load
-and redacts them for logs.
+`settings` is how a section is declared (each field beside its rule), `sections`,
+`sections_venues` and `sections_out` the sections; `loader` reads every section and table with
+one reader driven by their fields; `dsn` checks DSNs at load and redacts them for logs.
 """
 
 from collector.config.dsn import UNPARSEABLE_DSN, redact_dsn

@@ -7,6 +7,7 @@ message ever quotes a DSN, which may hold a password.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from urllib.parse import parse_qsl, quote, unquote_plus, urlencode, urlsplit
 
 # libpq's connection keywords (PostgreSQL 17); asyncpg reads the same names from a URI's query.
@@ -22,105 +23,82 @@ _DSN_KEYWORDS = frozenset((
     "ssl_min_protocol_version", "ssl_max_protocol_version", "krbsrvname", "gsslib",
     "gssdelegation", "service", "target_session_attrs", "load_balance_hosts",
 ))  # fmt: skip
+# The keywords (`host=db dbname=x`) that have an equivalent in the URIs asyncpg reads.
+_URI_KEYWORDS = (
+    "host", "port", "dbname", "user", "password", "passfile", "sslmode", "sslcert", "sslkey",
+    "sslrootcert", "sslcrl", "sslpassword", "ssl_min_protocol_version",
+    "ssl_max_protocol_version", "target_session_attrs", "krbsrvname", "gsslib",
+    "application_name", "options",
+)  # fmt: skip
 _MASK = "***"
 UNPARSEABLE_DSN = "<unparseable dsn>"
 _URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-_KEYWORD = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)[ \t\r\n\f\v]*=[ \t\r\n\f\v]*")
+# One item of libpq's keyword form: `key = value`, the value single-quoted (backslash escapes),
+# opened by a quote that never closes (the rest of the text), or a run without whitespace; or a
+# stray piece of text that is no `key=value`.
+_ITEM = re.compile(
+    r"\s*(?:(?P<key>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*"
+    r"(?P<value>'(?:[^'\\]|\\.)*'|(?P<open>'.*)|(?:[^\s'\\]|\\.)*)(?=\s|\Z)|(?P<stray>\S+))",
+    re.DOTALL,
+)
+Item = tuple[str | None, str, bool]  # key (None: a stray piece), value as written, whether whole
 
 
-def _is_secret_key(name: str) -> bool:
-    # password, sslpassword, passfile, and any future pass-something.
-    return "pass" in name.lower()
+def _keyword_items(text: str) -> Iterator[Item]:
+    pos = 0
+    while text[pos:].strip():
+        match = _ITEM.match(text, pos)
+        if match is None:  # cannot happen: a stray piece matches any non-blank text
+            raise ValueError("not a keyword DSN")
+        pos = match.end()
+        if match["stray"] is not None:
+            yield None, match["stray"], False
+        else:
+            yield match["key"], match["value"], match["open"] is None
 
 
-def _redact_query(query: str) -> str:
-    """Mask the values of a URI query's secret and unknown keys (`&`-separated)."""
+def _masked(items: Iterable[Item], stray: str | None) -> list[str]:
+    """`key=value` for each item with the value of every secret or unknown key masked. After a
+    secret, items up to the next known key may be pieces of it (an unencoded `&`, an unquoted
+    space) and are dropped; a stray piece elsewhere becomes `stray` (None: raise, nothing in
+    the text is known to be safe). A value whose quote never closes is always masked."""
     out: list[str] = []
-    in_secret = False  # segments after a secret, up to the next known key, are its pieces
-    for segment in query.split("&"):
-        key, eq, _ = segment.partition("=")
-        name = unquote_plus(key)
-        if eq and _is_secret_key(name):
+    in_secret = False
+    for key, value, whole in items:
+        name = "" if key is None else unquote_plus(key)
+        if key is not None and "pass" in name.lower():  # password, sslpassword, passfile, ...
             out.append(f"{key}={_MASK}")
             in_secret = True
-        elif eq and name in _DSN_KEYWORDS:
-            out.append(segment)
+        elif key is not None and name in _DSN_KEYWORDS and whole:
+            out.append(f"{key}={value}")
             in_secret = False
         elif in_secret:
             continue
-        elif eq:
+        elif key is not None:
             out.append(f"{key}={_MASK}")
+        elif stray is None:
+            raise ValueError("not a DSN")
         else:
-            out.append(_MASK)
-    return "&".join(out)
+            out.append(stray)
+    return out
 
 
 def _redact_uri(dsn: str) -> str:
     scheme, _, rest = dsn.partition("://")
     # A password may hold unencoded `@`, `/`, `?` or `:`; only the last `@` surely ends it. If
     # a `:` comes before that `@`, everything from the first `:` to it is masked (with an `@` in
-    # the query this masks too much, never too little).
+    # the query this masks too much, never too little). With no password the user ends at the
+    # first `@`.
     userinfo, at, hostpart = rest.rpartition("@")
-    if at and ":" in userinfo:
-        user = userinfo.partition(":")[0]
-        prefix = f"{scheme}://{user}:{_MASK}@"
-    else:
+    if ":" in userinfo:
+        userinfo = f"{userinfo.partition(':')[0]}:{_MASK}"
+    elif at:
         userinfo, at, hostpart = rest.partition("@")
-        prefix = f"{scheme}://{userinfo}{at}"
     path, question, query = hostpart.partition("?")
-    return f"{prefix}{path}{question}{_redact_query(query) if question else ''}"
-
-
-def _keyword_value_end(dsn: str, pos: int) -> int | None:
-    """Where the libpq keyword value starting at `pos` ends (None: an unterminated quote)."""
-    if dsn.startswith("'", pos):
-        i = pos + 1
-        while i < len(dsn):
-            if dsn[i] == "\\":
-                i += 2
-            elif dsn[i] == "'":
-                return i + 1
-            else:
-                i += 1
-        return None
-    i = pos
-    while i < len(dsn) and not dsn[i].isspace():
-        i += 2 if dsn[i] == "\\" else 1
-    return min(i, len(dsn))
-
-
-def _redact_keywords(dsn: str) -> str:
-    """Redact libpq's `key=value key='quoted value'` form."""
-    out: list[str] = []
-    in_secret = False
-    pos = 0
-    while True:
-        while pos < len(dsn) and dsn[pos].isspace():
-            pos += 1
-        if pos >= len(dsn):
-            return " ".join(out)
-        match = _KEYWORD.match(dsn, pos)
-        if match is None:
-            if not in_secret:
-                return UNPARSEABLE_DSN  # not a keyword DSN: nothing in it is known to be safe
-            while pos < len(dsn) and not dsn[pos].isspace():  # a piece of an unquoted password
-                pos += 1
-            continue
-        name = match.group(1)
-        end = _keyword_value_end(dsn, match.end())
-        if end is None:  # the rest of the string is one unterminated value
-            if not in_secret:
-                out.append(f"{name}={_MASK}")
-            return " ".join(out)
-        if _is_secret_key(name):
-            out.append(f"{name}={_MASK}")
-            in_secret = True
-        elif name in _DSN_KEYWORDS:
-            out.append(f"{name}={dsn[match.end() : end]}")
-            in_secret = False
-        elif not in_secret:
-            out.append(f"{name}={_MASK}")
-        pos = end
+    segments = (segment.partition("=") for segment in query.split("&"))
+    items = [(k, v, True) if eq else (None, k, False) for k, eq, v in segments]
+    masked = "&".join(_masked(items, _MASK)) if question else ""
+    return f"{scheme}://{userinfo}{at}{path}{question}{masked}"
 
 
 def redact_dsn(dsn: str) -> str:
@@ -134,59 +112,16 @@ def redact_dsn(dsn: str) -> str:
     try:
         if _URI_SCHEME.match(dsn):
             return _redact_uri(dsn)
-        return _redact_keywords(dsn)
+        return " ".join(_masked(_keyword_items(dsn), None))
     except Exception:  # a redactor that fails must not echo its input
         return UNPARSEABLE_DSN
 
 
-# libpq keywords (`host=db dbname=x`) that have an equivalent in the URIs asyncpg reads.
-_URI_KEYWORDS = (
-    "host",
-    "port",
-    "dbname",
-    "user",
-    "password",
-    "passfile",
-    "sslmode",
-    "sslcert",
-    "sslkey",
-    "sslrootcert",
-    "sslcrl",
-    "sslpassword",
-    "ssl_min_protocol_version",
-    "ssl_max_protocol_version",
-    "target_session_attrs",
-    "krbsrvname",
-    "gsslib",
-    "application_name",
-    "options",
-)
 _DSN_WHERE = "[database] dsn"
 _DSN_FORMS = (
     "expected a postgresql:// URI (postgresql://user@host:5432/dbname) "
     "or libpq keyword=value pairs (host=... dbname=...)"
 )
-# `key = value`: the value single-quoted (backslash escapes) or a run without whitespace.
-_KEYWORD_PAIR = re.compile(
-    r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*('(?:[^'\\]|\\.)*'|(?:[^\s'\\]|\\.)*)"
-)
-
-
-def _parse_keyword_dsn(text: str) -> dict[str, str] | None:
-    """libpq's `key=value ...` form (values optionally single-quoted, backslash escapes); None
-    when `text` is not in that form."""
-    pairs: dict[str, str] = {}
-    pos = 0
-    while text[pos:].strip():
-        match = _KEYWORD_PAIR.match(text, pos)
-        if match is None or (match.end() < len(text) and not text[match.end()].isspace()):
-            return None
-        key, value = match.group(1), match.group(2)
-        if value.startswith("'"):
-            value = value[1:-1]
-        pairs[key] = re.sub(r"\\(.)", r"\1", value)
-        pos = match.end()
-    return pairs or None
 
 
 def _keyword_dsn_to_uri(pairs: dict[str, str], problems: list[str]) -> str | None:
@@ -263,11 +198,14 @@ def check_dsn(dsn: str, problems: list[str]) -> str | None:
     appending what is wrong with it."""
     text = dsn.strip()
     if "://" not in text:
-        pairs = _parse_keyword_dsn(text) if "=" in text else None
-        if pairs is None:
+        items = list(_keyword_items(text)) if "=" in text else []
+        if not items or not all(key is not None and whole for key, _, whole in items):
             problems.append(f"{_DSN_WHERE}: {_DSN_FORMS}")
             return None
-        converted = _keyword_dsn_to_uri(pairs, problems)
+        unquoted = ((k, v[1:-1] if v.startswith("'") else v) for k, v, _ in items)
+        converted = _keyword_dsn_to_uri(
+            {str(k): re.sub(r"\\(.)", r"\1", v) for k, v in unquoted}, problems
+        )
         if converted is None:
             return None
         text = converted

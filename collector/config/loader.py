@@ -1,15 +1,17 @@
-"""Reading the settings: defaults < TOML file < environment, one mechanism for every section.
+"""Reading the settings: defaults < TOML file < environment, one reader for every section.
 
-Each field of a section (and of each `[[accounts]]` table) is read, converted to its annotated
-type and checked against its rule (`collector.config.settings`); every problem is collected and
-`load_config` raises one `ConfigError` listing them all.
+`Config`'s fields say what there is to read: a dataclass field is a section (`[name]`), a tuple
+of dataclasses a list of tables (`[[name]]`, TOML only), any other field a top-level setting.
+Every field of each is read from its source, converted to its annotated type, normalised by its
+`convert` and checked against its `rule` (`collector.config.settings`); then each section's and
+table's `validate()` runs. Every problem is collected and `load_config` raises one `ConfigError`
+listing them all.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import os
 import re
 import tomllib
@@ -19,26 +21,21 @@ from pathlib import Path
 from typing import Any
 
 from collector.config.coerce import coerce, read_secret_file
-from collector.config.sections import AccountConfig, Config, load_private_key
-from collector.config.sections_out import AlertConfig
-from collector.config.settings import KeyType, Rule
+from collector.config.sections import Config
+from collector.config.settings import Rule
 from collector.exceptions import ConfigError
 
 ENV_PREFIX = "COLLECTOR_"
-# `[database]`, `[binance]`, ...: the fields of Config that are dataclasses.
+_HINTS = typing.get_type_hints(Config)
 _SECTIONS: dict[str, type[Any]] = {
-    name: tp
-    for name, tp in typing.get_type_hints(Config).items()
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp)
+    name: tp for name, tp in _HINTS.items() if isinstance(tp, type) and dataclasses.is_dataclass(tp)
 }
-# Lists of tables, each read by its own function (`_accounts`, `_alerts`).
-_LISTS_OF_TABLES = frozenset({"accounts", "alerts"})
-# Settings outside any section.
-_TOP_LEVEL = tuple(
-    f.name
-    for f in dataclasses.fields(Config)
-    if f.name not in _SECTIONS and f.name not in _LISTS_OF_TABLES
-)
+_TABLES: dict[str, type[Any]] = {
+    name: typing.get_args(tp)[0] for name, tp in _HINTS.items() if typing.get_origin(tp) is tuple
+}
+_TOP_LEVEL = tuple(name for name in _HINTS if name not in _SECTIONS and name not in _TABLES)
+# The sections whose validate() runs first, in the order their messages have always come.
+_VALIDATE_FIRST = ("binance", "writer", "rest", "database", "bybit", "okx", "http", "feed")
 # A value that could not be read; its problem is already reported.
 _REPORTED: Any = object()
 Read = Callable[[str], tuple[Any, str]]  # a key -> its raw value (or MISSING) and its origin
@@ -83,27 +80,33 @@ def _env_name(section: str | None, key: str) -> str:
     return f"{ENV_PREFIX}{section.upper()}_{key.upper()}" if section else ENV_PREFIX + key.upper()
 
 
-def _raw_setting(
-    toml: Mapping[str, Any],
-    section: str | None,
-    environ: Mapping[str, str],
-    problems: list[str],
-    key: str,
-) -> tuple[Any, str]:
-    """The raw value of one setting and where it came from: the environment variable wins over
-    its `_FILE` variant, which wins over the TOML file. MISSING when none sets it."""
-    env_name = _env_name(section, key)
-    raw: Any = dataclasses.MISSING
-    where = f"[{section}] {key}" if section else key
-    if key in toml:
-        raw = toml[key]
-    if env_name + "_FILE" in environ:
-        where = f"{env_name}_FILE"
-        content = read_secret_file(environ[env_name + "_FILE"], where, problems)
-        raw = dataclasses.MISSING if content is None else content
-    if env_name in environ:
-        raw, where = environ[env_name], env_name
-    return raw, where
+def _settings(
+    toml: Mapping[str, Any], section: str | None, environ: Mapping[str, str], problems: list[str]
+) -> Read:
+    """A `Read` of a section (or the top level): the environment variable wins over its `_FILE`
+    variant, which wins over the TOML file."""
+
+    def read(key: str) -> tuple[Any, str]:
+        env = _env_name(section, key)
+        raw, where = toml.get(key, dataclasses.MISSING), f"[{section}] {key}" if section else key
+        if env + "_FILE" in environ:
+            where = f"{env}_FILE"
+            raw = read_secret_file(environ[where], where, problems)
+            raw = dataclasses.MISSING if raw is None else raw
+        return (environ[env], env) if env in environ else (raw, where)
+
+    return read
+
+
+def _unknown(
+    table: Mapping[str, Any], known: set[str], where: str, problems: list[str], retired: Any = ()
+) -> None:
+    """Report each key of `table` that is no setting (nor a `retired` one, accepted and ignored)."""
+    problems.extend(
+        f"{where} {key}: unknown setting (known: {', '.join(sorted(known))})"
+        for key in table
+        if key not in known and key not in retired
+    )
 
 
 def _section(
@@ -114,29 +117,21 @@ def _section(
     rules: list[str],
 ) -> Any:
     """Section `name` from its TOML table and the environment."""
-    cls = _SECTIONS[name]
-    table = data.get(name, {})
+    cls, table = _SECTIONS[name], data.get(name, {})
     if not isinstance(table, dict):
         problems.append(f"[{name}]: expected a table")
         table = {}
     known = {f.name for f in dataclasses.fields(cls)}
-    for key in table:
-        if key not in known and key not in getattr(cls, "RETIRED", ()):
-            problems.append(f"[{name}] {key}: unknown setting (known: {', '.join(sorted(known))})")
-    read = functools.partial(_raw_setting, table, name, environ, problems)
+    _unknown(table, known, f"[{name}]", problems, getattr(cls, "RETIRED", ()))
+    read = _settings(table, name, environ, problems)
     return cls(**_read(cls, read, f"[{name}]", problems, rules))
-
-
-def _from_table(table: Mapping[str, Any], where: str) -> Read:
-    """A `Read` of a `[[...]]` table (TOML only): a key's value, or MISSING."""
-    return lambda key: (table.get(key, dataclasses.MISSING), f"{where} {key}")
 
 
 def _credential(
     table: Mapping[str, Any], what: str, where: str, environ: Mapping[str, str], problems: list[str]
 ) -> tuple[Any, str]:
-    """An account's secret `what`, from the variable `<what>_env` names or the file
-    `<what>_file` names; never from the TOML itself."""
+    """A table's secret `what`, from the variable `<what>_env` names or the file `<what>_file`
+    names; never from the TOML itself."""
     env_key, file_key = f"{what}_env", f"{what}_file"
     if what in table:
         problems.append(
@@ -161,39 +156,9 @@ def _credential(
     return _REPORTED, where
 
 
-_CREDENTIALS = tuple(
-    f.name for f in dataclasses.fields(AccountConfig) if f.metadata.get("credential")
-)
-_REQUIRED = {f.name for f in dataclasses.fields(AccountConfig) if f.default is dataclasses.MISSING}
-_ACCOUNT_KEYS = frozenset(
-    {f.name for f in dataclasses.fields(AccountConfig)}
-    | {f"{c}_{via}" for c in _CREDENTIALS for via in ("env", "file")}
-)
-
-
-def _account(
-    table: Mapping[str, Any], name: str, environ: Mapping[str, str], problems: list[str]
-) -> AccountConfig | None:
-    """One `[[accounts]]` table; None when a required setting has a problem (reported)."""
-    where = f"[[accounts]] {name!r}"
-    problems.extend(f"{where} {key}: unknown setting" for key in table if key not in _ACCOUNT_KEYS)
-
-    from_table = _from_table({**table, "name": name}, where)
-
-    def read(key: str) -> tuple[Any, str]:
-        if key in _CREDENTIALS:
-            return _credential(table, key, where, environ, problems)
-        return from_table(key)
-
-    values = _read(AccountConfig, read, where, problems, problems)
-    return AccountConfig(**values) if values.keys() >= _REQUIRED else None
-
-
-def _named_tables(
-    raw: Any, what: str, problems: list[str]
-) -> Iterator[tuple[int, dict[str, Any], str | None]]:
-    """Each `[[what]]` table with its 1-based position and its name (None when it has none: that
-    problem, like a name used twice, is reported)."""
+def _named_tables(raw: Any, what: str, problems: list[str]) -> Iterator[tuple[dict[str, Any], str]]:
+    """Each `[[what]]` table with its name (`#<position>` when it has none: that problem, like a
+    name used twice, is reported)."""
     if not isinstance(raw, list):
         problems.append(f"{what}: expected [[{what}]] tables")
         return
@@ -205,55 +170,51 @@ def _named_tables(
         name = table.get("name")
         if not isinstance(name, str) or not name.strip():
             problems.append(f"[[{what}]] #{i} name: required, a non-empty string")
-            name = None
+            name = f"#{i}"
         elif name in names:
             problems.append(f"[[{what}]] #{i} name: {name!r} is used twice")
-        names.add(name or f"#{i}")
-        yield i, table, name
+        names.add(name)
+        yield table, name
 
 
-def _accounts(
-    raw: Any, environ: Mapping[str, str], problems: list[str]
-) -> tuple[AccountConfig, ...]:
-    """The `[[accounts]]` tables; an account with a problem in a required setting is left out
-    (its problem is reported)."""
-    accounts = [
-        account
-        for i, table, name in _named_tables(raw, "accounts", problems)
-        if (account := _account(table, name or f"#{i}", environ, problems)) is not None
-    ]
-    # Every RSA/Ed25519 private key is loaded now, so a bad key stops the start, not the first
-    # signed request.
-    for account in accounts:
-        if account.key_type != KeyType.HMAC:
-            try:
-                load_private_key(account.key_type, account.api_secret, account.name)
-            except ConfigError as exc:
-                problems.extend(exc.problems)
-    return tuple(accounts)
+def _table(
+    table: Mapping[str, Any],
+    where: str,
+    credentials: list[str],
+    environ: Mapping[str, str],
+    problems: list[str],
+) -> Read:
+    """A `Read` of one `[[...]]` table: its keys, and its credentials by `_credential`."""
+
+    def read(key: str) -> tuple[Any, str]:
+        if key in credentials:
+            return _credential(table, key, where, environ, problems)
+        return table.get(key, dataclasses.MISSING), f"{where} {key}"
+
+    return read
 
 
-_ALERT_KEYS = frozenset(f.name for f in dataclasses.fields(AlertConfig))
-
-
-def _alerts(raw: Any, problems: list[str]) -> tuple[AlertConfig, ...]:
-    """The `[[alerts]]` tables (TOML only); a rule with a problem is left out (reported)."""
-    rules: list[AlertConfig] = []
-    for _, table, name in _named_tables(raw, "alerts", problems):
-        if name is None:
-            continue
-        where = f"[[alerts]] {name!r}"
-        problems.extend(f"{where} {k}: unknown setting" for k in table if k not in _ALERT_KEYS)
-        before = len(problems)
-        values = _read(AlertConfig, _from_table(table, where), where, problems, problems)
-        if "url" not in values and len(problems) == before:
-            problems.append(f"{where} url: required")
-        if len(problems) > before:
-            continue
-        rule = AlertConfig(**values)
-        problems.extend(f"{where} {keys}: {problem}" for keys, problem in rule.validate())
-        rules.append(rule)
-    return tuple(rules)
+def _tables(
+    what: str, raw: Any, environ: Mapping[str, str], problems: list[str]
+) -> tuple[Any, ...]:
+    """The `[[what]]` tables, each checked by its `validate()`; a table with a problem in a
+    required setting is left out (its problem is reported)."""
+    cls, out = _TABLES[what], []
+    fields = dataclasses.fields(cls)
+    credentials = [f.name for f in fields if f.metadata.get("credential")]
+    known = {f.name for f in fields} | {
+        f"{c}_{via}" for c in credentials for via in ("env", "file")
+    }
+    required = {f.name for f in fields if f.default is dataclasses.MISSING}
+    for table, name in _named_tables(raw, what, problems):
+        where = f"[[{what}]] {name!r}"
+        _unknown(table, known, where, problems)
+        read = _table({**table, "name": name}, where, credentials, environ, problems)
+        values = _read(cls, read, where, problems, problems)
+        if values.keys() >= required:
+            out.append(item := cls(**values))
+            problems.extend(f"{where} {k}: {p}" for k, p in getattr(item, "validate", tuple)())
+    return tuple(out)
 
 
 # COLLECTOR_* variables that are not settings but are read by the collector, its tests or its
@@ -266,8 +227,6 @@ _OTHER_VARIABLES = frozenset(
         "COLLECTOR_DB_PASSWORD",  # deploy/postgres/init: the collector role's password
     }
 )
-
-
 # Kubernetes injects these for every Service whose name starts with "collector" (unless the pod
 # sets enableServiceLinks: false, as deploy/k8s does): COLLECTOR_METRICS_SERVICE_HOST,
 # COLLECTOR_METRICS_PORT_9108_TCP_ADDR and so on. They are not misspelled settings.
@@ -280,18 +239,21 @@ _SERVICE_LINK = re.compile(
 def _setting_variables() -> set[str]:
     names = {_env_name(None, key) for key in _TOP_LEVEL}
     for section, cls in _SECTIONS.items():
-        names.update(_env_name(section, f.name) for f in dataclasses.fields(cls))
-        names.update(_env_name(section, key) for key in getattr(cls, "RETIRED", ()))
+        keys = [f.name for f in dataclasses.fields(cls)] + list(getattr(cls, "RETIRED", ()))
+        names.update(_env_name(section, key) for key in keys)
     return names | {n + "_FILE" for n in names}
 
 
-def _check_environment(environ: Mapping[str, str], accounts: Any, problems: list[str]) -> None:
+def _check_environment(
+    environ: Mapping[str, str], data: Mapping[str, Any], problems: list[str]
+) -> None:
     """Report every COLLECTOR_* variable that is neither a setting nor a known other variable
     (a misspelled setting would otherwise be silently ignored). Values are never shown."""
     settings = _setting_variables()
     known = settings | _OTHER_VARIABLES
-    if isinstance(accounts, list):  # variables that accounts name for their credentials
-        for table in accounts:
+    for what in _TABLES:  # variables that tables name for their credentials
+        tables = data.get(what)
+        for table in tables if isinstance(tables, list) else ():
             if isinstance(table, dict):
                 known.update(
                     v for k, v in table.items() if k.endswith("_env") and isinstance(v, str)
@@ -308,43 +270,44 @@ def _check_environment(environ: Mapping[str, str], accounts: Any, problems: list
         problems.append(f"{name}: unknown environment variable ({hint})")
 
 
+def _toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"cannot read config file {str(path)!r}: {exc}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"config file {str(path)!r} is not valid TOML: {exc}"]) from None
+
+
 def load_config(environ: Mapping[str, str], toml_path: Path | None = None) -> Config:
     """Build the configuration from defaults, the TOML file (if any) and `environ`.
 
     Raises `ConfigError` listing every problem found; nothing starts with a bad config.
     `toml_path` defaults to `$COLLECTOR_CONFIG` when that is set. Problems come in this order:
-    unknown keys and unreadable values, then values outside their rules, then rules that span
-    settings.
+    unknown keys and unreadable values (and each table's, with its `validate()`), then values
+    outside their rules, then the sections' `validate()`.
     """
     problems: list[str] = []
     if toml_path is None and environ.get("COLLECTOR_CONFIG"):
         toml_path = Path(environ["COLLECTOR_CONFIG"])
-    data: dict[str, Any] = {}
-    if toml_path is not None:
-        try:
-            data = tomllib.loads(toml_path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError([f"cannot read config file {str(toml_path)!r}: {exc}"]) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(
-                [f"config file {str(toml_path)!r} is not valid TOML: {exc}"]
-            ) from None
-    known_top = {*_SECTIONS, *_TOP_LEVEL, *_LISTS_OF_TABLES}
-    for key in data:
-        if key not in known_top:
-            problems.append(f"{key}: unknown section (known: {', '.join(sorted(known_top))})")
-    _check_environment(environ, data.get("accounts"), problems)
+    data = _toml(toml_path) if toml_path is not None else {}
+    known = {*_SECTIONS, *_TOP_LEVEL, *_TABLES}
+    problems += [
+        f"{k}: unknown section (known: {', '.join(sorted(known))})" for k in data if k not in known
+    ]
+    _check_environment(environ, data, problems)
     rules: list[str] = []  # reported after every unreadable value
     sections = {name: _section(name, data, environ, problems, rules) for name in _SECTIONS}
-    read = functools.partial(_raw_setting, data, None, environ, problems)
+    read = _settings(data, None, environ, problems)
     top = _read(Config, read, None, problems, rules, names=_TOP_LEVEL)
-    accounts = _accounts(data.get("accounts", []), environ, problems)
-    alerts = _alerts(data.get("alerts", []), problems)
-    config = Config(**sections, **top, accounts=accounts, alerts=alerts)
+    tables: dict[str, Any] = {
+        name: _tables(name, data.get(name, []), environ, problems) for name in _TABLES
+    }
+    config = Config(**sections, **top, **tables)
     problems += rules
-    # The rules that span settings, in the order their messages have always come.
-    for name in ("binance", "writer", "rest", "database", "bybit", "okx", "http", "feed"):
-        for keys, problem in getattr(config, name).validate():
+    order = [*_VALIDATE_FIRST, *(name for name in _SECTIONS if name not in _VALIDATE_FIRST)]
+    for name in order:
+        for keys, problem in getattr(getattr(config, name), "validate", tuple)():
             problems.append(f"[{name}] {keys}: {problem}" if keys else f"[{name}]: {problem}")
     if problems:
         raise ConfigError(problems)

@@ -28,6 +28,7 @@ from collector.config.settings import (
     AccountKind,
     KeyType,
     Product,
+    Reconnecting,
     Rule,
     Secret,
     between,
@@ -66,8 +67,9 @@ class DatabaseConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class BinanceConfig:
-    """Binance endpoints and which liquidation streams to follow."""
+class BinanceConfig(Reconnecting):
+    """Binance endpoints and which liquidation streams to follow (and the `Reconnecting`
+    settings)."""
 
     # Settings that older files may still hold; accepted and ignored. healthy_after_s: the
     # backoff now resets when a connection is confirmed, however long it then lives.
@@ -90,13 +92,6 @@ class BinanceConfig:
     max_streams_per_connection_coinm: int = setting(200, between(1, 200))
     # Make-before-break rotation ahead of Binance's 24 h cut.
     rotate_after_s: float = setting(23 * 3600.0, between(60, DAY, above=True))
-    # Backoff over consecutive failed attempts (connect, upgrade, subscribe); a confirmed
-    # connection resets it.
-    reconnect_initial_s: float = setting(1.0, UP_TO_HOUR)
-    reconnect_max_s: float = setting(60.0, UP_TO_DAY)
-    # A confirmed connection that ends (for any reason) is replaced after a random delay in
-    # [0, this], not after a backoff.
-    reconnect_jitter_s: float = setting(0.25, between(0, 60))
     # Connection attempts (all shards) per 5 minutes, so a server that cuts every session
     # cannot get the IP banned. Spot documents "300 connections per attempt every 5 minutes
     # per IP" (https://developers.binance.com/docs/binance-spot-api-docs/web-socket-streams);
@@ -112,7 +107,6 @@ class BinanceConfig:
         ),
     )
     exchange_info_refresh_s: float = setting(3600.0, UP_TO_WEEK)
-    open_timeout_s: float = setting(10.0, UP_TO_10MIN)
     # No frame at all (not even Binance's 3-minute ping) for this long means the link is dead.
     # Data silence alone never is: liquidation feeds can be quiet for minutes.
     idle_timeout_s: float = setting(600.0, UP_TO_DAY)
@@ -145,7 +139,7 @@ class BinanceConfig:
                 "",
                 "no stream selected (all_market, coin_m_all_market, usdm_symbols or coinm_symbols)",
             )
-        yield from ordered(self, "reconnect_initial_s", "reconnect_max_s", "initial <= max")
+        yield from Reconnecting.validate(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,18 +238,14 @@ class RestConfig:
         yield from ordered(self, "retry_initial_s", "retry_max_s", "initial <= max")
 
 
-# Read from `<name>_env` (an environment variable's name) or `<name>_file`, never from the TOML.
-_CREDENTIAL = {"credential": True}
-
-
 @dataclass(frozen=True, slots=True)
 class AccountConfig:
     """One Binance account whose own force orders are polled (`[[accounts]]`)."""
 
     name: str
     kind: AccountKind
-    api_key: Secret = field(repr=False, metadata=_CREDENTIAL)
-    api_secret: Secret = field(repr=False, metadata=_CREDENTIAL)
+    api_key: Secret = setting(credential=True)
+    api_secret: Secret = setting(credential=True)
     key_type: KeyType = KeyType.HMAC
     products: tuple[Product, ...] = tuple(Product)
     isolated_symbols: tuple[str, ...] = setting((), convert=upper)
@@ -265,23 +255,38 @@ class AccountConfig:
     )
     enabled: bool = True
 
+    def validate(self) -> Iterator[tuple[str, str]]:
+        # Every RSA/Ed25519 private key is loaded at start, so a bad key stops the start, not
+        # the first signed request.
+        if self.key_type != KeyType.HMAC:
+            key = _private_key(self.key_type, self.api_secret)
+            if isinstance(key, str):
+                yield "api_secret", key
 
-def load_private_key(
-    key_type: str, secret: Secret, account: str
-) -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
-    """`secret` as the PEM private key of an `rsa` or `ed25519` account. Raises `ConfigError`
-    (naming the account, never the key) when it does not load or is not of `key_type`."""
+
+PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+
+
+def _private_key(key_type: str, secret: Secret) -> PrivateKey | str:
+    """`secret` as the PEM private key of `key_type`, or what is wrong (never quoting it)."""
     try:
         key = serialization.load_pem_private_key(secret.reveal().encode(), password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise ConfigError(
-            [f"[[accounts]] {account!r} api_secret: not a PEM private key for {key_type}"]
-        ) from None
+        return f"not a PEM private key for {key_type}"
     if key_type == KeyType.RSA and isinstance(key, rsa.RSAPrivateKey):
         return key
     if key_type == KeyType.ED25519 and isinstance(key, ed25519.Ed25519PrivateKey):
         return key
-    raise ConfigError([f"[[accounts]] {account!r} api_secret: the PEM key is not {key_type}"])
+    return f"the PEM key is not {key_type}"
+
+
+def load_private_key(key_type: str, secret: Secret, account: str) -> PrivateKey:
+    """`secret` as the PEM private key of an `rsa` or `ed25519` account. Raises `ConfigError`
+    (naming the account, never the key) when it does not load or is not of `key_type`."""
+    key = _private_key(key_type, secret)
+    if isinstance(key, str):
+        raise ConfigError([f"[[accounts]] {account!r} api_secret: {key}"])
+    return key
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from dataclasses import dataclass
 
 from collector.config.settings import (
     DAY,
+    HTTP_URL,
     UP_TO_10MIN,
     UP_TO_DAY,
     UP_TO_HOUR,
@@ -45,12 +45,6 @@ class FeedConfig:
         yield from ordered(self, "page_rows", "subscriber_buffer", "page_rows <= buffer")
 
 
-def _webhook_url(value: Secret, problems: list[str]) -> Secret:
-    if urlsplit(value.reveal()).scheme not in ("http", "https"):
-        problems.append("[[alerts]] url: must start with http:// or https://")  # never shown
-    return value
-
-
 _USD = between(0, 1e15, above=True)
 
 
@@ -60,7 +54,7 @@ class AlertConfig:
     carry their token): it is never logged."""
 
     name: str
-    url: Secret = field(repr=False, metadata={"rule": None, "convert": _webhook_url})
+    url: Secret = setting(rule=HTTP_URL)
     kind: AlertKind = AlertKind.LARGE
     format: AlertFormat = AlertFormat.JSON
     venues: tuple[str, ...] = ()

@@ -9,13 +9,11 @@ from collector.config.settings import (
     DAY,
     HTTP_URL,
     UP_TO_10MIN,
-    UP_TO_DAY,
-    UP_TO_HOUR,
     UP_TO_WEEK,
     WS_URL,
+    Reconnecting,
     Rule,
     between,
-    ordered,
     setting,
     subset,
 )
@@ -43,9 +41,9 @@ class VenuesConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class BybitConfig:
-    """Bybit's v5 public `allLiquidation.{symbol}` streams and instruments-info
-    (docs/bybit.md)."""
+class BybitConfig(Reconnecting):
+    """Bybit's v5 public `allLiquidation.{symbol}` streams and instruments-info (docs/bybit.md),
+    and the `Reconnecting` settings."""
 
     ws_url: str = setting("wss://stream.bybit.com", WS_URL)
     rest_url: str = setting("https://api.bybit.com", HTTP_URL)
@@ -57,24 +55,17 @@ class BybitConfig:
     # does not come within `pong_timeout_s` is closed and replaced.
     heartbeat_s: float = setting(20.0, between(0, 600, above=True, note=" (Bybit cuts at 10 min)"))
     pong_timeout_s: float = setting(10.0, UP_TO_10MIN)
-    open_timeout_s: float = setting(10.0, UP_TO_10MIN)
-    reconnect_initial_s: float = setting(1.0, UP_TO_HOUR)
-    reconnect_max_s: float = setting(60.0, UP_TO_DAY)
-    reconnect_jitter_s: float = setting(0.25, between(0, 60))
     # "Do not build over 500 connections in 5 minutes" per domain
     # (https://bybit-exchange.github.io/docs/v5/rate-limit); we keep well under it.
     connection_attempts_per_5min: int = setting(250, between(1, 500))
     # Per connection, the JSON text of the subscribed args array (docs/bybit.md section 1.4).
     max_args_chars: int = setting(21_000, between(100, 21_000))
 
-    def validate(self) -> Iterator[tuple[str, str]]:
-        yield from ordered(self, "reconnect_initial_s", "reconnect_max_s", "initial <= max")
-
 
 @dataclass(frozen=True, slots=True)
-class OkxConfig:
+class OkxConfig(Reconnecting):
     """OKX's v5 public `liquidation-orders` channel, instruments and the REST gap repair
-    (docs/okx.md)."""
+    (docs/okx.md), and the `Reconnecting` settings."""
 
     ws_url: str = setting("wss://ws.okx.com:8443", WS_URL)
     rest_url: str = setting("https://www.okx.com", HTTP_URL)
@@ -88,10 +79,6 @@ class OkxConfig:
     # `pong_timeout_s` closes and replaces the connection.
     heartbeat_s: float = setting(20.0, between(0, 30, above=True, note=" (OKX cuts at 30 s)"))
     pong_timeout_s: float = setting(5.0, between(0, 30, above=True))
-    open_timeout_s: float = setting(10.0, UP_TO_10MIN)
-    reconnect_initial_s: float = setting(1.0, UP_TO_HOUR)
-    reconnect_max_s: float = setting(60.0, UP_TO_DAY)
-    reconnect_jitter_s: float = setting(0.25, between(0, 60))
     # Gaps in coverage are read back from GET /api/v5/public/liquidation-orders (best effort:
     # a 404 or an error code switches it off until restart).
     repair: bool = True
@@ -101,7 +88,7 @@ class OkxConfig:
     repair_requests_per_2s: int = setting(20, between(1, 40))
 
     def validate(self) -> Iterator[tuple[str, str]]:
-        yield from ordered(self, "reconnect_initial_s", "reconnect_max_s", "initial <= max")
+        yield from Reconnecting.validate(self)
         if self.pong_timeout_s + self.heartbeat_s >= 30:
             yield (
                 "heartbeat_s/pong_timeout_s",

@@ -1,22 +1,21 @@
-"""The mechanism every section is built with: `setting(default, rule)` puts a field's rule beside
-it (a section's `validate()` checks what spans its fields); the shared rules and ranges; `Secret`;
-the StrEnums that settings take.
+"""How a section is declared: a frozen dataclass whose fields are `setting(default, rule)`, with
+an optional `validate()` yielding `(settings, problem)` for rules that span fields; the shared
+rules, ranges and field groups; `Secret`; the StrEnums that settings take.
 
 The sections are `sections` (database, Binance, writer, HTTP, log, REST, accounts and `Config`),
 `sections_venues` (`[venues]`, `[bybit]`, `[okx]`) and `sections_out` (`[feed]`, `[[alerts]]`).
-Reading files and the environment into them is `collector.config.loader`.
+`collector.config.loader` reads the file and the environment into any of them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
-
-T = TypeVar("T")
 
 
 class Secret:
@@ -107,21 +106,14 @@ class Rule:
         return None if value is None or self.holds(value) else self.message.format(value=value)
 
 
-def _number(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else repr(x)
-
-
 def between(low: float, high: float, *, above: bool = False, note: str = "") -> Rule:
-    """`low..high`; above `low` (not at it) when `above`."""
-
-    def holds(value: float) -> bool:
-        # Written so that NaN fails every comparison and is refused.
-        low_ok = value > low if above else value >= low
-        return low_ok and value <= high and not math.isnan(value)
-
-    low_s, high_s = _number(low), _number(high)
+    """`low..high`; above `low` (not at it) when `above`. NaN fails every comparison."""
+    low_s, high_s = (str(int(x)) if float(x).is_integer() else repr(x) for x in (low, high))
     text = f"must be above {low_s} and at most {high_s}" if above else f"must be {low_s}..{high_s}"
-    return Rule(holds, f"{text}{note}, got {{value!r}}")
+    return Rule(
+        lambda v: (v > low if above else v >= low) and v <= high and not math.isnan(v),
+        f"{text}{note}, got {{value!r}}",
+    )
 
 
 def one_of(*choices: str, ignore_case: bool = False) -> Rule:
@@ -131,17 +123,48 @@ def one_of(*choices: str, ignore_case: bool = False) -> Rule:
 
 
 def url(*schemes: str) -> Rule:
-    """A URL with one of `schemes`."""
+    """A URL with one of `schemes` (a `Secret` one is checked, and quoted as `<SECRET>`)."""
     text = " or ".join(f"{s}://" for s in schemes)
-    return Rule(lambda v: urlsplit(v).scheme in schemes, f"must start with {text}, got {{value!r}}")
+    return Rule(
+        lambda v: urlsplit(v.reveal() if isinstance(v, Secret) else v).scheme in schemes,
+        f"must start with {text}, got {{value!r}}",
+    )
+
+
+def subset(*choices: str) -> Rule:
+    """A non-empty list of `choices`, each at most once."""
+    return Rule(
+        lambda v: bool(v) and set(v) <= set(choices) and len(set(v)) == len(v),
+        f"must list one or more of {', '.join(choices)}, each once, got {{value!r}}",
+    )
 
 
 Convert = Callable[[Any, list[str]], Any]
 
 
-def setting(default: T, rule: Rule | None = None, *, convert: Convert | None = None) -> T:
-    """A field with its `rule`; `convert(value, problems)` normalises a value that was set."""
-    return field(default=default, metadata={"rule": rule, "convert": convert})
+def setting(
+    default: Any = dataclasses.MISSING,
+    rule: Rule | None = None,
+    *,
+    convert: Convert | None = None,
+    credential: bool = False,
+) -> Any:
+    """A field with its `rule` (no `default`: required). `convert(value, problems)` normalises a
+    value that was set. A `credential` (never shown in reprs) is read in a `[[...]]` table from
+    the variable `<name>_env` names or the file `<name>_file` names, never from the TOML."""
+    meta = {"rule": rule, "convert": convert, "credential": credential}
+    return dataclasses.field(default=default, repr=not credential, metadata=meta)
+
+
+def ordered(section: object, low: str, high: str, need: str) -> Iterator[tuple[str, str]]:
+    """The `(settings, problem)` a section's `validate()` yields when `low` exceeds `high`."""
+    lo, hi = getattr(section, low), getattr(section, high)
+    if lo > hi:
+        yield f"{low}/{high}", f"need {need}, got {lo!r} > {hi!r}"
+
+
+def upper(symbols: tuple[str, ...], _problems: list[str]) -> tuple[str, ...]:
+    return tuple(s.upper() for s in symbols)
 
 
 DAY = 86400.0
@@ -152,26 +175,21 @@ UP_TO_10MIN = between(0, 600, above=True)
 UP_TO_HOUR = between(0, 3600, above=True)
 UP_TO_DAY = between(0, DAY, above=True)
 UP_TO_WEEK = between(0, WEEK, above=True)
-
-
-def ordered(section: object, low: str, high: str, need: str) -> Iterator[tuple[str, str]]:
-    """The `(settings, problem)` a section's `validate()` yields when `low` exceeds `high`."""
-    lo, hi = getattr(section, low), getattr(section, high)
-    if lo > hi:
-        yield f"{low}/{high}", f"need {need}, got {lo!r} > {hi!r}"
-
-
 WS_URL, HTTP_URL = url("ws", "wss"), url("http", "https")
 
 
-def subset(*choices: str) -> Rule:
-    """A non-empty list of `choices`, each at most once."""
-    text = ", ".join(choices)
-    return Rule(
-        lambda v: bool(v) and set(v) <= set(choices) and len(set(v)) == len(v),
-        f"must list one or more of {text}, each once, got {{value!r}}",
-    )
+@dataclass(frozen=True, slots=True)
+class Reconnecting:
+    """The settings every venue's websocket client shares ([binance], [bybit], [okx]): a section
+    that inherits them lists them first. Backoff over consecutive failed attempts (connect,
+    upgrade, subscribe) from `reconnect_initial_s` up to `reconnect_max_s`; a confirmed
+    connection resets it, and one that ends (for any reason) is replaced after a random delay in
+    [0, `reconnect_jitter_s`], not after a backoff."""
 
+    open_timeout_s: float = setting(10.0, UP_TO_10MIN)
+    reconnect_initial_s: float = setting(1.0, UP_TO_HOUR)
+    reconnect_max_s: float = setting(60.0, UP_TO_DAY)
+    reconnect_jitter_s: float = setting(0.25, between(0, 60))
 
-def upper(symbols: tuple[str, ...], _problems: list[str]) -> tuple[str, ...]:
-    return tuple(s.upper() for s in symbols)
+    def validate(self) -> Iterator[tuple[str, str]]:
+        yield from ordered(self, "reconnect_initial_s", "reconnect_max_s", "initial <= max")

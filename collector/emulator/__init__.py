@@ -4,7 +4,8 @@ Tests, benchmarks and the offline demo run the collector against it; it behaves 
 docs/binance.md documents Binance. See `core.Emulator` for the scripting surface.
 """
 
-from collector.emulator.core import Emulator, EmulatorOptions, run_simulator
+from collector.emulator.core import Emulator
+from collector.emulator.emulator_options import EmulatorOptions
 from collector.emulator.events import (
     DEFAULT_CM_SYMBOLS,
     DEFAULT_UM_SYMBOLS,
@@ -13,7 +14,8 @@ from collector.emulator.events import (
     synthetic_symbols,
 )
 from collector.emulator.market_rest import add_route_weight
-from collector.emulator.ws import ConnectionInfo, EmulatorStats
+from collector.emulator.simulate import run_simulator
+from collector.emulator.ws_state import ConnectionInfo, EmulatorStats
 
 __all__ = [
     "DEFAULT_CM_SYMBOLS",

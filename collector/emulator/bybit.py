@@ -18,19 +18,17 @@ import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 import orjson
 from aiohttp import web
 
 from collector.emulator.events import UM, fixed_point, market_spec
 from collector.emulator.market_rest import json_response, server_time_ms
+from collector.emulator.venue_emulator import VenueEmulator
 from collector.emulator.venue_ws import (
-    Listener,
     RateWindow,
     VenueConnection,
-    VenueStats,
     VenueWsHost,
 )
 
@@ -186,14 +184,17 @@ class BybitGenerator:
         return out
 
 
-class BybitEmulator:
+class BybitEmulator(VenueEmulator):
     """Bybit's public linear/inverse WebSocket (`ws_url`) and REST (`rest_url`) on loopback.
 
     `ws_url + "/v5/public/linear"` stands in for wss://stream.bybit.com/v5/public/linear;
     `rest_url` for https://api.bybit.com. Use `async with` or `start()`/`stop()`.
     """
 
+    NAME = "bybit"
+
     def __init__(self, options: BybitOptions = BybitOptions()) -> None:  # frozen: safe default
+        super().__init__()
         self.options = options
         self.instruments: dict[str, dict[str, str]] = {
             "linear": dict.fromkeys(options.linear_symbols, "Trading"),
@@ -212,62 +213,6 @@ class BybitEmulator:
         self.rest_requests = 0
         self.rest_app = web.Application(middlewares=[self._limit])
         self.rest_app.router.add_get("/v5/market/instruments-info", self._instruments_info)
-        self._listener = Listener()
-        self._generator_task: asyncio.Task[None] | None = None
-
-    # -- lifecycle ------------------------------------------------------------------------------
-
-    async def start(
-        self, host: str = "127.0.0.1", *, ports: Mapping[str, int] | None = None
-    ) -> None:
-        """Listen on `host`: one port for the stream host (`ports["ws"]`), one for REST
-        (`ports["rest"]`); missing or 0 means a free port."""
-        await self._listener.start(
-            {"ws": (self.ws.app, "ws"), "rest": (self.rest_app, "http")}, host, ports
-        )
-        if self.options.rate_per_s > 0:
-            self._generator_task = asyncio.create_task(self._generate(), name="bybit.generate")
-
-    async def stop(self) -> None:
-        """Stop generating, close every connection and listener. Idempotent."""
-        task, self._generator_task = self._generator_task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait([task])
-        await self.ws.close_all()
-        await self._listener.stop()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    @property
-    def ws_url(self) -> str:
-        """Stream base URL (append `/v5/public/linear` or `/v5/public/inverse`)."""
-        return self._listener.urls["ws"]
-
-    @property
-    def rest_url(self) -> str:
-        """REST base URL, in place of https://api.bybit.com."""
-        return self._listener.urls["rest"]
-
-    @property
-    def stats(self) -> VenueStats:
-        """Stream counters."""
-        return self.ws.stats
-
-    @property
-    def connections(self) -> list[VenueConnection]:
-        """Open stream connections, oldest first."""
-        return self.ws.connections
 
     # -- scripting ------------------------------------------------------------------------------
 
@@ -284,26 +229,6 @@ class BybitEmulator:
             reached += await self.ws.deliver(key, push_frame(symbol, batch, now_ms))
         return reached
 
-    async def send_raw(self, text: str) -> int:
-        """Send `text` as one frame to every open connection (malformed frames)."""
-        return await self.ws.send_raw(text)
-
-    def drop_connections(self) -> int:
-        """Abort every connection's TCP transport, with no close frame."""
-        return self.ws.drop()
-
-    def close_connections(self, code: int = 1001) -> int:
-        """Close every connection with `code` and a close frame."""
-        return self.ws.close(code=code, reason="closed")
-
-    def stall(self, seconds: float) -> None:
-        """Push nothing for `seconds` (op replies go on)."""
-        self.ws.stall(seconds)
-
-    def fail_upgrades(self, count: int, status: int = 503) -> None:
-        """Refuse the next `count` upgrades with HTTP `status`."""
-        self.ws.fail_upgrades(count, status)
-
     def list_symbol(self, category: str, symbol: str, status: str = "Trading") -> None:
         """Add (or re-status) an instrument, as a new listing does."""
         self.instruments[category][symbol] = status
@@ -311,11 +236,6 @@ class BybitEmulator:
     def delist(self, category: str, symbol: str) -> None:
         """Remove an instrument from instruments-info (subscriptions stay, and get nothing)."""
         self.instruments[category].pop(symbol, None)
-
-    async def wait_for_connections(self, n: int, *, timeout: float = 5.0) -> list[VenueConnection]:  # noqa: ASYNC109
-        """Wait until at least `n` connections are open; return them."""
-        await self.ws.wait_until(lambda: len(self.ws.connections) >= n, timeout=timeout)
-        return self.ws.connections
 
     # -- the stream protocol (section 1.3) ---------------------------------------------------------
 

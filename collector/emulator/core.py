@@ -5,16 +5,15 @@ stall also per connection).
 Delivery follows docs/binance.md §1: liquidation events reach fstream `/market` and
 dstream subscribers of `!forceOrder@arr` or `<symbol>@forceOrder`; with `merged` (the
 2026-06-30 UM/CM merge, §1.3) both hosts carry both universes. Connection handling lives in
-`ws`, REST routes in `market_rest`, event shapes and generation in `events`.
+`ws`, REST routes in `market_rest`, event shapes and generation in `events`, the options in
+`emulator_options`, the `collector simulate` loop in `simulate`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -22,98 +21,26 @@ import orjson
 import structlog
 from aiohttp import web
 
+from collector.emulator.emulator_options import EmulatorOptions
 from collector.emulator.events import (
     CM,
-    DEFAULT_CM_SYMBOLS,
-    DEFAULT_UM_SYMBOLS,
     UM,
     EventGenerator,
-    synthetic_symbols,
 )
 from collector.emulator.market_rest import (
-    REQUEST_WEIGHT_LIMIT,
     UsedWeight,
     add_dapi_routes,
     add_fapi_routes,
     add_papi_routes,
     new_rest_app,
 )
-from collector.emulator.ws import (
-    FORCE_ORDER_ARR,
-    ConnectionInfo,
-    EmulatorStats,
-    Faults,
-    StreamHost,
-    WsSettings,
-)
+from collector.emulator.ws import FORCE_ORDER_ARR, StreamHost
+from collector.emulator.ws_state import ConnectionInfo, EmulatorStats, Faults, WsSettings
 
 log = structlog.get_logger(__name__)
 
 WS_HOSTS: Final = ("fstream", "dstream")
 REST_HOSTS: Final = ("fapi", "dapi", "papi", "sapi")
-_HEADROOM: Final = 1.25
-"""Symbols per (event/s) that `for_rate` provides, so random picks rarely find none ready."""
-
-
-@dataclass(frozen=True, slots=True)
-class EmulatorOptions:
-    """How the emulator behaves. Defaults are Binance's documented values (§1.4).
-
-    A generated rate above the number of symbols is capped by the one-event-per-symbol-per-second
-    rule (`stats.events_rate_capped` counts the shortfall); `for_rate` sizes the universe.
-    """
-
-    seed: int = 0
-    rate_per_s: float = 0.0
-    """Generated liquidation events per second across all symbols; 0 = none (publish by hand)."""
-    um_symbols: tuple[str, ...] = DEFAULT_UM_SYMBOLS
-    cm_symbols: tuple[str, ...] = DEFAULT_CM_SYMBOLS
-    cm_share: float = 0.1
-    """Fraction of generated events that are COIN-M (while CM symbols are ready to emit)."""
-    merged: bool = True
-    """Post-2026-06-30 merge: both hosts carry both universes and events carry `st`/`ps`."""
-    ping_interval_s: float = 180.0
-    pong_timeout_s: float = 600.0
-    max_lifetime_s: float = 86400.0
-    max_streams_um: int = 1024
-    max_streams_cm: int = 200
-    max_incoming_per_s: int = 10
-    weight_limit_1m: int = REQUEST_WEIGHT_LIMIT
-    """fapi + dapi request weight per minute before 429 (§3.1)."""
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.rate_per_s < 0 or not math.isfinite(self.rate_per_s):
-            problems.append("rate_per_s must be a finite number >= 0")
-        if not 0.0 <= self.cm_share <= 1.0:
-            problems.append("cm_share must be within [0, 1]")
-        if not self.um_symbols and not self.cm_symbols:
-            problems.append("um_symbols and cm_symbols are both empty")
-        if set(self.um_symbols) & set(self.cm_symbols):
-            problems.append("a symbol cannot be both USD-M and COIN-M")
-        for name in ("ping_interval_s", "pong_timeout_s", "max_lifetime_s"):
-            if not getattr(self, name) > 0:
-                problems.append(f"{name} must be > 0")
-        for name in ("max_streams_um", "max_streams_cm", "max_incoming_per_s", "weight_limit_1m"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1")
-        if problems:
-            raise ValueError("invalid EmulatorOptions: " + "; ".join(problems))
-
-    @classmethod
-    def for_rate(cls, rate_per_s: float, **changes: Any) -> EmulatorOptions:
-        """Options generating `rate_per_s` events/s, with synthetic USD-M symbols added when the
-        universe is too small for that rate under the 1000 ms snapshot rule."""
-        options = cls(rate_per_s=rate_per_s, **changes)
-        universe = len(options.um_symbols) + len(options.cm_symbols)
-        missing = math.ceil(rate_per_s * _HEADROOM) - universe
-        if missing <= 0:
-            return options
-        # At most len(taken) candidates collide with names already in the universe.
-        taken = set(options.um_symbols)
-        candidates = synthetic_symbols(missing + len(taken))
-        extra = [s for s in candidates if s not in taken][:missing]
-        return replace(options, um_symbols=options.um_symbols + tuple(extra))
 
 
 class Emulator:
@@ -126,7 +53,7 @@ class Emulator:
 
     def __init__(
         self,
-        options: EmulatorOptions = EmulatorOptions(),  # frozen, so one shared default is safe
+        options: EmulatorOptions = EmulatorOptions(),  # noqa: B008 - frozen: one shared default is safe
         *,
         extensions: Sequence[Callable[[Emulator], None]] = (),
     ) -> None:
@@ -451,44 +378,3 @@ class Emulator:
                 finally:
                     for host in hosts:
                         await host.uncork()
-
-
-async def run_simulator(
-    options: EmulatorOptions,
-    *,
-    host: str = "127.0.0.1",
-    ports: Mapping[str, int] | None = None,
-    stop: asyncio.Event,
-    on_started: Callable[[Mapping[str, str]], None] | None = None,
-) -> None:
-    """Run an emulator until `stop` is set; log its base URLs as `emulator.started` and hand
-    them to `on_started`.
-
-    `ports` maps host names (fstream, dstream, fapi, dapi, papi, sapi) to fixed ports; missing or
-    0 means any free port.
-    """
-    emulator = Emulator(options)
-    await emulator.start(host, ports=ports)
-    try:
-        log.info("emulator.started", **emulator.urls)
-        if on_started is not None:
-            on_started(emulator.urls)
-        await stop.wait()
-    finally:
-        await emulator.stop()
-        log.info("emulator.stopped", **_stats_fields(emulator.stats))
-
-
-def _stats_fields(stats: EmulatorStats) -> dict[str, Any]:
-    fields = {
-        name: getattr(stats, name)
-        for name in (
-            "events_published",
-            "events_generated",
-            "events_rate_capped",
-            "frames_sent",
-            "upgrades",
-        )
-    }
-    fields["disconnects"] = dict(stats.disconnects)
-    return fields

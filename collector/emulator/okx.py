@@ -7,8 +7,8 @@ unsubscribe / error events (section 1.3), text `ping`/`pong` and the 30 s no-dat
 and the best-effort `GET /api/v5/public/liquidation-orders` (section 2.2: per instFamily/uly,
 `state=filled`, a one-day look-back, 40 requests / 2 s, 429 with code 50011), whose
 `liquidation_orders_mode` can make it answer 404 or an error, as it is missing from the current
-docs. Every published
-liquidation is kept for the REST look-back. What OKX does not document is the emulator's choice.
+docs. Every published liquidation is kept for the REST look-back. What OKX does not document
+is the emulator's choice. Instruments and wire shapes are `okx_data`.
 """
 
 from __future__ import annotations
@@ -19,62 +19,44 @@ import random
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Final, Literal, Self
+from typing import Any, Final, Literal
 
 import orjson
 from aiohttp import web
 
-from collector.emulator.events import fixed_point
 from collector.emulator.market_rest import json_response, server_time_ms
+from collector.emulator.okx_data import (
+    DEFAULT_INSTRUMENTS,
+    OkxInstrumentSpec,
+    generated_detail,
+    instrument_row,
+    make_okx_detail,
+)
+from collector.emulator.venue_emulator import VenueEmulator
 from collector.emulator.venue_ws import (
-    Listener,
     RateWindow,
     VenueConnection,
-    VenueStats,
     VenueWsHost,
 )
 
 CHANNEL: Final = "liquidation-orders"
 INST_TYPES: Final = ("SWAP", "FUTURES", "MARGIN", "OPTION")
 """The instTypes the channel documents (section 1.2)."""
+__all__ = [
+    "DEFAULT_INSTRUMENTS",
+    "OkxEmulator",
+    "OkxInstrumentSpec",
+    "OkxOptions",
+    "generated_detail",
+    "instrument_row",
+    "make_okx_detail",
+]
 LOOK_BACK_MS: Final = 86_400_000
 """The REST endpoint's look-back: "liquidation orders in the last day" (section 2.2)."""
 NO_DATA_CLOSE: Final = 4004
 """Close code "No data received in 30s" (section 1.4)."""
 
 LiquidationOrdersMode = Literal["serve", "not_found", "error"]
-
-
-@dataclass(frozen=True, slots=True)
-class OkxInstrumentSpec:
-    """An instrument the emulator lists: enough to build an instruments row and events."""
-
-    inst_type: str
-    inst_id: str
-    ct_val: str = ""
-    ct_val_ccy: str = ""
-    ct_type: str = ""
-    settle_ccy: str = ""
-    price: float = 1.0
-    lot: str = "1"
-
-    @property
-    def family(self) -> str:
-        """ "BTC-USDT-SWAP" → "BTC-USDT"; MARGIN ids are their own family-like pair."""
-        base, quote = self.inst_id.split("-")[:2]
-        return f"{base}-{quote}"
-
-
-DEFAULT_INSTRUMENTS: Final = (
-    OkxInstrumentSpec("SWAP", "BTC-USDT-SWAP", "0.01", "BTC", "linear", "USDT", 65000.0),
-    OkxInstrumentSpec("SWAP", "ETH-USDT-SWAP", "0.1", "ETH", "linear", "USDT", 3200.0),
-    OkxInstrumentSpec("SWAP", "IOST-USDT-SWAP", "1000", "IOST", "linear", "USDT", 0.0078),
-    OkxInstrumentSpec("SWAP", "BTC-USD-SWAP", "100", "USD", "inverse", "BTC", 65000.0),
-    OkxInstrumentSpec("FUTURES", "BTC-USDT-261225", "0.01", "BTC", "linear", "USDT", 66000.0),
-    OkxInstrumentSpec("FUTURES", "BTC-USD-261225", "100", "USD", "inverse", "BTC", 66000.0),
-    OkxInstrumentSpec("MARGIN", "BTC-USDT", price=65000.0, lot="0.00000001"),
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,48 +98,6 @@ class OkxOptions:
             raise ValueError("invalid OkxOptions: " + "; ".join(problems))
 
 
-def make_okx_detail(
-    side: str, pos_side: str, sz: str, bk_px: str, ts_ms: int, *, bk_loss: str = "0", ccy: str = ""
-) -> dict[str, str]:
-    """One `details[]` entry (section 1.2), every value a string as OKX sends them."""
-    return {
-        "bkLoss": bk_loss,
-        "bkPx": bk_px,
-        "ccy": ccy,
-        "posSide": pos_side,
-        "side": side,
-        "sz": sz,
-        "ts": str(ts_ms),
-    }
-
-
-def instrument_row(spec: OkxInstrumentSpec) -> dict[str, Any]:
-    """A `GET /api/v5/public/instruments` row (section 2.1) for `spec`."""
-    base, quote = spec.family.split("-")
-    is_margin = spec.inst_type == "MARGIN"
-    return {
-        "instType": spec.inst_type,
-        "instId": spec.inst_id,
-        "uly": spec.family,
-        "instFamily": "" if is_margin else spec.family,
-        "baseCcy": base if is_margin else "",
-        "quoteCcy": quote if is_margin else "",
-        "settleCcy": spec.settle_ccy,
-        "ctVal": spec.ct_val,
-        "ctMult": "" if is_margin else "1",
-        "ctValCcy": spec.ct_val_ccy,
-        "ctType": spec.ct_type,
-        "listTime": "1606468572000",
-        "expTime": "",
-        "lever": "10",
-        "tickSz": "0.1",
-        "lotSz": spec.lot,
-        "minSz": spec.lot,
-        "state": "live",
-        "ruleType": "normal",
-    }
-
-
 @dataclass(slots=True)
 class _Stored:
     ts_ms: int
@@ -165,10 +105,16 @@ class _Stored:
     detail: dict[str, str]
 
 
-class OkxEmulator:
-    """OKX's public WebSocket (`ws_url + "/ws/v5/public"`) and REST (`rest_url`) on loopback."""
+class OkxEmulator(VenueEmulator):
+    """OKX's public WebSocket (`ws_url + "/ws/v5/public"`, in place of wss://ws.okx.com:8443)
+    and REST (`rest_url`, in place of https://www.okx.com) on loopback. A `stall` pushes nothing
+    (pongs and event replies go on), but published liquidations still reach the REST history,
+    so a stall is a gap REST can repair."""
+
+    NAME = "okx"
 
     def __init__(self, options: OkxOptions = OkxOptions()) -> None:  # frozen: a safe default
+        super().__init__()
         self.options = options
         self.specs = {s.inst_id: s for s in options.instruments}
         self.clock = time.time
@@ -192,62 +138,6 @@ class OkxEmulator:
         self.rest_app.router.add_get("/api/v5/public/instruments", self._instruments)
         self.rest_app.router.add_get("/api/v5/public/liquidation-orders", self._liquidation_orders)
         self._subscribe_counts: dict[int, list[float]] = {}
-        self._listener = Listener()
-        self._generator_task: asyncio.Task[None] | None = None
-
-    # -- lifecycle ------------------------------------------------------------------------------
-
-    async def start(
-        self, host: str = "127.0.0.1", *, ports: Mapping[str, int] | None = None
-    ) -> None:
-        """Listen on `host`: one port for the WebSocket host (`ports["ws"]`), one for REST
-        (`ports["rest"]`); missing or 0 means a free port."""
-        await self._listener.start(
-            {"ws": (self.ws.app, "ws"), "rest": (self.rest_app, "http")}, host, ports
-        )
-        if self.options.rate_per_s > 0:
-            self._generator_task = asyncio.create_task(self._generate(), name="okx.generate")
-
-    async def stop(self) -> None:
-        """Stop generating, close every connection and listener. Idempotent."""
-        task, self._generator_task = self._generator_task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait([task])
-        await self.ws.close_all()
-        await self._listener.stop()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    @property
-    def ws_url(self) -> str:
-        """WebSocket base URL (append `/ws/v5/public`), in place of wss://ws.okx.com:8443."""
-        return self._listener.urls["ws"]
-
-    @property
-    def rest_url(self) -> str:
-        """REST base URL, in place of https://www.okx.com."""
-        return self._listener.urls["rest"]
-
-    @property
-    def stats(self) -> VenueStats:
-        """WebSocket counters."""
-        return self.ws.stats
-
-    @property
-    def connections(self) -> list[VenueConnection]:
-        """Open connections, oldest first."""
-        return self.ws.connections
 
     # -- scripting ------------------------------------------------------------------------------
 
@@ -277,10 +167,6 @@ class OkxEmulator:
         }
         return await self.ws.deliver(f"{CHANNEL}:{spec.inst_type}", orjson.dumps(frame).decode())
 
-    async def send_raw(self, text: str) -> int:
-        """Send `text` as one frame to every open connection (malformed frames)."""
-        return await self.ws.send_raw(text)
-
     async def send_notice(self) -> int:
         """Send the service-upgrade `notice` event (section 1.3, code 64008) to every connection."""
         sent = 0
@@ -294,28 +180,6 @@ class OkxEmulator:
             }
             sent += await self.ws.send(info, orjson.dumps(notice).decode())
         return sent
-
-    def drop_connections(self) -> int:
-        """Abort every connection's TCP transport, with no close frame."""
-        return self.ws.drop()
-
-    def close_connections(self, code: int = 1001) -> int:
-        """Close every connection with `code` and a close frame."""
-        return self.ws.close(code=code, reason="closed")
-
-    def stall(self, seconds: float) -> None:
-        """Push nothing for `seconds` (pongs and event replies go on; published liquidations
-        still reach the REST history, so a stall is a gap REST can repair)."""
-        self.ws.stall(seconds)
-
-    def fail_upgrades(self, count: int, status: int = 503) -> None:
-        """Refuse the next `count` upgrades with HTTP `status`."""
-        self.ws.fail_upgrades(count, status)
-
-    async def wait_for_connections(self, n: int, *, timeout: float = 5.0) -> list[VenueConnection]:  # noqa: ASYNC109
-        """Wait until at least `n` connections are open; return them."""
-        await self.ws.wait_until(lambda: len(self.ws.connections) >= n, timeout=timeout)
-        return self.ws.connections
 
     # -- the WebSocket protocol (section 1.3, section 1.4) -----------------------------------------
 
@@ -493,22 +357,6 @@ class OkxEmulator:
             for _ in range(max(0, due)):
                 spec = specs[int(rng.random() * len(specs))]
                 await self.publish(spec.inst_id, [generated_detail(spec, rng, server_time_ms())])
-
-
-def generated_detail(spec: OkxInstrumentSpec, rng: random.Random, now_ms: int) -> dict[str, str]:
-    """One seeded liquidation detail for `spec` (net or hedge mode, a whole number of lots)."""
-    price = spec.price * (0.99 + 0.02 * rng.random())
-    decimals = 6 if price < 1 else 2
-    px = fixed_point(max(1, round(price * 10**decimals)), decimals)
-    lots = 1 + int(rng.random() * 200)
-    lot_decimals = max(0, len(spec.lot.partition(".")[2]))
-    sz = fixed_point(lots * max(1, int(spec.lot.replace(".", ""))), lot_decimals)
-    is_long = rng.random() < 0.55
-    pos_side = rng.choice(("net", "long" if is_long else "short"))
-    side = "sell" if is_long else "buy"
-    if spec.inst_type == "MARGIN":
-        return make_okx_detail(side, "net", sz, px, now_ms - 1, ccy=spec.family.split("-")[1])
-    return make_okx_detail(side, pos_side, sz, px, now_ms - 1)
 
 
 def _error(status: int, code: str, msg: str) -> web.Response:

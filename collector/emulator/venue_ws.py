@@ -14,7 +14,7 @@ import contextlib
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, TypeVar
@@ -348,40 +348,3 @@ class VenueWsHost:
     async def _close(ws: web.WebSocketResponse, code: int, reason: str) -> None:
         with contextlib.suppress(ConnectionError):
             await ws.close(code=code, message=reason.encode())
-
-
-class Listener:
-    """Runs aiohttp applications on loopback ports; `urls` maps names to base URLs."""
-
-    def __init__(self) -> None:
-        self._runners: list[web.AppRunner] = []
-        self.urls: dict[str, str] = {}
-
-    async def start(
-        self,
-        apps: dict[str, tuple[web.Application, str]],
-        host: str,
-        ports: Mapping[str, int] | None = None,
-    ) -> None:
-        """Listen on `host`, one port per application; `apps` maps a name to (app, scheme),
-        `ports` a name to a fixed port (missing or 0: a free one)."""
-        try:
-            for name, (app, scheme) in apps.items():
-                runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-                await runner.setup()
-                self._runners.append(runner)
-                site = web.TCPSite(runner, host, (ports or {}).get(name, 0))
-                await site.start()
-                port = runner.addresses[0][1]
-                shown = f"[{host}]" if ":" in host else host
-                self.urls[name] = f"{scheme}://{shown}:{port}"
-        except BaseException:
-            await self.stop()
-            raise
-
-    async def stop(self) -> None:
-        """Close every listener. Idempotent."""
-        runners, self._runners = self._runners, []
-        for runner in reversed(runners):
-            await runner.cleanup()
-        self.urls = {}

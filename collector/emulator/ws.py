@@ -17,17 +17,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import struct
 import time
-from collections import Counter, deque
 from collections.abc import Callable, Collection, Coroutine, Sequence
-from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Final, TypeVar
 
-import orjson
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
+
+from collector.emulator.ws_control import ControlError, answer
+from collector.emulator.ws_state import (
+    Connection,
+    ConnectionInfo,
+    EmulatorStats,
+    Faults,
+    WsSettings,
+    envelope,
+)
 
 log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
@@ -35,181 +41,6 @@ _T = TypeVar("_T")
 FORCE_ORDER_ARR: Final = "!forceOrder@arr"
 ROUTES: Final = ("public", "market", "private")
 """fstream route prefixes (§1.1); only `/market` carries liquidation streams."""
-METHODS: Final = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
-_MAX_REQUEST_ID: Final = 2**64 - 1
-
-
-@dataclass(slots=True)
-class ConnectionInfo:
-    """Live view of one server-side WebSocket connection (updated as it runs)."""
-
-    id: int
-    host: str
-    """"fstream" or "dstream"."""
-    path: str
-    """Request path, e.g. "/market/stream"."""
-    route: str | None
-    """"public", "market" or "private" on a routed fstream path, else None."""
-    is_combined: bool
-    """Whether data is wrapped in `{"stream":…,"data":…}`; SET_PROPERTY may change it."""
-    opened_at: float
-    """Unix time (seconds) of the upgrade."""
-    subscriptions: dict[str, None] = field(default_factory=dict)
-    """Subscribed stream names in subscription order (see `streams`)."""
-    messages_received: int = 0
-    """Incoming frames that count toward the rate limit: text, binary, ping and pong."""
-    pings_sent: int = 0
-    pongs_received: int = 0
-    last_ping_payload: bytes | None = None
-    last_pong_payload: bytes | None = None
-    last_pong_matched: bool | None = None
-    """Whether the last pong echoed an unanswered server ping; None before the first pong."""
-    frames_sent: int = 0
-    """Text frames sent: data, raw frames and control replies."""
-    close_reason: str | None = None
-
-    @property
-    def streams(self) -> set[str]:
-        """The subscribed stream names."""
-        return set(self.subscriptions)
-
-
-@dataclass(slots=True)
-class EmulatorStats:
-    """Counters over the emulator's lifetime."""
-
-    events_published: int = 0
-    """Events handed to delivery, by `publish` or the generator."""
-    events_generated: int = 0
-    events_rate_capped: int = 0
-    """Generated events skipped because no symbol was ready (each may emit once per 1000 ms);
-    also happens when the emulator falls behind and catches up in one large batch."""
-    events_stalled: int = 0
-    """Events dropped because delivery was stalled."""
-    frames_sent: int = 0
-    upgrades: int = 0
-    upgrades_failed: int = 0
-    """Upgrades refused on purpose by `fail_upgrades`."""
-    upgrades_rejected: int = 0
-    """Upgrades refused with 400 because the URL named too many streams."""
-    pings_sent: int = 0
-    pongs_received: int = 0
-    disconnects: Counter[str] = field(default_factory=Counter)
-    """Closed connections by reason: client_closed, rate_limit, invalid_json, pong_timeout,
-    lifetime, dropped, closed (a scripted server close), server_stop."""
-
-
-@dataclass(frozen=True, slots=True)
-class WsSettings:
-    """Per-connection rules of one host (§1.4)."""
-
-    max_streams: int
-    ping_interval_s: float
-    pong_timeout_s: float
-    max_lifetime_s: float
-    max_incoming_per_s: int
-    close_timeout_s: float = 2.0
-    """How long a server-initiated close waits for the client's close frame."""
-
-
-class Faults:
-    """Faults scripted by tests, shared by both hosts."""
-
-    def __init__(self) -> None:
-        self.failing_upgrades = 0
-        self.failure_status = 503
-        self.stalled_until = 0.0
-        """`time.monotonic()` until which data is not delivered."""
-        self.replies_released: asyncio.Event | None = None
-        """While not None, control replies wait until it is set (data keeps flowing)."""
-
-    def take_upgrade_failure(self) -> int | None:
-        """Return the HTTP status to refuse this upgrade with, or None to accept it."""
-        if self.failing_upgrades <= 0:
-            return None
-        self.failing_upgrades -= 1
-        return self.failure_status
-
-    def is_stalled(self) -> bool:
-        """Whether data delivery is currently stalled."""
-        return self.stalled_until > 0.0 and time.monotonic() < self.stalled_until
-
-
-@functools.lru_cache(maxsize=8192)
-def _envelope_prefix(stream: str) -> bytes:
-    return b'{"stream":' + orjson.dumps(stream) + b',"data":'
-
-
-def envelope(stream: str, payload: bytes) -> bytes:
-    """Wrap a serialised event in the combined-stream envelope (§1.2) without re-encoding it."""
-    return b"".join((_envelope_prefix(stream), payload, b"}"))
-
-
-class _ControlError(Exception):
-    """A control request Binance answers with `{"error":{…},"id":…}`."""
-
-    def __init__(self, code: int, msg: str) -> None:
-        super().__init__(msg)
-        self.code = code
-        self.msg = msg
-
-
-class _Connection:
-    """Server-side state of one connection beyond what `ConnectionInfo` shows."""
-
-    __slots__ = (
-        "closer",
-        "corked",
-        "incoming",
-        "info",
-        "opened_mono",
-        "pending_pings",
-        "request",
-        "stalled_until",
-        "ws",
-    )
-
-    def __init__(self, info: ConnectionInfo, ws: web.WebSocketResponse, request: web.Request):
-        self.info = info
-        self.ws = ws
-        self.request = request
-        self.opened_mono = time.monotonic()
-        self.pending_pings: deque[tuple[bytes, float]] = deque()
-        """Unanswered server pings, oldest first: (payload, monotonic time sent)."""
-        self.incoming: deque[float] = deque()
-        """Monotonic times of the recent incoming messages, for the rate limit."""
-        self.closer: asyncio.Task[bool] | None = None
-        self.corked: list[bytes] | None = None
-        """While not None, text frames are collected here and written at once by `uncork`."""
-        self.stalled_until = 0.0
-        """`time.monotonic()` until which this connection alone gets no data."""
-
-    async def send(self, data: bytes) -> bool:
-        """Write one text frame; return False if the socket is closing."""
-        if self.corked is not None:
-            if self.info.close_reason is not None:
-                return False
-            self.corked.append(_text_frame(data))
-            self.info.frames_sent += 1
-            return True
-        try:
-            await self.ws.send_frame(data, WSMsgType.TEXT)
-        except ConnectionError:
-            return False
-        self.info.frames_sent += 1
-        return True
-
-
-def _text_frame(payload: bytes) -> bytes:
-    """An unmasked, uncompressed server text frame (RFC 6455 §5.2)."""
-    size = len(payload)
-    if size < 126:
-        header = bytes((0x81, size))
-    elif size < 65536:
-        header = struct.pack("!BBH", 0x81, 126, size)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, size)
-    return header + payload
 
 
 _UNCORK_HIGH_WATER = 4 * 1024 * 1024
@@ -234,10 +65,10 @@ class StreamHost:
         self._faults = faults
         self._stats = stats
         self._on_change = on_change
-        self._connections: dict[_Connection, None] = {}
+        self._connections: dict[Connection, None] = {}
         # Only connections that may receive liquidation data are indexed (fstream /market and
         # every dstream connection): stream name → connections, in connection order.
-        self._subscribers: dict[str, dict[_Connection, None]] = {}
+        self._subscribers: dict[str, dict[Connection, None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._next_id = 1
         self.app = web.Application()
@@ -259,7 +90,7 @@ class StreamHost:
         """Send `payload` once per subscribed stream in `streams` to each subscriber (bare on raw
         connections, enveloped on combined ones); return the number of distinct sockets reached.
         """
-        targets: list[tuple[_Connection, bytes]] = []
+        targets: list[tuple[Connection, bytes]] = []
         now = 0.0
         for stream in streams:
             subscribers = self._subscribers.get(stream)
@@ -280,7 +111,7 @@ class StreamHost:
                     targets.append((conn, payload))
         if not targets:
             return 0
-        reached: set[_Connection] = set()
+        reached: set[Connection] = set()
         for conn, data in targets:
             if await conn.send(data):
                 reached.add(conn)
@@ -401,7 +232,7 @@ class StreamHost:
             subscriptions=unique,
         )
         self._next_id += 1
-        conn = _Connection(info, ws, request)
+        conn = Connection(info, ws, request)
         self._connections[conn] = None
         if self._carries_liquidations(conn):
             for name in unique:
@@ -424,7 +255,7 @@ class StreamHost:
             self._on_change()
         return ws
 
-    def _carries_liquidations(self, conn: _Connection) -> bool:
+    def _carries_liquidations(self, conn: Connection) -> bool:
         return not self.is_routed or conn.info.route == "market"
 
     def _spawn(self, coro: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
@@ -433,7 +264,7 @@ class StreamHost:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _mark_closed(self, conn: _Connection, reason: str) -> bool:
+    def _mark_closed(self, conn: Connection, reason: str) -> bool:
         """Record why `conn` closes and stop sending it data; False if it was already closing."""
         if conn.info.close_reason is not None:
             return False
@@ -447,14 +278,14 @@ class StreamHost:
                     del self._subscribers[name]
         return True
 
-    def _begin_close(self, conn: _Connection, reason: str, code: int, message: bytes) -> None:
+    def _begin_close(self, conn: Connection, reason: str, code: int, message: bytes) -> None:
         """Start a server-initiated close in its own task, so that neither the reader nor the
         keep-alive task cancels it by finishing."""
         if self._mark_closed(conn, reason):
             conn.closer = self._spawn(conn.ws.close(code=code, message=message))
             self._on_change()
 
-    async def _read(self, conn: _Connection) -> None:
+    async def _read(self, conn: Connection) -> None:
         ws = conn.ws
         info = conn.info
         limit = self._settings.max_incoming_per_s
@@ -483,7 +314,7 @@ class StreamHost:
                 await self._on_control(conn, msg.data)
             self._on_change()
 
-    def _on_pong(self, conn: _Connection, payload: bytes) -> None:
+    def _on_pong(self, conn: Connection, payload: bytes) -> None:
         info = conn.info
         info.pongs_received += 1
         info.last_pong_payload = payload
@@ -496,7 +327,7 @@ class StreamHost:
                     break
         info.last_pong_matched = matched
 
-    async def _keep_alive(self, conn: _Connection) -> None:
+    async def _keep_alive(self, conn: Connection) -> None:
         """Ping every `ping_interval_s`, close after a missed pong or at `max_lifetime_s`."""
         settings = self._settings
         info = conn.info
@@ -529,80 +360,28 @@ class StreamHost:
 
     # -- live control (§1.5) --------------------------------------------------------------------
 
-    async def _on_control(self, conn: _Connection, data: str | bytes) -> None:
-        try:
-            request = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            # §1.4: invalid JSON gets this reply, then the connection is dropped.
-            msg = f"Invalid JSON: expected value at line {exc.lineno} column {exc.colno}"
-            if await conn.send(orjson.dumps({"error": {"code": 3, "msg": msg}})):
+    async def _on_control(self, conn: Connection, data: str | bytes) -> None:
+        subscribe = functools.partial(self._subscribe, conn)
+        unsubscribe = functools.partial(self._unsubscribe, conn)
+        reply, is_json = answer(conn.info, data, subscribe, unsubscribe)
+        if not is_json:  # §1.4: invalid JSON gets its reply, then the connection is dropped
+            if await conn.send(reply):
                 self._stats.frames_sent += 1
             self._begin_close(conn, "invalid_json", WSCloseCode.POLICY_VIOLATION, b"Invalid JSON")
             return
-        request_id = request.get("id") if isinstance(request, dict) else None
-        if not _is_request_id(request_id):
-            request_id = None
-        try:
-            reply: dict[str, Any] = {"result": self._execute(conn, request), "id": request_id}
-        except _ControlError as exc:
-            reply = {"error": {"code": exc.code, "msg": exc.msg}, "id": request_id}
         released = self._faults.replies_released
         if released is not None:
             self._on_change()  # the request counts as received while its reply waits
             await released.wait()
-        if await conn.send(orjson.dumps(reply)):
+        if await conn.send(reply):
             self._stats.frames_sent += 1
 
-    def _execute(self, conn: _Connection, request: Any) -> Any:
-        """Run one control request; return its `result` or raise `_ControlError`."""
-        if not isinstance(request, dict):
-            raise _ControlError(2, "Invalid request: expected a JSON object")
-        if not _is_request_id(request.get("id")):
-            raise _ControlError(2, "Invalid request: request ID must be an unsigned integer")
-        if "method" not in request:
-            raise _ControlError(2, "Invalid request: missing field `method`")
-        method = request["method"]
-        if method not in METHODS:
-            shown = method if isinstance(method, str) else orjson.dumps(method).decode()
-            raise _ControlError(
-                2, f"Invalid request: unknown variant {shown}, expected one of {', '.join(METHODS)}"
-            )
-        params = request.get("params", [])
-        if not isinstance(params, list):
-            raise _ControlError(2, "Invalid request: params must be an array")
-        info = conn.info
-        if method in ("SUBSCRIBE", "UNSUBSCRIBE"):
-            if not all(isinstance(p, str) for p in params):
-                raise _ControlError(2, "Invalid request: stream names must be strings")
-            if method == "SUBSCRIBE":
-                self._subscribe(conn, params)
-            else:
-                self._unsubscribe(conn, params)
-            return None
-        if method == "LIST_SUBSCRIPTIONS":
-            if params:
-                raise _ControlError(2, "Invalid request: too many parameters")
-            return list(info.subscriptions)
-        max_params = 2 if method == "SET_PROPERTY" else 1
-        if len(params) > max_params:
-            raise _ControlError(2, "Invalid request: too many parameters")
-        if not params or not isinstance(params[0], str):
-            raise _ControlError(2, "Invalid request: property name must be a string")
-        if params[0] != "combined":
-            raise _ControlError(0, "Unknown property")
-        if method == "GET_PROPERTY":
-            return info.is_combined
-        if len(params) < 2 or not isinstance(params[1], bool):
-            raise _ControlError(1, "Invalid value type: expected Boolean")
-        info.is_combined = params[1]
-        return None
-
-    def _subscribe(self, conn: _Connection, names: list[str]) -> None:
+    def _subscribe(self, conn: Connection, names: list[str]) -> None:
         subscriptions = conn.info.subscriptions
         new = [n for n in dict.fromkeys(names) if n not in subscriptions]
         if len(subscriptions) + len(new) > self._settings.max_streams:
             # Binance does not document this reply; the wording is the emulator's.
-            raise _ControlError(
+            raise ControlError(
                 2, f"Invalid request: too many streams (max {self._settings.max_streams})"
             )
         carries = self._carries_liquidations(conn)
@@ -611,7 +390,7 @@ class StreamHost:
             if carries:
                 self._subscribers.setdefault(name, {})[conn] = None
 
-    def _unsubscribe(self, conn: _Connection, names: list[str]) -> None:
+    def _unsubscribe(self, conn: Connection, names: list[str]) -> None:
         subscriptions = conn.info.subscriptions
         for name in names:
             if name in subscriptions:
@@ -621,8 +400,3 @@ class StreamHost:
                     subscribers.pop(conn, None)
                     if not subscribers:
                         del self._subscribers[name]
-
-
-def _is_request_id(value: Any) -> bool:
-    """Futures wants an unsigned integer `id` (§1.5); JSON booleans and floats are not."""
-    return type(value) is int and 0 <= value <= _MAX_REQUEST_ID

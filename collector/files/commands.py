@@ -18,7 +18,8 @@ from typing import Any
 
 from collector import logs
 from collector.config import Config, load_from_process
-from collector.files.export import ExportRequest, Format, check_parquet
+from collector.files.export import ExportRequest, Format
+from collector.files.writers import check_parquet
 from collector.venues import Venue
 
 

@@ -2,60 +2,48 @@
 
 Rows are streamed from a server-side cursor (`PREFETCH_ROWS` at a time) into one open file at
 a time; the query orders rows by file, so each file is written once, start to end. Memory is
-bounded by the cursor's prefetch plus, for Parquet, one row group (`ROW_GROUP_ROWS` rows);
-gzip and the CSV writers buffer at most `WRITE_LINES` lines. Each file is written under a
+bounded by the cursor's prefetch plus, for Parquet, one row group (`writers.ROW_GROUP_ROWS` rows);
+gzip and the CSV writers buffer at most `writers.WRITE_LINES` lines. Each file is written under a
 temporary name in the output directory, fsynced and renamed into place when complete (on a
 worker thread, at most `COMMITS_IN_FLIGHT` at once), so a reader, a crash or an interrupted
-export never leaves half a file under a real name. Formats: docs/export.md.
+export never leaves half a file under a real name. Formats: docs/export.md, written by
+`writers`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
-import gzip
-import io
-import os
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Any, Final, NamedTuple, Protocol
+from typing import IO, Any, Final, NamedTuple
 
 import asyncpg
 
-from collector.exceptions import CollectorError
 from collector.files import tardis
+from collector.files.writers import (
+    AtomicFile,
+    CsvFile,
+    ExportError,
+    FileWriter,
+    ParquetFile,
+    TardisFile,
+)
 from collector.venues import Venue
+
+__all__ = ["ExportError", "ExportRequest", "FileSummary", "Format", "export"]
 
 PREFETCH_ROWS: Final = 10_000
 """Rows the server-side cursor fetches per round trip."""
-ROW_GROUP_ROWS: Final = 100_000
-"""Rows of one Parquet row group (held as Arrow arrays until written)."""
-WRITE_LINES: Final = 10_000
-"""CSV lines joined before one write to the gzip stream."""
 COMMITS_IN_FLIGHT: Final = 8
 """Finished files whose fsync and rename may run on worker threads while the next is written
 (an fsync costs 10-70 ms on this machine's disk, about a file's worth of rows)."""
 SORT_MEMORY: Final = "64MB"
 """work_mem of the export's transaction: PostgreSQL sorts up to this much in memory."""
-GZIP_LEVEL: Final = 6
-"""zlib's default trade-off: level 9 costs about twice the time for 2-3% smaller files."""
-PARQUET_DECIMAL: Final = (38, 18)
-"""(precision, scale) of every Parquet decimal column: see `PARQUET_MISSING` and docs."""
-
-CSV_COLUMNS: Final = (
-    "venue", "market", "symbol", "base_asset", "liquidated_side", "price", "qty",
-    "notional_usd", "trade_time", "received_at",
-)  # fmt: skip
-
-PARQUET_MISSING: Final = (
-    "collector export: --format parquet needs pyarrow, which is not installed: "
-    "pip install 'collector[parquet]'"
-)
 
 
 class Format(StrEnum):
@@ -64,11 +52,6 @@ class Format(StrEnum):
     TARDIS = "tardis"
     CSV = "csv"
     PARQUET = "parquet"
-
-
-class ExportError(CollectorError):
-    """A row cannot be written exactly in the chosen format (the export stops; no file of
-    that day is left behind)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,166 +141,6 @@ SELECT venue AS file_venue, (trade_time AT TIME ZONE 'UTC')::date AS day,
        (extract(epoch FROM trade_time) * 1000000)::bigint AS trade_time_us,
        (extract(epoch FROM received_at) * 1000000)::bigint AS received_at_us
 {_RANGE}"""  # noqa: S608
-
-
-class FileWriter(Protocol):
-    """One output file being written: rows in, then `close` (flushes; the caller renames)."""
-
-    rows: int
-
-    def write(self, record: asyncpg.Record) -> None: ...
-
-    def close(self) -> None: ...
-
-    def abort(self) -> None:
-        """Release the file after an error (its content no longer matters)."""
-
-
-class _Lines:
-    """Gzip text lines, buffered (`WRITE_LINES`); deterministic bytes (no name, mtime 0)."""
-
-    def __init__(self, raw: IO[bytes], header: str) -> None:
-        self._gz = gzip.GzipFile(
-            filename="", fileobj=raw, mode="wb", compresslevel=GZIP_LEVEL, mtime=0
-        )
-        self._pending: list[str] = [header]
-        self.rows = 0
-
-    def add(self, line: str) -> None:
-        self._pending.append(line)
-        self.rows += 1
-        if len(self._pending) >= WRITE_LINES:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._pending:
-            self._gz.write(("\n".join(self._pending) + "\n").encode())
-            self._pending = []
-
-    def close(self) -> None:
-        self._flush()
-        self._gz.close()
-
-    def abort(self) -> None:
-        self._pending = []
-        self._gz.close()
-
-
-class TardisFile(_Lines):
-    """A Tardis liquidations CSV: the header, then the query's ready-made lines."""
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        super().__init__(raw, tardis.HEADER)
-
-    def write(self, record: asyncpg.Record) -> None:
-        self.add(record["line"])
-
-
-class CsvFile(_Lines):
-    """Every column of the `liquidations` view; NULL as an empty field; RFC 4180 quoting."""
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        super().__init__(raw, ",".join(CSV_COLUMNS))
-        self._text = io.StringIO()
-        self._csv = csv.writer(self._text, lineterminator="")
-
-    def write(self, record: asyncpg.Record) -> None:
-        self._text.seek(0)
-        self._text.truncate()
-        self._csv.writerow(record[2:])
-        self.add(self._text.getvalue())
-
-
-class ParquetFile:
-    """The `liquidations` view's columns as Parquet: DECIMAL(38, 18) numerics (a value that
-    would not fit exactly raises `ExportError`), microsecond UTC timestamps."""
-
-    def __init__(self, raw: IO[bytes], label: str) -> None:
-        import pyarrow as pa  # noqa: PLC0415  (optional: collector[parquet])
-        import pyarrow.parquet as pq  # noqa: PLC0415
-
-        self._pa = pa
-        decimal = pa.decimal128(*PARQUET_DECIMAL)
-        stamp = pa.timestamp("us", tz="UTC")
-        self._schema = pa.schema([
-            pa.field("venue", pa.string(), nullable=False),
-            pa.field("market", pa.string(), nullable=False),
-            pa.field("symbol", pa.string(), nullable=False),
-            pa.field("base_asset", pa.string()),
-            pa.field("liquidated_side", pa.string()),
-            pa.field("price", decimal),
-            pa.field("qty", decimal),
-            pa.field("notional_usd", decimal),
-            pa.field("trade_time", stamp, nullable=False),
-            pa.field("received_at", stamp, nullable=False),
-        ])  # fmt: skip
-        self._writer = pq.ParquetWriter(raw, self._schema, compression="zstd")
-        self._columns: list[list[Any]] = [[] for _ in self._schema]
-        self._label = label
-        self.rows = 0
-
-    def write(self, record: asyncpg.Record) -> None:
-        for column, value in zip(self._columns, record[2:], strict=True):
-            column.append(value)
-        self.rows += 1
-        if len(self._columns[0]) >= ROW_GROUP_ROWS:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._columns[0]:
-            return
-        pa = self._pa
-        arrays = []
-        for field, values in zip(self._schema, self._columns, strict=True):
-            try:
-                if pa.types.is_timestamp(field.type):
-                    arrays.append(pa.array(values, pa.int64()).cast(field.type))
-                else:
-                    arrays.append(pa.array(values, field.type))
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-                raise ExportError(
-                    f"{self._label}: a {field.name} value does not fit DECIMAL"
-                    f"{PARQUET_DECIMAL} exactly ({exc}); export it with --format csv"
-                ) from None
-        self._writer.write_batch(pa.record_batch(arrays, schema=self._schema))
-        self._columns = [[] for _ in self._schema]
-
-    def close(self) -> None:
-        self._flush()
-        self._writer.close()
-
-    def abort(self) -> None:
-        self._columns = [[] for _ in self._schema]
-        self._writer.close()
-
-
-class AtomicFile:
-    """A binary file that appears at `path` only complete: written as `.<name>.partial` beside
-    it, then `commit` fsyncs it and renames it into place; `discard` removes it."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._temp = path.with_name(f".{path.name}.partial")
-        self.raw: IO[bytes] = self._temp.open("wb")
-
-    def commit(self) -> int:
-        """Flush, fsync, close and rename; return the file's size in bytes. Blocking (the
-        fsync): `export` runs it on a worker thread while the next file is written."""
-        try:
-            self.raw.flush()
-            os.fsync(self.raw.fileno())
-            size = os.fstat(self.raw.fileno()).st_size
-            self.raw.close()
-            self._temp.replace(self.path)
-        except BaseException:
-            self.discard()
-            raise
-        return size
-
-    def discard(self) -> None:
-        """Close and remove the temporary file (nothing appears at `path`)."""
-        self.raw.close()
-        self._temp.unlink(missing_ok=True)
 
 
 def _tardis_name(record: asyncpg.Record) -> str:
@@ -426,12 +249,3 @@ async def export(
                 await size
         raise
     return written
-
-
-def check_parquet() -> str | None:
-    """None when pyarrow can be imported, else the message saying how to install it."""
-    try:
-        import pyarrow.parquet  # noqa: F401, PLC0415
-    except ModuleNotFoundError:
-        return PARQUET_MISSING
-    return None

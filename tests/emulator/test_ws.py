@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from decimal import Decimal
 from typing import Any
 
@@ -62,6 +64,32 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield client
 
 
+Connect = Callable[..., AbstractAsyncContextManager[list[aiohttp.ClientWebSocketResponse]]]
+
+
+@pytest.fixture
+def connect(session: aiohttp.ClientSession) -> Connect:
+    """`async with connect(emulator, "fstream/market/ws", "dstream/ws") as [a, b]`: websockets
+    to those paths of the emulator's hosts (`ws_connect` keywords apply to each), once the
+    emulator counts them all open (`wait=False`: at once); closed on leaving the block."""
+
+    @contextlib.asynccontextmanager
+    async def connected(
+        emulator: Emulator, *targets: str, wait: bool = True, **kwargs: Any
+    ) -> AsyncIterator[list[aiohttp.ClientWebSocketResponse]]:
+        async with contextlib.AsyncExitStack() as stack:
+            sockets = []
+            for target in targets:
+                host, _, path = target.partition("/")
+                url = f"{emulator.urls[host]}/{path}"
+                sockets.append(await stack.enter_async_context(session.ws_connect(url, **kwargs)))
+            if wait:
+                await emulator.wait_for_connections(len(targets))
+            yield sockets
+
+    return connected
+
+
 async def next_frame(ws: aiohttp.ClientWebSocketResponse) -> aiohttp.WSMessage:
     """The next frame from the server, or TimeoutError after 5 s."""
     async with asyncio.timeout(5):
@@ -96,15 +124,15 @@ def wrapped(stream: str, event: dict[str, Any]) -> str:
 
 
 async def test_market_route_raw_and_combined(
-    start_emulator: StartEmulator, session: aiohttp.ClientSession
+    start_emulator: StartEmulator, connect: Connect
 ) -> None:
     """`/market/stream` gets the envelope and `/market/ws/<stream>` the bare event."""
     emulator = await start_emulator()
-    base = emulator.fstream_url
-    async with (
-        session.ws_connect(f"{base}/market/stream?streams=!forceOrder@arr") as combined,
-        session.ws_connect(f"{base}/market/ws/!forceOrder@arr") as raw,
-    ):
+    async with connect(
+        emulator,
+        "fstream/market/stream?streams=!forceOrder@arr",
+        "fstream/market/ws/!forceOrder@arr",
+    ) as [combined, raw]:
         connections = await emulator.wait_for_connections(2)
         assert [(c.route, c.is_combined) for c in connections] == [
             ("market", True),
@@ -125,12 +153,11 @@ async def test_market_route_raw_and_combined(
     ],
 )
 async def test_force_orders_silent_off_market_route(
-    start_emulator: StartEmulator, session: aiohttp.ClientSession, path: str
+    start_emulator: StartEmulator, connect: Connect, path: str
 ) -> None:
     """fstream connections outside `/market` are accepted but never get liquidations."""
     emulator = await start_emulator()
-    async with session.ws_connect(emulator.fstream_url + path) as ws:
-        await emulator.wait_for_connections(1)
+    async with connect(emulator, "fstream" + path) as [ws]:
         assert await emulator.publish(BTCUSDT) == 0
         # The reply to a later request is the first frame: nothing was sent before it.
         reply = await request(ws, {"method": "LIST_SUBSCRIPTIONS", "id": 1})
@@ -138,13 +165,12 @@ async def test_force_orders_silent_off_market_route(
 
 
 async def test_one_message_per_matching_stream(
-    start_emulator: StartEmulator, session: aiohttp.ClientSession
+    start_emulator: StartEmulator, connect: Connect
 ) -> None:
     """A connection on both `!forceOrder@arr` and `btcusdt@forceOrder` gets the event twice."""
     emulator = await start_emulator()
-    url = f"{emulator.fstream_url}/market/stream?streams=!forceOrder@arr/btcusdt@forceOrder"
-    async with session.ws_connect(url) as ws:
-        await emulator.wait_for_connections(1)
+    url = "fstream/market/stream?streams=!forceOrder@arr/btcusdt@forceOrder"
+    async with connect(emulator, url) as [ws]:
         assert await emulator.publish(BTCUSDT) == 1
         assert await emulator.publish(ETHUSDT) == 1
         assert await next_text(ws) == wrapped("!forceOrder@arr", BTCUSDT)
@@ -154,18 +180,17 @@ async def test_one_message_per_matching_stream(
 
 
 async def test_merged_universe_on_both_hosts(
-    start_emulator: StartEmulator, session: aiohttp.ClientSession
+    start_emulator: StartEmulator, connect: Connect
 ) -> None:
     """After the merge both hosts carry UM and CM events, per-symbol streams included."""
     emulator = await start_emulator(merged=True)
-    fstream, dstream = emulator.fstream_url, emulator.dstream_url
-    async with (
-        session.ws_connect(f"{fstream}/market/stream?streams=!forceOrder@arr") as f_all,
-        session.ws_connect(f"{dstream}/stream?streams=!forceOrder@arr") as d_all,
-        session.ws_connect(f"{fstream}/market/ws/btcusd_perp@forceOrder") as f_cm,
-        session.ws_connect(f"{dstream}/ws/btcusdt@forceOrder") as d_um,
-    ):
-        await emulator.wait_for_connections(4)
+    async with connect(
+        emulator,
+        "fstream/market/stream?streams=!forceOrder@arr",
+        "dstream/stream?streams=!forceOrder@arr",
+        "fstream/market/ws/btcusd_perp@forceOrder",
+        "dstream/ws/btcusdt@forceOrder",
+    ) as [f_all, d_all, f_cm, d_um]:
         assert await emulator.publish(BTCUSD_PERP) == 3
         assert await emulator.publish(BTCUSDT) == 3
         assert await next_text(f_all) == wrapped("!forceOrder@arr", BTCUSD_PERP)
@@ -177,7 +202,7 @@ async def test_merged_universe_on_both_hosts(
 
 
 async def test_unmerged_hosts_carry_their_own_universe(
-    start_emulator: StartEmulator, session: aiohttp.ClientSession
+    start_emulator: StartEmulator, connect: Connect
 ) -> None:
     """Before the merge UM events only reach fstream and CM events only dstream."""
     emulator = await start_emulator(merged=False)
@@ -185,11 +210,9 @@ async def test_unmerged_hosts_carry_their_own_universe(
         "BTCUSD_PERP", "SELL", "1", "9425.5", "9496.5", 1591154240949, 1591154240950, pair="BTCUSD"
     )
     um_event = make_force_order_event("BTCUSDT", "SELL", "0.014", "9910", "9910", 5, 6)
-    async with (
-        session.ws_connect(f"{emulator.fstream_url}/market/ws/!forceOrder@arr") as fstream,
-        session.ws_connect(f"{emulator.dstream_url}/ws/!forceOrder@arr") as dstream,
-    ):
-        await emulator.wait_for_connections(2)
+    async with connect(
+        emulator, "fstream/market/ws/!forceOrder@arr", "dstream/ws/!forceOrder@arr"
+    ) as [fstream, dstream]:
         assert await emulator.publish(cm_event) == 1
         assert await emulator.publish(um_event) == 1
         assert await next_text(dstream) == dumps(cm_event)
@@ -203,12 +226,11 @@ async def test_unmerged_hosts_carry_their_own_universe(
 
 
 async def test_live_subscribe_list_unsubscribe_and_combined(
-    start_emulator: StartEmulator, session: aiohttp.ClientSession
+    start_emulator: StartEmulator, connect: Connect
 ) -> None:
     """SUBSCRIBE, LIST_SUBSCRIPTIONS, UNSUBSCRIBE and the `combined` property, with data."""
     emulator = await start_emulator()
-    async with session.ws_connect(f"{emulator.fstream_url}/market/ws") as ws:
-        await emulator.wait_for_connections(1)
+    async with connect(emulator, "fstream/market/ws") as [ws]:
         subscribe = {
             "method": "SUBSCRIBE",
             "params": ["btcusdt@forceOrder", "!forceOrder@arr"],
@@ -283,13 +305,13 @@ _UNKNOWN_METHOD = (
 )  # fmt: skip
 async def test_control_error_replies(
     start_emulator: StartEmulator,
-    session: aiohttp.ClientSession,
+    connect: Connect,
     message: dict[str, Any],
     reply: dict[str, Any],
 ) -> None:
     """A bad control request gets the documented error reply and the connection stays open."""
     emulator = await start_emulator()
-    async with session.ws_connect(f"{emulator.dstream_url}/ws") as ws:
+    async with connect(emulator, "dstream/ws") as [ws]:
         assert await request(ws, message) == dumps(reply)
         assert await request(ws, {"method": "LIST_SUBSCRIPTIONS", "id": 11}) == (
             '{"result":[],"id":11}'
@@ -297,11 +319,11 @@ async def test_control_error_replies(
 
 
 async def test_invalid_json_gets_error_then_disconnect(
-    start_emulator: StartEmulator, session: aiohttp.ClientSession
+    start_emulator: StartEmulator, connect: Connect
 ) -> None:
     """Invalid JSON is answered with code 3 and the connection is closed."""
     emulator = await start_emulator()
-    async with session.ws_connect(f"{emulator.fstream_url}/market/ws") as ws:
+    async with connect(emulator, "fstream/market/ws") as [ws]:
         await ws.send_str("hello")
         assert await next_text(ws) == (
             '{"error":{"code":3,"msg":"Invalid JSON: expected value at line 1 column 1"}}'
@@ -313,14 +335,14 @@ async def test_invalid_json_gets_error_then_disconnect(
 
 
 async def test_stream_limit_on_url_and_subscribe(
-    start_emulator: StartEmulator, session: aiohttp.ClientSession
+    start_emulator: StartEmulator, session: aiohttp.ClientSession, connect: Connect
 ) -> None:
     """Too many streams in the URL refuse the upgrade with 400; in SUBSCRIBE, an error reply."""
     emulator = await start_emulator(max_streams_um=2, max_streams_cm=1)
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await session.ws_connect(f"{emulator.fstream_url}/market/stream?streams=a/b/c")
     assert refused.value.status == 400
-    async with session.ws_connect(f"{emulator.dstream_url}/stream?streams=a") as ws:
+    async with connect(emulator, "dstream/stream?streams=a") as [ws]:
         reply = await request(ws, {"method": "SUBSCRIBE", "params": ["b"], "id": 1})
         assert reply == (
             '{"error":{"code":2,"msg":"Invalid request: too many streams (max 1)"},"id":1}'
@@ -335,12 +357,12 @@ async def test_stream_limit_on_url_and_subscribe(
 
 
 async def test_ping_payload_echoed_keeps_connection(
-    start_emulator: StartEmulator, session: aiohttp.ClientSession
+    start_emulator: StartEmulator, connect: Connect
 ) -> None:
     """Server pings carry a millisecond timestamp; echoing it keeps the connection past the
     pong deadline."""
     emulator = await start_emulator(ping_interval_s=0.2, pong_timeout_s=0.5)
-    async with session.ws_connect(f"{emulator.fstream_url}/market/ws", autoping=False) as ws:
+    async with connect(emulator, "fstream/market/ws", autoping=False) as [ws]:
         for _ in range(4):  # 0.8 s, well past the pong timeout
             ping = await next_frame(ws)
             assert ping.type is WSMsgType.PING
@@ -354,11 +376,11 @@ async def test_ping_payload_echoed_keeps_connection(
 
 
 async def test_missing_or_wrong_pong_disconnects(
-    start_emulator: StartEmulator, session: aiohttp.ClientSession
+    start_emulator: StartEmulator, connect: Connect
 ) -> None:
     """Pongs with another payload do not count: the connection is closed at the deadline."""
     emulator = await start_emulator(ping_interval_s=0.05, pong_timeout_s=0.2)
-    async with session.ws_connect(f"{emulator.dstream_url}/ws", autoping=False) as ws:
+    async with connect(emulator, "dstream/ws", autoping=False, wait=False) as [ws]:
         frames = []
         while (msg := await next_frame(ws)).type is WSMsgType.PING:
             frames.append(msg)
@@ -368,21 +390,19 @@ async def test_missing_or_wrong_pong_disconnects(
     assert emulator.stats.disconnects == {"pong_timeout": 1}
 
 
-async def test_lifetime_cut(start_emulator: StartEmulator, session: aiohttp.ClientSession) -> None:
+async def test_lifetime_cut(start_emulator: StartEmulator, connect: Connect) -> None:
     """A connection is closed with 1001 when it reaches max_lifetime_s."""
     emulator = await start_emulator(max_lifetime_s=0.2)
-    async with session.ws_connect(f"{emulator.fstream_url}/market/ws") as ws:
+    async with connect(emulator, "fstream/market/ws", wait=False) as [ws]:
         msg = await next_frame(ws)
         assert (msg.type, ws.close_code, msg.extra) == (WSMsgType.CLOSE, 1001, "Lifetime exceeded")
     assert emulator.stats.disconnects == {"lifetime": 1}
 
 
-async def test_incoming_message_rate_limit(
-    start_emulator: StartEmulator, session: aiohttp.ClientSession
-) -> None:
+async def test_incoming_message_rate_limit(start_emulator: StartEmulator, connect: Connect) -> None:
     """Pings count toward the per-connection message rate; one over the limit disconnects."""
     emulator = await start_emulator(max_incoming_per_s=3)
-    async with session.ws_connect(f"{emulator.fstream_url}/market/ws", autoping=False) as ws:
+    async with connect(emulator, "fstream/market/ws", autoping=False) as [ws]:
         for payload in (b"1", b"2", b"3", b"4"):
             await ws.ping(payload)
         for payload in (b"1", b"2", b"3"):
@@ -396,7 +416,9 @@ async def test_incoming_message_rate_limit(
 # -- scripted faults ---------------------------------------------------------------------------
 
 
-async def test_fail_upgrades(start_emulator: StartEmulator, session: aiohttp.ClientSession) -> None:
+async def test_fail_upgrades(
+    start_emulator: StartEmulator, session: aiohttp.ClientSession, connect: Connect
+) -> None:
     """The next `count` upgrades get the scripted status; the one after succeeds."""
     emulator = await start_emulator()
     emulator.fail_upgrades(2)
@@ -404,21 +426,15 @@ async def test_fail_upgrades(start_emulator: StartEmulator, session: aiohttp.Cli
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await session.ws_connect(f"{emulator.fstream_url}/market/ws")
         assert refused.value.status == 503
-    async with session.ws_connect(f"{emulator.fstream_url}/market/ws"):
+    async with connect(emulator, "fstream/market/ws", wait=False):
         await emulator.wait_for_connections(1)
     assert (emulator.stats.upgrades_failed, emulator.stats.upgrades) == (2, 1)
 
 
-async def test_drop_connections(
-    start_emulator: StartEmulator, session: aiohttp.ClientSession
-) -> None:
+async def test_drop_connections(start_emulator: StartEmulator, connect: Connect) -> None:
     """Dropping closes the TCP connections without a close frame, per host or all."""
     emulator = await start_emulator()
-    async with (
-        session.ws_connect(f"{emulator.fstream_url}/market/ws") as fstream,
-        session.ws_connect(f"{emulator.dstream_url}/ws") as dstream,
-    ):
-        await emulator.wait_for_connections(2)
+    async with connect(emulator, "fstream/market/ws", "dstream/ws") as [fstream, dstream]:
         assert await emulator.drop_connections("dstream") == 1
         assert (await next_frame(dstream)).type is WSMsgType.CLOSED
         assert [c.host for c in await emulator.wait_for_connections(1)] == ["fstream"]
@@ -429,15 +445,11 @@ async def test_drop_connections(
 
 
 async def test_close_connections_sends_a_close_frame(
-    start_emulator: StartEmulator, session: aiohttp.ClientSession
+    start_emulator: StartEmulator, connect: Connect
 ) -> None:
     """A scripted server close ends each open connection (per host or all) with 1001."""
     emulator = await start_emulator()
-    async with (
-        session.ws_connect(f"{emulator.fstream_url}/market/ws") as fstream,
-        session.ws_connect(f"{emulator.dstream_url}/ws") as dstream,
-    ):
-        await emulator.wait_for_connections(2)
+    async with connect(emulator, "fstream/market/ws", "dstream/ws") as [fstream, dstream]:
         assert emulator.close_connections("fstream") == 1
         msg = await next_frame(fstream)
         assert (msg.type, fstream.close_code, msg.extra) == (
@@ -453,15 +465,11 @@ async def test_close_connections_sends_a_close_frame(
 
 
 async def test_send_raw_reaches_only_that_host(
-    start_emulator: StartEmulator, session: aiohttp.ClientSession
+    start_emulator: StartEmulator, connect: Connect
 ) -> None:
     """`send_raw` pushes an arbitrary text frame to every connection on one host."""
     emulator = await start_emulator()
-    async with (
-        session.ws_connect(f"{emulator.fstream_url}/ws") as fstream,
-        session.ws_connect(f"{emulator.dstream_url}/ws") as dstream,
-    ):
-        await emulator.wait_for_connections(2)
+    async with connect(emulator, "fstream/ws", "dstream/ws") as [fstream, dstream]:
         assert await emulator.send_raw('{"e":"forceOrder",', host="dstream") == 1
         assert await next_text(dstream) == '{"e":"forceOrder",'
         reply = await request(fstream, {"method": "LIST_SUBSCRIPTIONS", "id": 1})
@@ -469,12 +477,11 @@ async def test_send_raw_reaches_only_that_host(
 
 
 async def test_stall_drops_data_but_keeps_sockets(
-    start_emulator: StartEmulator, session: aiohttp.ClientSession
+    start_emulator: StartEmulator, connect: Connect
 ) -> None:
     """While stalled, events are not delivered but control replies are; stall(0) resumes."""
     emulator = await start_emulator()
-    async with session.ws_connect(f"{emulator.fstream_url}/market/ws/!forceOrder@arr") as ws:
-        await emulator.wait_for_connections(1)
+    async with connect(emulator, "fstream/market/ws/!forceOrder@arr") as [ws]:
         emulator.stall(60)
         assert await emulator.publish(BTCUSDT) == 0
         reply = await request(ws, {"method": "LIST_SUBSCRIPTIONS", "id": 1})
@@ -486,13 +493,13 @@ async def test_stall_drops_data_but_keeps_sockets(
 
 
 async def test_one_connection_can_be_stalled_or_dropped_alone(
-    start_emulator: StartEmulator, session: aiohttp.ClientSession
+    start_emulator: StartEmulator, connect: Connect
 ) -> None:
     """`stall_connection` withholds data from one connection only (its control replies go on,
     0 s ends it); `drop_connection` aborts that one and leaves its twin open."""
     emulator = await start_emulator()
-    url = f"{emulator.fstream_url}/market/ws/!forceOrder@arr"
-    async with session.ws_connect(url) as first, session.ws_connect(url) as second:
+    url = "fstream/market/ws/!forceOrder@arr"
+    async with connect(emulator, url, url) as [first, second]:
         one, two = await emulator.wait_for_connections(2)
         assert emulator.stall_connection(one, 60.0)
         assert await emulator.publish(BTCUSDT) == 1
@@ -512,12 +519,12 @@ async def test_one_connection_can_be_stalled_or_dropped_alone(
 
 
 async def test_held_control_replies_wait_for_release_while_data_flows(
-    start_emulator: StartEmulator, session: aiohttp.ClientSession
+    start_emulator: StartEmulator, connect: Connect
 ) -> None:
     """While control replies are held, the request is counted and events still arrive; the
     held reply follows on release, and later requests are answered at once."""
     emulator = await start_emulator()
-    async with session.ws_connect(f"{emulator.fstream_url}/market/ws/!forceOrder@arr") as ws:
+    async with connect(emulator, "fstream/market/ws/!forceOrder@arr") as [ws]:
         [conn] = await emulator.wait_for_connections(1)
         emulator.hold_control_replies()
         await ws.send_str(dumps({"method": "LIST_SUBSCRIPTIONS", "id": 1}))
@@ -533,14 +540,11 @@ async def test_held_control_replies_wait_for_release_while_data_flows(
 # -- generated events ---------------------------------------------------------------------------
 
 
-async def test_generated_stream(
-    start_emulator: StartEmulator, session: aiohttp.ClientSession
-) -> None:
+async def test_generated_stream(start_emulator: StartEmulator, connect: Connect) -> None:
     """With a rate set, `!forceOrder@arr` carries well-formed events, one per symbol per second."""
     emulator = await start_emulator(rate_per_s=3000.0, seed=7, um_symbols=synthetic_symbols(4000))
     last_seen: dict[str, int] = {}
-    url = f"{emulator.fstream_url}/market/stream?streams=!forceOrder@arr"
-    async with session.ws_connect(url) as ws:
+    async with connect(emulator, "fstream/market/stream?streams=!forceOrder@arr") as [ws]:
         for _ in range(300):
             frame = orjson.loads(await next_text(ws))
             assert frame["stream"] == "!forceOrder@arr"
