@@ -172,6 +172,22 @@ async def test_the_page_shows_the_tape_the_minutes_the_largest_and_the_gap(
         assert await page.evaluate("collectorPage.lastEventId()") == cursor
         await screenshot(page, "page-live.png")
 
+        # Two minutes later (the page's clock): the window slides and coverage is read again;
+        # Binance's ledger ends at 12:00, so the two new minutes are a gap, not zeros.
+        await page.clock.set_fixed_time(NOW.replace(minute=2))
+        await expect(labels).to_have_text(
+            ["2026-11-21 11:20:00 → 11:35:00 UTC (15 min)",
+             "2026-11-21 12:00:00 → now UTC (2 min)"],
+            timeout=WAIT_MS,
+        )  # fmt: skip
+        slid = await page.evaluate("collectorPage.minutes()")
+        assert [m["minute"] for m in (slid[0], slid[-1])] == [
+            "2026-11-21T09:02:00.000Z", "2026-11-21T12:01:00.000Z"
+        ]  # fmt: skip
+        assert [(m["longs"], m["shorts"]) for m in slid[-3:]] == [
+            ("512.3", "3904.3125"), (None, None), (None, None)
+        ]  # fmt: skip
+
 
 async def test_with_a_token_the_page_asks_for_it_and_says_when_it_is_refused(
     pg_dsn: str, pg: asyncpg.Connection, browser: Any, tmp_path: Path

@@ -364,7 +364,10 @@
         width,
         height: 260,
         tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
-        scales: { x: { time: true } },
+        scales: {
+          // To the end of the current minute, so that its bar is whole.
+          x: { time: true, range: (u, lo, hi) => [state.start / 1000, hi + 60] },
+        },
         axes: [
           { values: (u, splits) => splits.map((x) => isoOf(x * 1000).slice(11, 16)) },
           { size: 60, values: (u, splits) => splits.map(compact) },
