@@ -9,8 +9,10 @@ Screenshots go to $COLLECTOR_TEST_ARTIFACTS (default `artifacts/` at the reposit
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
+import re
 import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -25,7 +27,7 @@ from collector.emulator import Emulator, EmulatorOptions, make_force_order_event
 from collector.model import MarketLiquidation
 from collector.sink.columns import UPSERT_SESSION, session_args
 from collector.sources.binance_parse import Source, parse_force_order
-from tests.daemon import make_config, running, subscribed
+from tests.daemon import eventually, make_config, metric_value, running, subscribed
 from tests.factories import NOW, session, um_event
 from tests.feed_harness import insert
 
@@ -226,6 +228,42 @@ async def test_with_a_token_the_page_asks_for_it_and_says_when_it_is_refused(
             await expect(page.locator("#tape tbody tr:not(.empty) td.symbol")).to_have_text(
                 ["ETHUSDT"], timeout=WAIT_MS
             )
+
+
+async def test_a_row_both_in_the_history_and_the_stream_counts_once(
+    pg_dsn: str, pg: asyncpg.Connection, browser: Any
+) -> None:
+    """A row committed after the stream opened but before the history was read is in both: the
+    page holds the history request (Playwright's routing) until the stream has sent the row,
+    then lets it go. The row is on the tape once and in its minute's sum once."""
+    await ledger_with_a_gap(pg)
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def hold(route: Any) -> None:
+        arrived.set()
+        await release.wait()
+        await route.continue_()
+
+    async with Emulator(EmulatorOptions()) as emu, running(make_config(emu, pg_dsn)) as daemon:
+        page = await browser.new_page(viewport={"width": 1280, "height": 1100})
+        await page.clock.set_fixed_time(NOW)
+        await page.route(re.compile(r"/v1/liquidations\?"), hold)
+        await page.goto(f"http://127.0.0.1:{daemon.runtime.http_port}/")
+        async with asyncio.timeout(WAIT_MS / 1000):
+            await arrived.wait()  # the stream is open (the page opens it first)
+        await insert(pg, row("LTCUSDT", "SELL", "2", "80.125", at(11, 59, 50), datetime.now(UTC)))
+        registry = daemon.runtime.metrics.registry
+        await eventually(lambda: metric_value(registry, "collector_feed_events_sent_total") == 1)
+        release.set()
+        await state_is(page, "live")
+        assert await tape(page) == [
+            ["11:59:50.000", "binance", "LTCUSDT", "long", "80.125", "2", "$160.25"]
+        ]
+        minutes = await page.evaluate("collectorPage.minutes()")
+        assert (minutes[-1]["minute"], minutes[-1]["longs"]) == (
+            "2026-11-21T11:59:00.000Z",
+            "160.25",
+        )
 
 
 def free_port() -> int:

@@ -154,9 +154,7 @@
   }
 
   function liveRow(item) {
-    const k = key(item);
-    if (state.seen.delete(k)) return; // the history had it already
-    count(item);
+    if (!state.seen.delete(key(item))) count(item); // else the history counted it already
     tapeRow(item);
     scheduleRender();
   }
