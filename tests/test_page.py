@@ -25,9 +25,10 @@ import pytest
 from collector.config import HttpConfig
 from collector.emulator import Emulator, EmulatorOptions, make_force_order_event
 from collector.model import MarketLiquidation
+from collector.out.events import Cursor
 from collector.sink.columns import UPSERT_SESSION, session_args
 from collector.sources.binance_parse import Source, parse_force_order
-from tests.daemon import eventually, make_config, metric_value, running, subscribed
+from tests.daemon import Daemon, eventually, make_config, metric_value, running, subscribed
 from tests.factories import NOW, session, um_event
 from tests.feed_harness import insert
 
@@ -42,7 +43,9 @@ ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-WAIT_MS = 20_000
+# Generous: the feed sends a row once it is below the cluster's xmin, which other tests' DROP
+# DATABASE ... WITH (FORCE) can hold back for tens of seconds on a busy machine.
+WAIT_MS = 60_000
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(),
@@ -84,6 +87,20 @@ HISTORY = (
     row("BTCUSDT", "SELL", "1", "5000", at(10, 15, 40)),  # a long: 5000
     row("ETHUSDT", "BUY", "2.5", "61234.5", at(11, 10, 5)),  # a short: 153086.25
 )
+
+
+async def feed_has_read(daemon: Daemon, pg: asyncpg.Connection) -> None:
+    """Wait until the daemon's feed has read every row written so far: a stream opened after
+    this joins after them."""
+    last = await pg.fetchrow(
+        "SELECT committed_xid::text AS xid, seq FROM liquidation_feed"
+        " ORDER BY committed_xid DESC, seq DESC LIMIT 1"
+    )
+    target = Cursor(int(last["xid"]), last["seq"])
+    feed = daemon.runtime.feed
+    assert feed is not None
+    await eventually(lambda: feed.head is not None and feed.head >= target,
+                     timeout=WAIT_MS / 1000, what=f"the feed's head at {target}")  # fmt: skip
 
 
 @pytest.fixture
@@ -135,6 +152,7 @@ async def test_the_page_shows_the_tape_the_minutes_the_largest_and_the_gap(
     await insert(pg, *HISTORY)
     async with Emulator(EmulatorOptions()) as emu, running(make_config(emu, pg_dsn)) as daemon:
         await subscribed(emu)
+        await feed_has_read(daemon, pg)  # so the history rows are not live rows to the page
         page = await open_page(browser, daemon.runtime.http_port)
         await state_is(page, "live")
 
@@ -253,7 +271,8 @@ async def test_a_row_both_in_the_history_and_the_stream_counts_once(
             await arrived.wait()  # the stream is open (the page opens it first)
         await insert(pg, row("LTCUSDT", "SELL", "2", "80.125", at(11, 59, 50), datetime.now(UTC)))
         registry = daemon.runtime.metrics.registry
-        await eventually(lambda: metric_value(registry, "collector_feed_events_sent_total") == 1)
+        sent = "collector_feed_events_sent_total"
+        await eventually(lambda: metric_value(registry, sent) == 1, timeout=WAIT_MS / 1000)
         release.set()
         await state_is(page, "live")
         assert await tape(page) == [

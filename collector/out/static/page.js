@@ -17,7 +17,6 @@
   const RETRY_MIN = 500;
   const RETRY_MAX = 5_000;
   const COVERAGE_EVERY = 30_000;
-  const DEDUPE_MARGIN = 10 * MINUTE;
   const TOKEN_KEY = "collector.api_token";
   const SCALE = 18n;
   const params = new URLSearchParams(location.search);
@@ -89,8 +88,7 @@
       minutes: new Map(), // minute start (ms) -> {long, short, other: BigInt, unknown: n}
       largest: [], // [units, item], largest first
       tape: 0,
-      seen: new Set(), // history rows the stream may send again (see start())
-      seenSince: -Infinity,
+      seen: new Set(), // the history's rows, which the stream may send again (see start())
       pending: [], // stream rows that came before the history was in
       ready: false,
       streamOpen: false,
@@ -150,7 +148,7 @@
 
   function historyRow(item) {
     count(item);
-    if (ms(item.received_time) >= state.seenSince) state.seen.add(key(item));
+    state.seen.add(key(item));
   }
 
   function liveRow(item) {
@@ -259,7 +257,7 @@
           return;
         }
         if (!resp.ok) throw new Error(`the stream answered ${resp.status}: ${await problem(resp)}`);
-        opened.resolve(resp.headers.get("Date"));
+        opened.resolve();
         state.streamOpen = true;
         delay = RETRY_MIN;
         if (state.ready) status("live", "live");
@@ -522,13 +520,13 @@
     placeholder("largest", "loading…");
     status("loading", "loading");
     // The stream first, so that no row commits unseen between the history and the stream. A row
-    // committed after the stream joined may be in the history too: the history rows received
-    // shortly before the stream opened (by the server's Date) are kept to be skipped once.
+    // the stream sends after it joined may be in the history too (committed before the history
+    // was read, but not yet final for the feed: see docs/architecture.md on xmin), so the
+    // history's rows are kept by content, and such a row is counted once.
     const opened = deferred();
     streamLoop(gen, opened);
     try {
-      const date = await opened.promise;
-      state.seenSince = date ? Date.parse(date) - DEDUPE_MARGIN : -Infinity;
+      await opened.promise;
       await loadCoverage(gen);
       await loadHistory(gen);
       if (gen !== generation) return;
@@ -557,6 +555,7 @@
       if (from > state.start) {
         state.start = from;
         for (const m of state.minutes.keys()) if (m < from) state.minutes.delete(m);
+        for (const k of state.seen) if (ms(k.slice(k.lastIndexOf("|") + 1)) < from) state.seen.delete(k);
         renderLargest();
       }
       renderChart();
