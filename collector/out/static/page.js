@@ -251,6 +251,7 @@
         const headers = auth();
         if (state.lastId) headers["Last-Event-ID"] = state.lastId;
         const resp = await fetch("/v1/liquidations/stream", { headers, signal: ctrl.signal, cache: "no-store" });
+        if (gen !== generation) return; // a reload started meanwhile: this stream is not its
         if (resp.status === 401) {
           opened.reject(new NeedToken(await problem(resp)));
           if (gen === generation) needToken(true);
@@ -382,7 +383,7 @@
     const notes = [];
     if (state.truncatedFrom !== null) notes.push(`History is limited to ${ROW_CAP.toLocaleString("en")} rows: shown from ${isoOf(state.truncatedFrom).slice(11, 16)} UTC.`);
     if (unknown) notes.push(`${unknown} liquidation(s) without a USD value yet (COIN-M contract size unknown) are not in the sums.`);
-    notes.push("Grey: minutes no venue recorded (a gap, not a zero). Longs up, shorts down.");
+    notes.push("Grey: minutes that no venue recorded (a gap, not a zero). Longs up, shorts down.");
     $("minutes-note").textContent = notes.join(" ");
   }
 
