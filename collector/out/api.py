@@ -28,6 +28,7 @@ from aiohttp import web
 
 from collector.config import Config
 from collector.metrics import Metrics
+from collector.out import page
 from collector.out.events import Cursor, FeedEvent, Filter, event_from_row, iso
 from collector.out.feed import Feed, Subscription, TooManySubscribers
 from collector.venues import Venue
@@ -119,12 +120,14 @@ class Api:
         self._token = Path(path).read_text(encoding="utf-8").strip().encode() if path else None
 
     def add_routes(self, app: web.Application) -> None:
-        """Add the /v1 routes to `app` (nothing when `[http] api_enabled` is false)."""
+        """Add the /v1 routes and the page over them (`out/page.py`) to `app` (nothing when
+        `[http] api_enabled` is false)."""
         if not self.config.http.api_enabled:
             return
         app.router.add_get("/v1/liquidations/stream", self._guard(self.stream))
         app.router.add_get("/v1/liquidations", self._guard(self.history))
         app.router.add_get("/v1/coverage", self._guard(self.coverage))
+        page.add_routes(app)  # GET /: the page over these routes (no token: it asks for one)
 
     def _guard(self, handler: Handler) -> Handler:
         """`handler` behind the bearer token (when one is configured) and the 400 answer."""
