@@ -152,7 +152,8 @@ async def test_a_transaction_committing_later_with_a_smaller_seq_is_delivered_fi
             async with http.get(f"{s.url}/v1/liquidations/stream") as resp:
                 early = pg.transaction()
                 await early.start()
-                await pg.execute("SELECT pg_current_xact_id()")  # a's xid: the older one
+                # a's xid, the older one, taken under the feed lock as writers do (0016)
+                await pg.execute("SELECT liquidation_feed_lock(), pg_current_xact_id()")
                 await pg.execute(INSERT_ML_ONE, *ml_record(liquidation(30)))
                 await insert(other, liquidation(31))  # b commits first, with a larger seq
                 # b is committed but not final while a runs: the feed may not hand it out yet

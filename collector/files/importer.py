@@ -26,6 +26,7 @@ import orjson
 from collector.exceptions import MalformedPayload
 from collector.files import tardis
 from collector.files.tardis import TardisLine
+from collector.sink.columns import FEED_LOCK
 from collector.sources import binance_parse, bybit_parse, okx_parse
 from collector.venues import Venue
 
@@ -289,6 +290,7 @@ async def import_file(
     await conn.execute(_STAGING)
     try:
         async with conn.transaction():
+            await conn.execute(FEED_LOCK)  # before the staging COPYs: see sink.columns
             batch = _Batch(conn)
             records = _records(path)
             header = next(records, None)

@@ -123,8 +123,10 @@ class Filter:
 _COLUMNS = """committed_xid AS xid, seq, venue, market, symbol, liquidated_side,
        price::text AS price, qty::text AS qty, notional_usd::text AS notional_usd,
        trade_time, received_at"""
-# Every transaction below the snapshot's xmin has ended: the rows below it are final.
-XMIN = "SELECT pg_snapshot_xmin(pg_current_snapshot())"
+# The rows below this are final: every transaction that writes liquidations and is below it
+# has ended (migration 0016: the writers' feed lock; other transactions on the server don't
+# hold the feed back). Named XMIN for what it replaced, the snapshot's xmin (0009).
+XMIN = "SELECT liquidation_feed_horizon()"
 # The newest final row's cursor ($1: an xmin).
 HEAD = """SELECT committed_xid AS xid, seq FROM liquidation_feed
  WHERE committed_xid < $1::xid8 ORDER BY committed_xid DESC, seq DESC LIMIT 1"""

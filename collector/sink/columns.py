@@ -226,3 +226,8 @@ def repair_args(r: RepairRecord) -> tuple[Any, ...]:
     """The repair's values in `REPAIR_COLUMNS` order, taken by name."""
     values: tuple[Any, ...] = _repair_values(r)
     return values
+
+# A transaction writing liquidations takes the feed lock before its first write (COPY into a
+# staging table is a write): the live feed reads below the oldest holder (migration 0016). An
+# INSERT alone takes it by trigger; in a transaction, take it first, outside any savepoint.
+FEED_LOCK = "SELECT liquidation_feed_lock()"

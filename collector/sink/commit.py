@@ -26,6 +26,7 @@ from collector.retry import is_data_error
 from collector.sink.batch import Batch
 from collector.sink.columns import (
     DL_COLUMNS,
+    FEED_LOCK,
     INSERT_ML,
     INSERT_ML_ARRAYS,
     INSERT_ML_ONE,
@@ -100,6 +101,7 @@ async def _commit(conn: asyncpg.Connection, batch: Batch) -> _Outcome:
         inserted = await _insert_liquidations(conn, batch.liquidations) if batch.liquidations else 0
         return inserted, [], 0, []
     async with conn.transaction():
+        await conn.execute(FEED_LOCK)
         inserted = await _insert_liquidations(conn, batch.liquidations) if batch.liquidations else 0
         venue_inserted = await _insert_venue_rows(conn, batch.venue_rows) if batch.venue_rows else 0
         await _write_the_rest(conn, batch, [])
@@ -112,6 +114,7 @@ async def _commit_isolating(conn: asyncpg.Connection, batch: Batch, metrics: Met
     inserted, rejected = 0, list[DeadLetter]()
     venue_inserted, venue_rejected = 0, list[DeadLetter]()
     async with conn.transaction():
+        await conn.execute(FEED_LOCK)  # in the transaction, not a savepoint that may roll back
         if batch.liquidations:
             inserted, rejected = await _isolating(
                 conn, batch.liquidations, _insert_liquidations, INSERT_ML_ONE, ml_record,
