@@ -227,6 +227,7 @@ def repair_args(r: RepairRecord) -> tuple[Any, ...]:
     values: tuple[Any, ...] = _repair_values(r)
     return values
 
+
 # A transaction writing liquidations takes the feed lock before its first write (COPY into a
 # staging table is a write): the live feed reads below the oldest holder (migration 0016). An
 # INSERT alone takes it by trigger; in a transaction, take it first, outside any savepoint.
