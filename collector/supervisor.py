@@ -277,7 +277,7 @@ def _components(
         )
     if "okx" in enabled:
         components["okx"] = lambda s: run_okx(
-            config.okx, writer, metrics, s, sources_out=runtime.okx
+            config.okx, writer, metrics, s, sources_out=runtime.okx, ledger=pool
         )
     components |= {
         "rollup": lambda s: run_rollups(pool, s, interval_s=config.database.rollup_interval_s),

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import uuid
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import asyncpg
@@ -14,6 +16,8 @@ from collector.config import BybitConfig, OkxConfig, VenuesConfig
 from collector.emulator import Emulator, EmulatorOptions
 from collector.emulator.bybit import BybitEmulator, BybitOptions, make_bybit_liquidation
 from collector.emulator.okx import OkxEmulator, OkxOptions, make_okx_detail
+from collector.sources.venue_ledger import last_session_end
+from collector.venues import Venue
 from tests.daemon import eventually, make_config, running
 
 D = Decimal
@@ -108,3 +112,108 @@ async def test_bybit_and_okx_rows_and_an_okx_gap_repaired_in_the_ledger(
     assert [tuple(g) for g in gaps] == [
         (first["closed_at"], second["subscribed_at"], True, ["rest:okx:liquidation-orders"])
     ]
+
+
+async def test_okx_rows_missed_while_the_collector_was_down_are_repaired_at_restart(
+    pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """Restarted, the collector repairs from the end of the last OKX session in the ledger (its
+    close), not from the look-back: a liquidation OKX had while it was down is stored once from
+    REST; one from before that close (covered live, not on the stream) is not read back; a row
+    the stream stored is not stored again; the ledger shows the downtime repaired from REST."""
+    async with (
+        Emulator(EmulatorOptions()) as binance,
+        OkxEmulator(OkxOptions()) as okx,
+    ):
+        okx.liquidation_orders_limit.clock = lambda: 0.0  # no 40 / 2 s window in this test
+        config = dataclasses.replace(
+            make_config(binance, pg_dsn),
+            venues=VenuesConfig(enabled=("okx",)),
+            okx=OkxConfig(ws_url=okx.ws_url, rest_url=okx.rest_url, inst_types=("SWAP",),
+                          reconnect_jitter_s=0.0),
+        )  # fmt: skip
+        async with running(config):
+            await okx.ws.wait_until(lambda: bool(okx.connections)
+                                    and bool(okx.connections[0].topics))  # fmt: skip
+            await eventually(lambda: pg.fetchval("SELECT count(*) FROM coverage_repairs"))
+            streamed = make_okx_detail("buy", "net", "5", "3200", now_ms())
+            await okx.publish("ETH-USDT-SWAP", [streamed])  # on the stream and in REST
+            await eventually(lambda: pg.fetchval("SELECT count(*) FROM venue_liquidations"))
+        first = await pg.fetchrow(
+            "SELECT subscribed_at, closed_at FROM ws_sessions WHERE venue = 'okx'"
+            " AND close_reason = 'shutdown'"
+        )
+        closed_at = first["closed_at"]
+        close_ms = int(closed_at.timestamp() * 1000)
+        before_close = make_okx_detail("buy", "net", "3", "65000", close_ms - 1)
+        missed = make_okx_detail("sell", "long", "7", "65100", close_ms + 1)
+        await okx.publish("BTC-USDT-SWAP", [before_close, missed], stream=False)
+
+        async with running(config):
+            await eventually(
+                lambda: pg.fetchval("SELECT count(*) FROM coverage_repairs"), lambda n: n == 2
+            )
+        rows = await pg.fetch(
+            "SELECT symbol, liquidated_side, price, qty, notional_usd, origin, trade_time"
+            " FROM venue_liquidations ORDER BY trade_time"
+        )
+        repairs = await pg.fetch(
+            "SELECT stream, repaired_from, repaired_to, source, rows FROM coverage_repairs"
+            " ORDER BY id"
+        )
+        second = await pg.fetchrow(
+            "SELECT subscribed_at FROM ws_sessions WHERE venue = 'okx' AND opened_at > $1",
+            closed_at,
+        )
+        gaps = await pg.fetch(
+            "SELECT gap_start, gap_end, repaired, repair_sources"
+            " FROM coverage_gaps('okx', $1, $2, $3)",
+            [SWAP], first["subscribed_at"], second["subscribed_at"],
+        )  # fmt: skip
+    at = datetime.fromtimestamp
+    assert [tuple(r) for r in rows] == [
+        ("ETH-USDT-SWAP", "SHORT", D("3200"), D("0.5"), D("1600.0"), "ws",
+         at(int(streamed["ts"]) / 1000, UTC)),
+        ("BTC-USDT-SWAP", "LONG", D("65100"), D("0.07"), D("4557.00"), "rest",
+         at((close_ms + 1) / 1000, UTC)),
+    ]  # fmt: skip
+    assert tuple(repairs[1]) == (
+        SWAP,
+        closed_at,
+        second["subscribed_at"],
+        "rest:okx:liquidation-orders",
+        1,
+    )
+    assert [tuple(g) for g in gaps] == [
+        (closed_at, second["subscribed_at"], True, ["rest:okx:liquidation-orders"])
+    ]
+
+
+async def test_the_last_session_end_is_a_close_or_a_crashed_sessions_last_sign_of_life(
+    pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """`last_session_end`: the latest end among the venue's subscribed sessions, a session that
+    never closed (a crash) counting until its last_alive_at; never-subscribed sessions and other
+    venues' do not count; None for a venue with no session."""
+    t = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+    sessions = [  # (venue, opened, subscribed, last alive, closed)
+        ("okx", t, t, t.replace(minute=5), t.replace(minute=5)),
+        ("okx", t.replace(minute=6), t.replace(minute=6), t.replace(minute=9), None),  # crashed
+        ("okx", t.replace(minute=10), None, t.replace(minute=20), t.replace(minute=20)),
+        ("bybit", t, t, t.replace(minute=30), t.replace(minute=30)),
+    ]
+    for venue, opened, subscribed, alive, closed in sessions:
+        await pg.execute(
+            "INSERT INTO ws_sessions (session_id, venue, connection, host, route, url, streams,"
+            " opened_at, subscribed_at, last_alive_at, closed_at, events_received)"
+            " VALUES ($1, $2, $2, 'public', '', 'wss://example', '{x}', $3, $4, $5, $6, 0)",
+            uuid.uuid4(), venue, opened, subscribed, alive, closed,
+        )  # fmt: skip
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=1)
+    try:
+        assert await last_session_end(pool, Venue.OKX) == t.replace(minute=9)
+        assert await last_session_end(pool, Venue.BYBIT) == t.replace(minute=30)
+        await pg.execute("DELETE FROM ws_sessions")
+        assert await last_session_end(pool, Venue.OKX) is None
+    finally:
+        await pool.close()

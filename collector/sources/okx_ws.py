@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
+import asyncpg
 import structlog
 
 from collector.config import OkxConfig
@@ -35,7 +36,7 @@ from collector.sources.okx_parse import (
 )
 from collector.sources.okx_repair import OkxHistory, stream_name
 from collector.sources.repair import Gap, GapRepairer
-from collector.sources.venue_ledger import LinkSpec
+from collector.sources.venue_ledger import LinkSpec, last_session_end
 from collector.sources.venue_link import Link
 from collector.sources.venue_session import SessionClosed, VenueSession
 from collector.venues import Venue, VenueApiError
@@ -246,8 +247,12 @@ class OkxSource:
         if previous is not None and previous.ledger.record is not None:
             start, why = previous.ledger.record.last_alive_at, "reconnect"
         else:
-            lookback = timedelta(seconds=self._config.repair_lookback_s)
-            start, why = self._startup_gap_from or end - lookback, "startup"
+            # The gap since the last session the ledger knows (the collector's downtime), or
+            # the look-back when it knows none; never further back than REST reaches.
+            earliest = end - timedelta(seconds=self._config.repair_lookback_s)
+            known = self._startup_gap_from
+            start = earliest if known is None else max(known, earliest)
+            why = "startup" if known is None else "restart"
         self.repairer.submit(Gap(start, end, why))
 
 
@@ -259,12 +264,17 @@ async def run_okx(
     *,
     sources_out: list[OkxSource] | None = None,
     startup_gap_from: datetime | None = None,
+    ledger: asyncpg.Pool | None = None,
 ) -> None:
     """Follow OKX's liquidations until `stop`; the session closes in the ledger on the way out.
 
-    `startup_gap_from`: when coverage last ended before this start, if known (else the repair
-    reads back `repair_lookback_s`). `sources_out` (tests, readiness) receives the source.
+    `startup_gap_from`: when coverage last ended before this start, if known; else, with a
+    `ledger` pool, the end of the latest OKX session recorded there (`last_session_end`); else
+    the repair reads back `repair_lookback_s`. `sources_out` (tests, readiness) receives the
+    source.
     """
+    if startup_gap_from is None and ledger is not None and config.repair:
+        startup_gap_from = await last_session_end(ledger, VENUE)
     async with aiohttp.ClientSession() as http:
         source = OkxSource(config, http, sink, metrics, startup_gap_from=startup_gap_from)
         if sources_out is not None:

@@ -14,9 +14,32 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
+import structlog
+
 from collector.metrics import Metrics
 from collector.model import SessionRecord, Sink
 from collector.venues import Venue, VenueLiquidation
+
+log = structlog.get_logger(__name__)
+
+_LAST_SESSION_END = """
+SELECT max(coalesce(closed_at, last_alive_at)) FROM ws_sessions
+ WHERE venue = $1 AND subscribed_at IS NOT NULL
+"""
+
+
+async def last_session_end(pool: asyncpg.Pool, venue: Venue) -> datetime | None:
+    """When the latest subscribed session of `venue` the ledger recorded stopped covering (its
+    close, or its last sign of life if it never closed: a crash); None when there is none, or
+    when the database cannot say (logged: the caller falls back to its look-back)."""
+    try:
+        async with pool.acquire() as conn:
+            end: datetime | None = await conn.fetchval(_LAST_SESSION_END, venue.value)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        log.warning("venue_ledger.last_session_unknown", venue=venue.value, error=repr(exc)[:300])
+        return None
+    return end
 
 
 @dataclass(frozen=True, slots=True)
