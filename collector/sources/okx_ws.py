@@ -6,8 +6,10 @@ goes out after `heartbeat_s` without a message, before OKX's 30 s no-data cut; n
 `pong_timeout_s` closes the session (section 1.4). `GET /api/v5/public/instruments` gives the
 contract terms (ctVal, ctMult, ctValCcy) that turn SWAP/FUTURES contracts into USD notional,
 refreshed every `instruments_refresh_s`. Each session is a ledger row with venue "okx"; each
-gap between sessions (and the look-back before the first, at start-up) goes to the REST repair
-(`repair.GapRepairer` over `okx_repair.OkxHistory`) unless `[okx] repair` is off.
+gap between sessions (and, at start-up, the time since the ledger's last OKX session, bounded by
+the look-back) goes to the REST repair (`repair.GapRepairer` over `okx_repair.OkxHistory`) unless
+`[okx] repair` is off. A service-upgrade notice (64008) hands over to a new connection before the
+old one is closed (`venue_link.Link`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ VENUE = Venue.OKX
 PATH = "/ws/v5/public"
 # "Connection limit: 3 requests per second (based on IP)" (docs/okx.md section 1.4).
 CONNECTS_PER_S = 3
+# The `notice` event's code for "The connection will soon be closed for a service upgrade"
+# (docs/okx.md section 1.3).
+SERVICE_UPGRADE = "64008"
 _LOGGED_ERROR_CHARS = 300
 
 
@@ -133,9 +138,13 @@ class OkxSession(VenueSession):
         if event.event in ("subscribe", "unsubscribe", "error") and self.resolve(event.id, event):
             return
         if event.event == "notice":
-            # 64008: "The connection will soon be closed for a service upgrade" (section 1.3);
-            # the link replaces the session when OKX closes it.
-            self.log.warning("okx.notice", code=event.code, msg=event.msg)
+            # 64008: "The connection will soon be closed for a service upgrade. Please
+            # reconnect.", pushed 30 s before the upgrade so that a new connection avoids the
+            # cut (docs/okx.md section 1.3): the link opens the next session, then closes this.
+            handover = event.code == SERVICE_UPGRADE
+            self.log.warning("okx.notice", code=event.code, msg=event.msg, handover=handover)
+            if handover:
+                self.handover.set()
         elif event.event.startswith("channel-conn-count"):
             self.log.debug("okx.conn_count", frame=text[:500])
         else:
@@ -241,6 +250,8 @@ class OkxSource:
         read, or (the first session) the look-back before it."""
         if self.repairer is None:
             return
+        if previous is not None and not previous.closed.is_set():
+            return  # a handover: the previous session is still reading, so there is no gap
         record = session.ledger.record
         assert record is not None
         end = record.subscribed_at or datetime.now(UTC)

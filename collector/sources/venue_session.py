@@ -86,6 +86,9 @@ class VenueSession:
         self.subscribed = asyncio.Event()
         self.delivered = asyncio.Event()
         self.closed = asyncio.Event()
+        self.handover = asyncio.Event()
+        """Set when the venue announced this session's end (OKX's service-upgrade notice): the
+        link opens the next session first, then closes this one (`venue_link`)."""
         self.close_reason = ""
         self.pongs = 0
         self._last_frame_monotonic = time.monotonic()
