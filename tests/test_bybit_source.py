@@ -274,3 +274,45 @@ async def test_a_list_longer_than_a_page_is_followed_and_split_at_21000_characte
         await eventually(
             category.state, lambda v: v == {"up": 2, "wanted": 2, "topics": 1200, "symbols": 1200}
         )
+
+
+async def test_a_connection_whose_every_subscribe_is_refused_is_closed_and_not_covered() -> None:
+    """When Bybit refuses every topic of a connection, the session is closed (never subscribed
+    in the ledger, so it covers nothing), counted as `subscribe_rejected` and logged once; the
+    link, with nothing left to hold, stops connecting; the next refresh offers the topics again
+    on a new connection."""
+    options = BybitOptions(linear_symbols=("BTCUSDT", "ETHUSDT"), inverse_symbols=(),
+                           max_args_chars=10)  # fmt: skip
+    with structlog.testing.capture_logs() as logs:
+        async with bybit(options, categories=("linear",), max_args_chars=100) as run:
+            [category] = await eventually(lambda: run.categories)
+            [link] = await eventually(lambda: category.links)
+            await eventually(lambda: link.ended, what="the link to end")
+            rejected = run.metric(
+                "collector_venue_ws_reconnects_total", venue="bybit", reason="subscribe_rejected"
+            )
+            assert run.emu.connections == []
+            [first] = run.sink.sessions()
+            run.emu.options = dataclasses.replace(run.emu.options, max_args_chars=21_000)
+            assert await category.refresh() is None
+            topics = ["allLiquidation.BTCUSDT", "allLiquidation.ETHUSDT"]
+            await run.until_topics([topics])
+            await eventually(run.sink.sessions, lambda s: len(s) == 2 and s[1].subscribed_at)
+            assert [link.spec.name for link in category.links] == ["bybit/linear#1"]
+    assert rejected == 1
+    assert (first.connection, first.streams, first.subscribed_at, first.close_reason) == (
+        "bybit/linear#0", (), None, "subscribe_rejected",
+    )  # fmt: skip
+    second = run.sink.sessions()[1]
+    assert (second.connection, second.streams, second.close_reason) == (
+        "bybit/linear#1", tuple(topics), "shutdown",
+    )  # fmt: skip
+    assert run.metric("collector_venue_subscribe_replies_total", venue="bybit",
+                      outcome="error") == 3  # the request of two, then each alone  # fmt: skip
+    refused_all = [e for e in logs if e["event"] == "bybit.connection_refused_all"]
+    assert [(e["log_level"], e["refused"], e["topics"], e["left"]) for e in refused_all] == [
+        ("error", 2, topics, 0)
+    ]
+    assert [e["connection"] for e in logs if e["event"] == "venue_ws.nothing_to_hold"] == [
+        "bybit/linear#0"
+    ]

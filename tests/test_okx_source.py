@@ -315,7 +315,8 @@ async def test_a_service_upgrade_notice_hands_over_to_a_new_connection_first(
         )
     first, second = run.sink.sessions()
     assert first.close_reason == "service_upgrade"
-    assert second.subscribed_at is not None and first.closed_at is not None
+    assert second.subscribed_at is not None
+    assert first.closed_at is not None
     assert second.subscribed_at < first.closed_at  # the new one read before the old one closed
     assert second.close_reason == "shutdown"
     assert [r.repaired_to for r in run.sink.repairs] == [first.subscribed_at] * 3  # start-up only
@@ -339,7 +340,8 @@ async def test_a_handover_that_cannot_connect_keeps_the_old_session_until_okx_cl
             lambda: run.metric("collector_venue_ws_reconnects_total", venue="okx",
                                reason="http_503"),
         )  # fmt: skip
-        assert len(emu.connections) == 1 and run.sink.sessions()[0].closed_at is None
+        assert len(emu.connections) == 1
+        assert run.sink.sessions()[0].closed_at is None
         emu.close_connections()
         await run.subscribed_sessions(2)
         await eventually(lambda: repairer.records, lambda r: len(r) == 2, what="the repair")

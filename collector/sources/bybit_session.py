@@ -62,7 +62,14 @@ class BybitSession(VenueSession):
 
     async def _subscribe(self) -> tuple[str, ...]:
         await self.sync_topics()
-        if self._link.topics and not self.held:
+        if not self.held:
+            # Every topic refused (or none left to hold): a connection with nothing subscribed
+            # reads nothing, so it is closed (never subscribed in the ledger: it covers nothing)
+            # and counted as `subscribe_rejected`; the link ends once it has no topic left.
+            self.log.error(
+                "bybit.connection_refused_all", refused=len(self._link.refused),
+                topics=self._link.refused[:20], left=len(self._link.topics),
+            )  # fmt: skip
             raise SessionClosed("subscribe_rejected")
         return tuple(self.held)
 
@@ -161,6 +168,11 @@ class BybitLink:
             if current is not None and not current.closed.is_set():
                 out.append(current)
         return out
+
+    @property
+    def ended(self) -> bool:
+        """Whether its `Link` stopped for good (it had no topic left to hold)."""
+        return self.link is not None and self.link.ended
 
     @property
     def session(self) -> BybitSession | None:

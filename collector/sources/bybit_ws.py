@@ -182,6 +182,8 @@ class BybitCategory:
     async def apply(self, symbols: Sequence[str]) -> None:
         """Make the links hold exactly the topics of `symbols`: drop delisted ones from their
         links, add new listings where there is room (else on new links), retire empty links."""
+        for link in [link for link in self.links if link.ended]:
+            self.links.remove(link)  # every topic refused: its topics are offered again below
         wanted = [topic(s) for s in symbols]
         wanted_set = set(wanted)
         held = {t for link in self.links for t in link.topics}
@@ -243,6 +245,7 @@ class BybitCategory:
             jitter_s=config.reconnect_jitter_s,
             budget=self._budget,
             rng=self._rng,
+            keep=lambda: bool(link.topics),
         )
         assert self._group is not None
         assert self._stop is not None

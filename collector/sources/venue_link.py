@@ -46,6 +46,7 @@ class Link:
         rng: random.Random | None = None,
         pause: Pause = sleep_or_stop,
         on_subscribed: OnSubscribed | None = None,
+        keep: Callable[[], bool] | None = None,
     ) -> None:
         self.name = name
         self._venue = venue
@@ -57,6 +58,10 @@ class Link:
         self._rng = rng or random.Random()
         self._pause = pause
         self._on_subscribed = on_subscribed
+        self._keep = keep
+        """Asked before each new session: False ends the link (nothing left to hold)."""
+        self.ended = False
+        """True once the loop stopped because `keep()` said so."""
         self._retired = asyncio.Event()
         self.current: VenueSession | None = None
         # During a handover: the session being opened to take over, then the one it replaces
@@ -112,6 +117,10 @@ class Link:
         venue = self._venue
         delay = 0.0
         while not halt.is_set():
+            if self._keep is not None and not self._keep():
+                self.ended = True
+                self.log.warning("venue_ws.nothing_to_hold")
+                return
             wait_s = self._within_budget(delay)
             if wait_s > 0:
                 await self._pause(wait_s, halt)
