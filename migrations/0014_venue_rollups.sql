@@ -442,3 +442,12 @@ LANGUAGE sql STABLE AS $$
      ORDER BY notional_usd DESC, trade_time DESC
      LIMIT n
 $$;
+
+-- Bybit's venue-wide coverage (issue 14): Bybit has no all-market topic, so a session covers the
+-- symbols it holds, not the venue. The collector keeps a ledger row of its own (connection
+-- `bybit/all-symbols`, stream `allLiquidation.*`, collector/sources/bybit_coverage.py) open
+-- exactly while every listed symbol of every configured category is subscribed; that stream is
+-- now what "Bybit is covered" means in the dashboards and /v1/coverage. Sessions recorded before
+-- this migration carry no such row: that time shows as no data for Bybit as a whole (a claim
+-- nothing recorded), while each symbol's own stream keeps its coverage.
+UPDATE venues SET coverage_streams = ARRAY['allLiquidation.*'] WHERE venue = 'bybit';

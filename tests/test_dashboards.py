@@ -411,7 +411,9 @@ async def seed_venues(conn: asyncpg.Connection) -> None:
             _VL, at(minutes), venue, uuid.uuid4().bytes, market, symbol, symbol.split("-")[0],
             side, price and D(price), D(qty), notional and D(notional), origin,
         )  # fmt: skip
+    # Bybit's venue-wide coverage is its `allLiquidation.*` row (every listed symbol held).
     sessions = [("bybit", "allLiquidation.ROSEUSDT", T - timedelta(hours=1), at(150)),
+                ("bybit", "allLiquidation.*", T - timedelta(hours=1), at(150)),
                 ("okx", "liquidation-orders:SWAP", T - timedelta(hours=1), OKX_GAP[0]),
                 ("okx", "liquidation-orders:SWAP", at(100), at(150))]  # fmt: skip
     for venue, stream, opened, closed in sessions:

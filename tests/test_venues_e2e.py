@@ -217,3 +217,39 @@ async def test_the_last_session_end_is_a_close_or_a_crashed_sessions_last_sign_o
         assert await last_session_end(pool, Venue.OKX) is None
     finally:
         await pool.close()
+
+
+async def test_bybit_venue_coverage_is_the_all_symbols_row_in_the_ledger(
+    pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """Against the database: Bybit's venue-wide coverage (venues.coverage_streams) is the
+    `allLiquidation.*` row, so a reconnect shows exactly the gap between the row's close and
+    its reopening, even though each symbol's session covered its own stream."""
+    async with (
+        Emulator(EmulatorOptions()) as binance,
+        BybitEmulator(BybitOptions(linear_symbols=("BTCUSDT", "ETHUSDT"),
+                                   inverse_symbols=())) as bybit,
+    ):  # fmt: skip
+        config = dataclasses.replace(
+            make_config(binance, pg_dsn),
+            venues=VenuesConfig(enabled=("bybit",)),
+            bybit=BybitConfig(ws_url=bybit.ws_url, rest_url=bybit.rest_url, categories=("linear",),
+                              reconnect_jitter_s=0.0, reconnect_initial_s=0.05),
+        )  # fmt: skip
+        rows = "SELECT count(*) FROM ws_sessions WHERE connection = 'bybit/all-symbols'"
+        async with running(config):
+            await eventually(lambda: pg.fetchval(rows))
+            assert bybit.close_connections() == 1
+            await eventually(lambda: pg.fetchval(rows), lambda n: n == 2)
+        first, second = await pg.fetch(
+            "SELECT subscribed_at, closed_at, close_reason, streams FROM ws_sessions"
+            " WHERE connection = 'bybit/all-symbols' ORDER BY opened_at"
+        )
+        streams = await pg.fetchval("SELECT coverage_streams FROM venues WHERE venue = 'bybit'")
+        gaps = await pg.fetch(
+            "SELECT gap_start, gap_end, repaired FROM coverage_gaps('bybit', $1, $2, $3)",
+            streams, first["subscribed_at"], second["closed_at"],
+        )  # fmt: skip
+    assert streams == ["allLiquidation.*"]
+    assert (first["close_reason"], second["close_reason"]) == ("server_closed", "shutdown")
+    assert [tuple(g) for g in gaps] == [(first["closed_at"], second["subscribed_at"], False)]

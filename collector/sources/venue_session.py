@@ -267,6 +267,10 @@ class VenueSession:
         self.log.info(
             "venue_ws.closed", reason=self.close_reason, events=self.ledger.events_received
         )
+        await self._after_close()
+
+    async def _after_close(self) -> None:
+        """Called once the session's last ledger row is put (a venue hook; nothing by default)."""
 
     async def _beat(self) -> None:
         """Ping as the venue asks; close the session when a pong does not come in time."""
