@@ -483,6 +483,18 @@ async def test_exchange_panels_are_exact(pg: asyncpg.Connection) -> None:
         (at(85), "okx", "BTC-USDT-SWAP", "LONG", D(500)),
         (at(10), "okx", "IOST-USDT-SWAP", "SHORT", D("101.803000")),
     ]  # fmt: skip
+    # COIN-M: 20 contracts of 100 USD over the average price 59,500, rounded to 18 places.
+    assert [x["Qty"] for x in r["Largest liquidations across exchanges"]] == [
+        D(2),
+        D(2),
+        D(10),
+        D("0.5"),
+        D("0.1"),
+        D("0.033613445378151261"),
+        D(20000),
+        D("0.01"),
+        D(13000),
+    ]
     assert r["Gaps by exchange (repaired or not)"] == [
         {"Exchange": "okx", "From": OKX_GAP[1], "To": at(100), "Duration": D(1200),
          "Filled": f"repaired from {REST}"},

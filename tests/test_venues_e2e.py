@@ -8,7 +8,7 @@ import dataclasses
 import time
 import uuid
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 
 import asyncpg
 
@@ -253,3 +253,73 @@ async def test_bybit_venue_coverage_is_the_all_symbols_row_in_the_ledger(
     assert streams == ["allLiquidation.*"]
     assert (first["close_reason"], second["close_reason"]) == ("server_closed", "shutdown")
     assert [tuple(g) for g in gaps] == [(first["closed_at"], second["subscribed_at"], False)]
+
+
+def base_qty(usd: str, price: str) -> Decimal:
+    """USD face value over price, rounded half up to 18 places (migration 0014)."""
+    with localcontext() as ctx:
+        ctx.prec = 60
+        return (D(usd) / D(price)).quantize(D("1e-18"), ROUND_HALF_UP)
+
+
+async def test_inverse_contracts_have_a_base_qty_in_the_liquidations_base_qty_view(
+    pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """Bybit inverse (USD size), OKX inverse SWAP (contracts of ctVal USD) from the emulators,
+    and a Binance COIN-M row (contracts of contractSize USD): each qty in base units is the USD
+    face value over the price, exactly as NUMERIC rounded to 18 places, marked qty_from_usd;
+    linear rows keep their wire quantity; `liquidations` itself is unchanged."""
+    async with (
+        Emulator(EmulatorOptions()) as binance,
+        BybitEmulator(BybitOptions(linear_symbols=("BTCUSDT",),
+                                   inverse_symbols=("BTCUSD",))) as bybit,
+        OkxEmulator(OkxOptions()) as okx,
+    ):  # fmt: skip
+        config = dataclasses.replace(
+            make_config(binance, pg_dsn),
+            venues=VenuesConfig(enabled=("bybit", "okx")),
+            bybit=BybitConfig(ws_url=bybit.ws_url, rest_url=bybit.rest_url),
+            okx=OkxConfig(ws_url=okx.ws_url, rest_url=okx.rest_url, inst_types=("SWAP",),
+                          repair=False),
+        )  # fmt: skip
+        async with running(config):
+            await bybit.ws.wait_until(lambda: len(bybit.connections) == 2
+                                      and all(c.topics for c in bybit.connections))  # fmt: skip
+            await okx.ws.wait_until(lambda: bool(okx.connections)
+                                    and bool(okx.connections[0].topics))  # fmt: skip
+            t = now_ms()
+            await bybit.publish("inverse", [make_bybit_liquidation("BTCUSD", "Buy", "1000",
+                                                                   "60000", t)])  # fmt: skip
+            await bybit.publish("linear", [make_bybit_liquidation("BTCUSDT", "Sell", "0.25",
+                                                                  "64000", t)])  # fmt: skip
+            await okx.publish("BTC-USD-SWAP", [make_okx_detail("sell", "net", "3", "64000.5", t)])
+            await okx.publish("BTC-USDT-SWAP", [make_okx_detail("buy", "net", "7", "65100", t)])
+            await eventually(
+                lambda: pg.fetchval("SELECT count(*) FROM venue_liquidations"), lambda n: n == 4
+            )
+    await pg.execute(
+        "INSERT INTO market_liquidations (trade_time, content_key, event_time, symbol, market,"
+        " side, liquidated_side, status, orig_qty, price, avg_price, filled_qty, notional_usd,"
+        " received_at, source_host, source_route, source_stream, raw) VALUES (now(), $1, now(),"
+        " 'BTCUSD_PERP', 'CM', 'SELL', 'LONG', 'FILLED', 7, 59000, 59123.4, 7, 700, now(),"
+        " 'dstream', 'market', '!forceOrder@arr', '{}')",
+        uuid.uuid4().bytes,
+    )  # fmt: skip
+    query = (
+        "SELECT venue, market, symbol, qty, qty_from_usd, notional_usd, price FROM {}"
+        " ORDER BY venue, market, symbol"
+    )
+    rows = [tuple(r) for r in await pg.fetch(query.format("liquidations_base_qty"))]
+    assert rows == [
+        ("binance", "CM", "BTCUSD_PERP", base_qty("700", "59123.4"), True, D(700),
+         D("59123.4")),
+        ("bybit", "inverse", "BTCUSD", base_qty("1000", "60000"), True, D(1000), D(60000)),
+        ("bybit", "linear", "BTCUSDT", D("0.25"), False, D("16000.00"), D(64000)),
+        ("okx", "SWAP", "BTC-USD-SWAP", base_qty("300", "64000.5"), True, D(300), D("64000.5")),
+        ("okx", "SWAP", "BTC-USDT-SWAP", D("0.07"), False, D("4557.00"), D(65100)),
+    ]  # fmt: skip
+    assert [r[3] for r in rows[:2]] == [D("0.011839643863512586"), D("0.016666666666666667")]
+    plain = [r[0] for r in await pg.fetch(
+        "SELECT qty FROM liquidations ORDER BY venue, market, symbol"
+    )]  # fmt: skip
+    assert plain == [None, None, D("0.25"), None, D("0.07")]

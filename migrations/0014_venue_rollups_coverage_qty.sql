@@ -1,5 +1,10 @@
--- Rollups of the other venues' liquidations (issue 14: "the rollups include the venue"), so the
--- dashboards' "By exchange" panels read totals, not every row of the range.
+-- Three parts of issue 14 (more venues), each a section below:
+--   1. venue rollups: totals of the other venues' liquidations by venue ("the rollups include
+--      the venue"), so the dashboards' "By exchange" panels read totals, not every row;
+--   2. Bybit's venue-wide coverage: venues.coverage_streams for bybit is its all-symbols row;
+--   3. inverse contracts' base quantities: the liquidations_base_qty view.
+--
+-- 1. Venue rollups.
 --
 -- Binance keeps its own rollups (0004, refreshed by refresh_market_rollup_dirty()); this adds the
 -- same machinery for venue_liquidations (Bybit, OKX), with a `venue` column, in objects of its
@@ -443,7 +448,7 @@ LANGUAGE sql STABLE AS $$
      LIMIT n
 $$;
 
--- Bybit's venue-wide coverage (issue 14): Bybit has no all-market topic, so a session covers the
+-- 2. Bybit's venue-wide coverage (issue 14): Bybit has no all-market topic, so a session covers the
 -- symbols it holds, not the venue. The collector keeps a ledger row of its own (connection
 -- `bybit/all-symbols`, stream `allLiquidation.*`, collector/sources/bybit_coverage.py) open
 -- exactly while every listed symbol of every configured category is subscribed; that stream is
@@ -451,3 +456,59 @@ $$;
 -- this migration carry no such row: that time shows as no data for Bybit as a whole (a claim
 -- nothing recorded), while each symbol's own stream keeps its coverage.
 UPDATE venues SET coverage_streams = ARRAY['allLiquidation.*'] WHERE venue = 'bybit';
+
+-- 3. Base quantities of inverse contracts (issue 14: "qty in base units where defined"). An inverse
+-- contract's size is a USD face value, so its base quantity is that USD amount over the price:
+--   * Bybit inverse: `v` is in USD, one contract one USD (docs/bybit.md section 1.2);
+--     notional_usd = v, so qty = v / p;
+--   * OKX inverse SWAP/FUTURES: sz contracts of ctVal x ctMult USD (docs/okx.md section 2.1);
+--     notional_usd = sz x ctVal x ctMult, so qty = that / bkPx. (An OKX SWAP/FUTURES row without
+--     qty but with notional_usd is inverse: a linear one gets its qty from ctVal in base units);
+--   * Binance COIN-M: z contracts of contractSize USD (docs/binance.md); notional_usd =
+--     z x contractSize (known once exchangeInfo is), so qty = that / ap.
+-- The quotient seldom has a finite decimal: it is computed to 30 places and rounded half away
+-- from zero to 18 (a wei of ETH, far below any exchange's lot), trailing zeros trimmed; the
+-- view's qty_from_usd says which rows' qty was derived so.
+CREATE FUNCTION usd_face_to_base_qty(usd numeric, price numeric) RETURNS numeric
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN usd IS NOT NULL AND price > 0
+                THEN trim_scale(round(usd::numeric(1000, 30) / price, 18)) END
+$$;
+
+-- The base quantity of one normalised row: the wire's when it has one (`qty`), else the USD face
+-- value over the price for the inverse markets above, else NULL.
+CREATE FUNCTION liquidation_base_qty(venue text, market text, qty numeric, notional_usd numeric,
+                                     price numeric) RETURNS numeric
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE
+        WHEN qty IS NOT NULL THEN qty
+        WHEN (venue = 'binance' AND market = 'CM') OR (venue = 'bybit' AND market = 'inverse')
+             OR (venue = 'okx' AND market IN ('SWAP', 'FUTURES'))
+            THEN usd_face_to_base_qty(notional_usd, price)
+    END
+$$;
+
+-- The normalised relation with those quantities: the columns of `liquidations` (0008), qty
+-- defined for inverse contracts too, and whether qty was derived from a USD face value. A new
+-- view, so `liquidations` (and what reads it, such as `collector export`) keeps its answers.
+CREATE VIEW liquidations_base_qty AS
+SELECT 'binance'::text AS venue, m.market, m.symbol, s.base_asset, m.liquidated_side,
+       m.avg_price AS price,
+       liquidation_base_qty('binance', m.market,
+                            CASE WHEN m.market = 'UM' THEN m.filled_qty END,
+                            m.notional_usd, m.avg_price) AS qty,
+       m.notional_usd, m.trade_time, m.received_at,
+       m.market = 'CM' AND usd_face_to_base_qty(m.notional_usd, m.avg_price) IS NOT NULL
+           AS qty_from_usd
+  FROM market_liquidations m
+  LEFT JOIN symbols s ON s.market = m.market AND s.symbol = m.symbol
+UNION ALL
+SELECT v.venue, v.market, v.symbol, v.base_asset, v.liquidated_side, v.price,
+       liquidation_base_qty(v.venue, v.market, v.qty, v.notional_usd, v.price),
+       v.notional_usd, v.trade_time, v.received_at,
+       v.qty IS NULL
+           AND liquidation_base_qty(v.venue, v.market, v.qty, v.notional_usd, v.price) IS NOT NULL
+  FROM venue_liquidations v;
+
+COMMENT ON VIEW liquidations_base_qty IS
+    'The liquidations view with qty in base units for inverse contracts too (Bybit inverse, OKX inverse SWAP/FUTURES, Binance COIN-M: USD face value / price, rounded to 18 places; qty_from_usd true for those).';
