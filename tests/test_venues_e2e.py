@@ -323,3 +323,36 @@ async def test_inverse_contracts_have_a_base_qty_in_the_liquidations_base_qty_vi
         "SELECT qty FROM liquidations ORDER BY venue, market, symbol"
     )]  # fmt: skip
     assert plain == [None, None, D("0.25"), None, D("0.07")]
+
+
+async def test_the_daemon_keeps_the_venue_rollups_current(
+    pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """The supervisor's `venue_rollup` component refreshes the venue rollups: a Bybit
+    liquidation from the emulator is in the hourly rollup by venue, and no mark is left."""
+    async with (
+        Emulator(EmulatorOptions()) as binance,
+        BybitEmulator(BybitOptions(linear_symbols=("BTCUSDT",), inverse_symbols=())) as bybit,
+    ):
+        base = make_config(binance, pg_dsn)
+        config = dataclasses.replace(
+            base,
+            database=dataclasses.replace(base.database, rollup_interval_s=0.05),
+            venues=VenuesConfig(enabled=("bybit",)),
+            bybit=BybitConfig(ws_url=bybit.ws_url, rest_url=bybit.rest_url, categories=("linear",)),
+        )
+        async with running(config):
+            await bybit.ws.wait_until(lambda: bool(bybit.connections)
+                                      and bool(bybit.connections[0].topics))  # fmt: skip
+            await bybit.publish(
+                "linear", [make_bybit_liquidation("BTCUSDT", "Buy", "0.5", "64000", now_ms())]
+            )
+            await eventually(lambda: pg.fetchval("SELECT count(*) FROM venue_liquidations_1h"))
+            await eventually(
+                lambda: pg.fetchval("SELECT count(*) FROM venue_rollup_dirty"), lambda n: n == 0
+            )
+        row = await pg.fetchrow(
+            "SELECT venue, market, symbol, liquidated_side, events, notional_usd,"
+            " notional_unknown, max_notional_usd FROM venue_liquidations_1h"
+        )
+    assert tuple(row) == ("bybit", "linear", "BTCUSDT", "LONG", 1, D("32000.0"), 0, D("32000.0"))
