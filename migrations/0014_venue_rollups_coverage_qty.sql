@@ -456,6 +456,8 @@ $$;
 -- this migration carry no such row: that time shows as no data for Bybit as a whole (a claim
 -- nothing recorded), while each symbol's own stream keeps its coverage.
 UPDATE venues SET coverage_streams = ARRAY['allLiquidation.*'] WHERE venue = 'bybit';
+COMMENT ON COLUMN venues.coverage_streams IS
+    'The streams whose coverage means "this venue is covered" (coverage_buckets(venue, coverage_streams, ...)): Binance {!forceOrder@arr}, Bybit {allLiquidation.*} (every listed symbol subscribed), NULL: any session of the venue (OKX).';
 
 -- 3. Base quantities of inverse contracts (issue 14: "qty in base units where defined"). An inverse
 -- contract's size is a USD face value, so its base quantity is that USD amount over the price:

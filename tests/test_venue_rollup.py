@@ -5,14 +5,17 @@ before the refresh (marked minutes), after it, and after late updates and delete
 from __future__ import annotations
 
 import asyncio
+import shutil
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import asyncpg
 import pytest
 
+from collector.db.migrate import migrate
 from collector.db.rollup import refresh_pending
 from collector.db.venue_rollup import (
     rebuild_venues,
@@ -20,11 +23,13 @@ from collector.db.venue_rollup import (
     run_venue_rollups,
     venue_pending_minutes,
 )
+from tests.conftest import _with_database
 from tests.daemon import eventually
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 D = Decimal
 ORIGIN = "'2000-01-01 00:00:00+00'"
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 _VL = """
 INSERT INTO venue_liquidations (trade_time, venue, content_key, market, symbol, base_asset,
@@ -265,3 +270,37 @@ async def test_run_venue_rollups_refreshes_until_stopped(
     await pg.execute("DROP FUNCTION venue_rollup_refresh_dirty(integer)")
     with pytest.raises(asyncpg.UndefinedFunctionError):
         await run_venue_rollups(pool, asyncio.Event(), interval_s=0.01)
+
+
+async def test_the_migration_builds_the_rollups_of_rows_stored_before_it(
+    pg_admin_dsn: str, tmp_path: Path
+) -> None:
+    """A database migrated up to 0011 with venue rows in it: applying 0014 builds their
+    rollups at once (no marks needed), equal to the from-scratch aggregate, and points Bybit's
+    venue-wide coverage at its all-symbols stream."""
+    every = sorted(MIGRATIONS.glob("*.sql"))
+    for path in every:
+        if path.name < "0012":
+            shutil.copy(path, tmp_path / path.name)
+    name = f"collector_t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        conn = await asyncpg.connect(_with_database(pg_admin_dsn, name))
+        try:
+            await migrate(conn, tmp_path)
+            await seed(conn)
+            await migrate(conn)
+            assert await conn.fetchval("SELECT count(*) FROM venue_rollup_dirty") == 0
+            for level, step in (("1m", "1 minute"), ("1h", "1 hour"), ("1d", "1 day")):
+                assert await table(conn, f"venue_liquidations_{level}") == await scratch(
+                    conn, step
+                ), level
+            assert await conn.fetchval(
+                "SELECT coverage_streams FROM venues WHERE venue = 'bybit'"
+            ) == ["allLiquidation.*"]  # fmt: skip
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
