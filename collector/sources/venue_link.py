@@ -6,7 +6,9 @@ jitter (`retry.Backoff`); a confirmed session that ends is replaced after a shor
 and resets the backoff; every attempt is booked in the venue's connection budget
 (`retry.AttemptBudget`, the documented connections-per-window limit). Each session is a row in
 the coverage ledger; `on_subscribed(session, previous)` tells the venue (gap repair) when a
-session is confirmed and which one ended before it.
+session is confirmed and which one ended before it (still open: a handover, no gap). A session
+whose venue announced its end (`VenueSession.handover`, OKX's 64008) is replaced make-before-
+break; `keep()` false before an attempt (Bybit: no topic left to hold) ends the link.
 """
 
 from __future__ import annotations
