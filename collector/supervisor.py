@@ -34,6 +34,7 @@ from collector.config import Config, redact_dsn
 from collector.db.connection import connect, database_dsn, wait_for_database
 from collector.db.migrate import migrate
 from collector.db.rollup import run_rollups
+from collector.db.venue_rollup import run_venue_rollups
 from collector.health import Health, listen, serve_http
 from collector.metrics import Metrics
 from collector.model import MarketLiquidation
@@ -276,10 +277,13 @@ def _components(
         )
     if "okx" in enabled:
         components["okx"] = lambda s: run_okx(
-            config.okx, writer, metrics, s, sources_out=runtime.okx
+            config.okx, writer, metrics, s, sources_out=runtime.okx, ledger=pool
         )
     components |= {
         "rollup": lambda s: run_rollups(pool, s, interval_s=config.database.rollup_interval_s),
+        "venue_rollup": lambda s: run_venue_rollups(
+            pool, s, interval_s=config.database.rollup_interval_s
+        ),
         "database_ping": lambda s: run_database_ping(
             pool,
             metrics,

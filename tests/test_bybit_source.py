@@ -16,6 +16,8 @@ import structlog
 from collector.config import BybitConfig
 from collector.emulator.bybit import BybitEmulator, BybitOptions, make_bybit_liquidation
 from collector.metrics import Metrics
+from collector.model import SessionRecord
+from collector.sources.bybit_coverage import CONNECTION
 from collector.sources.bybit_parse import liquidation_key, plan_subscriptions
 from collector.sources.bybit_ws import BybitCategory, args_chars, run_bybit
 from collector.venues import LiquidatedSide, Venue
@@ -37,6 +39,14 @@ class Running:
 
     def metric(self, name: str, **labels: str) -> float:
         return metric_value(self.metrics.registry, name, **labels)
+
+    def sessions(self) -> list[SessionRecord]:
+        """The websocket sessions' ledger rows (latest snapshot each), oldest first."""
+        return [s for s in self.sink.sessions() if s.connection != CONNECTION]
+
+    def all_symbols(self) -> list[SessionRecord]:
+        """The venue-wide rows (`bybit_coverage`), oldest first."""
+        return [s for s in self.sink.sessions() if s.connection == CONNECTION]
 
     def topics(self) -> list[list[str]]:
         """The topics of each open emulator connection, by connection (the emulator keys them
@@ -121,7 +131,7 @@ async def test_sessions_are_ledger_rows_with_venue_bybit() -> None:
         )
         await eventually(lambda: run.sink.liquidations)
         url = run.emu.ws_url + "/v5/public/linear"
-    sessions = sorted(run.sink.sessions(), key=lambda s: s.host)
+    sessions = sorted(run.sessions(), key=lambda s: s.host)
     assert [(s.venue, s.connection, s.host, s.streams, s.close_reason) for s in sessions] == [
         ("bybit", "bybit/inverse#0", "inverse", ("allLiquidation.BTCUSD",), "shutdown"),
         ("bybit", "bybit/linear#0", "linear",
@@ -192,13 +202,13 @@ async def test_reconnects_after_the_server_closes_and_the_ledger_shows_both_sess
         topics = [["allLiquidation.BTCUSDT", "allLiquidation.ETHUSDT"]]
         await run.until_topics(topics)
         assert run.emu.close_connections() == 1
-        await eventually(run.sink.sessions, lambda s: len(s) == 2 and s[1].subscribed_at)
+        await eventually(run.sessions, lambda s: len(s) == 2 and s[1].subscribed_at)
         await run.until_topics(topics)
         await run.emu.publish(
             "linear", [make_bybit_liquidation("BTCUSDT", "Sell", "0.1", "60000", T_MS)]
         )
         await eventually(lambda: run.sink.liquidations)
-        first, second = run.sink.sessions()
+        first, second = run.sessions()
         assert (first.close_reason, second.close_reason) == ("server_closed", None)
         assert first.closed_at is not None
         assert second.opened_at >= first.closed_at
@@ -219,11 +229,14 @@ async def test_new_listings_are_subscribed_and_delisted_symbols_unsubscribed() -
         run.emu.delist("linear", "ETHUSDT")
         await run.until_topics([["allLiquidation.BTCUSDT", "allLiquidation.NEWUSDT"]])
         [session] = await eventually(
-            run.sink.sessions,
+            run.sessions,
             lambda s: s[0].streams == ("allLiquidation.BTCUSDT", "allLiquidation.NEWUSDT"),
         )
         assert session.close_reason is None  # the same connection all along
         assert run.emu.stats.upgrades == 1
+        # Each listing was subscribed within the refresh that found it: the venue stayed covered.
+        [venue_wide] = run.all_symbols()
+        assert (venue_wide.closed_at, venue_wide.streams) == (None, ("allLiquidation.*",))
 
 
 async def test_a_malformed_frame_is_dead_lettered_and_the_session_goes_on() -> None:
@@ -238,7 +251,7 @@ async def test_a_malformed_frame_is_dead_lettered_and_the_session_goes_on() -> N
         [letter] = run.sink.dead_letters
         assert (letter.source, letter.reason) == ("bybit/inverse", "malformed_frame")
         assert letter.raw == b'{"topic":"allLiquidation.BTCUSD","data":[{"T":"x"}]}'
-        assert len(run.sink.sessions()) == 1
+        assert len(run.sessions()) == 1
         assert metric_value(run.metrics.registry, "collector_dead_letters_total",
                             reason="malformed_frame") == 1  # fmt: skip
 
@@ -274,3 +287,81 @@ async def test_a_list_longer_than_a_page_is_followed_and_split_at_21000_characte
         await eventually(
             category.state, lambda v: v == {"up": 2, "wanted": 2, "topics": 1200, "symbols": 1200}
         )
+
+
+async def test_a_connection_whose_every_subscribe_is_refused_is_closed_and_not_covered() -> None:
+    """When Bybit refuses every topic of a connection, the session is closed (never subscribed
+    in the ledger, so it covers nothing), counted as `subscribe_rejected` and logged once; the
+    link, with nothing left to hold, stops connecting; the next refresh offers the topics again
+    on a new connection."""
+    options = BybitOptions(linear_symbols=("BTCUSDT", "ETHUSDT"), inverse_symbols=(),
+                           max_args_chars=10)  # fmt: skip
+    with structlog.testing.capture_logs() as logs:
+        async with bybit(options, categories=("linear",), max_args_chars=100) as run:
+            [category] = await eventually(lambda: run.categories)
+            [link] = await eventually(lambda: category.links)
+            await eventually(lambda: link.ended, what="the link to end")
+            rejected = run.metric(
+                "collector_venue_ws_reconnects_total", venue="bybit", reason="subscribe_rejected"
+            )
+            assert run.emu.connections == []
+            [first] = run.sessions()
+            run.emu.options = dataclasses.replace(run.emu.options, max_args_chars=21_000)
+            assert await category.refresh() is None
+            topics = ["allLiquidation.BTCUSDT", "allLiquidation.ETHUSDT"]
+            await run.until_topics([topics])
+            await eventually(run.sessions, lambda s: len(s) == 2 and s[1].subscribed_at)
+            assert [link.spec.name for link in category.links] == ["bybit/linear#1"]
+    assert rejected == 1
+    assert (first.connection, first.streams, first.subscribed_at, first.close_reason) == (
+        "bybit/linear#0", (), None, "subscribe_rejected",
+    )  # fmt: skip
+    second = run.sessions()[1]
+    # Venue-wide coverage only from when every listed symbol was held: the second connection.
+    [venue_wide] = run.all_symbols()
+    assert second.subscribed_at is not None
+    assert venue_wide.subscribed_at is not None
+    assert venue_wide.subscribed_at >= second.subscribed_at
+    assert venue_wide.close_reason == "shutdown"
+    assert (second.connection, second.streams, second.close_reason) == (
+        "bybit/linear#1", tuple(topics), "shutdown",
+    )  # fmt: skip
+    assert run.metric("collector_venue_subscribe_replies_total", venue="bybit",
+                      outcome="error") == 3  # the request of two, then each alone  # fmt: skip
+    refused_all = [e for e in logs if e["event"] == "bybit.connection_refused_all"]
+    assert [(e["log_level"], e["refused"], e["topics"], e["left"]) for e in refused_all] == [
+        ("error", 2, topics, 0)
+    ]
+    assert [e["connection"] for e in logs if e["event"] == "venue_ws.nothing_to_hold"] == [
+        "bybit/linear#0"
+    ]
+
+
+async def test_the_venue_is_covered_only_while_every_listed_symbol_is_subscribed() -> None:
+    """The venue-wide row opens once both categories hold all their topics, closes when a
+    session ends (its reason, at that session's close), opens again once every topic is held
+    again, and closes at shutdown; no row claims a moment a topic was not held."""
+    async with bybit(TWO_CATEGORIES) as run:
+        await run.until_topics([["allLiquidation.BTCUSDT", "allLiquidation.ETHUSDT"],
+                                ["allLiquidation.BTCUSD"]])  # fmt: skip
+        await eventually(run.all_symbols)
+        assert run.emu.close_connections() == 2
+        await eventually(run.sessions, lambda s: len(s) == 4 and all(x.subscribed_at for x in s))
+        await eventually(run.all_symbols, lambda rows: len(rows) == 2)
+    sessions = run.sessions()
+    first, again = run.all_symbols()
+    old, new = sessions[:2], sessions[2:]
+    assert {s.close_reason for s in old} == {"server_closed"}
+    assert first.subscribed_at is not None
+    assert first.subscribed_at >= max(s.subscribed_at for s in old if s.subscribed_at)
+    assert (first.closed_at, first.close_reason) == (
+        min(s.closed_at for s in old if s.closed_at), "server_closed",
+    )  # fmt: skip
+    assert again.subscribed_at is not None
+    assert again.subscribed_at >= max(s.subscribed_at for s in new if s.subscribed_at)
+    assert again.close_reason == "shutdown"
+    assert again.closed_at is not None
+    assert again.closed_at <= min(s.closed_at for s in new if s.closed_at)
+    assert [(r.connection, r.host, r.streams, r.venue) for r in (first, again)] == [
+        ("bybit/all-symbols", "all", ("allLiquidation.*",), "bybit")
+    ] * 2

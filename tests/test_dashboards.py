@@ -22,6 +22,7 @@ import asyncpg
 import pytest
 
 from collector.db.rollup import pending_minutes, refresh_pending
+from collector.db.venue_rollup import refresh_venue_pending, venue_pending_minutes
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "deploy" / "grafana" / "dashboards"
@@ -410,7 +411,9 @@ async def seed_venues(conn: asyncpg.Connection) -> None:
             _VL, at(minutes), venue, uuid.uuid4().bytes, market, symbol, symbol.split("-")[0],
             side, price and D(price), D(qty), notional and D(notional), origin,
         )  # fmt: skip
+    # Bybit's venue-wide coverage is its `allLiquidation.*` row (every listed symbol held).
     sessions = [("bybit", "allLiquidation.ROSEUSDT", T - timedelta(hours=1), at(150)),
+                ("bybit", "allLiquidation.*", T - timedelta(hours=1), at(150)),
                 ("okx", "liquidation-orders:SWAP", T - timedelta(hours=1), OKX_GAP[0]),
                 ("okx", "liquidation-orders:SWAP", at(100), at(150))]  # fmt: skip
     for venue, stream, opened, closed in sessions:
@@ -480,6 +483,18 @@ async def test_exchange_panels_are_exact(pg: asyncpg.Connection) -> None:
         (at(85), "okx", "BTC-USDT-SWAP", "LONG", D(500)),
         (at(10), "okx", "IOST-USDT-SWAP", "SHORT", D("101.803000")),
     ]  # fmt: skip
+    # COIN-M: 20 contracts of 100 USD over the average price 59,500, rounded to 18 places.
+    assert [x["Qty"] for x in r["Largest liquidations across exchanges"]] == [
+        D(2),
+        D(2),
+        D(10),
+        D("0.5"),
+        D("0.1"),
+        D("0.033613445378151261"),
+        D(20000),
+        D("0.01"),
+        D(13000),
+    ]
     assert r["Gaps by exchange (repaired or not)"] == [
         {"Exchange": "okx", "From": OKX_GAP[1], "To": at(100), "Duration": D(1200),
          "Filled": f"repaired from {REST}"},
@@ -489,6 +504,28 @@ async def test_exchange_panels_are_exact(pg: asyncpg.Connection) -> None:
          "Filled": "no data"},
     ]  # fmt: skip
     assert r["variable venue"] == [{"venue": "binance"}, {"venue": "bybit"}, {"venue": "okx"}]
+
+
+async def test_exchange_panels_are_exact_before_and_after_both_rollup_refreshes(
+    pg: asyncpg.Connection, pg_dsn: str
+) -> None:
+    """The 'By exchange' panels read the rollups by venue (migration 0014): the same exact
+    answers from marked minutes as from refreshed rollups, Binance's and the other venues'."""
+    await seed_market(pg)
+    await seed_venues(pg)
+    before = await run_all(pg, MARKET, MAIN)
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=1)
+    try:
+        assert await venue_pending_minutes(pool) == len(VENUE_ROWS)
+        await refresh_pending(pool)
+        assert await refresh_venue_pending(pool) == len(VENUE_ROWS)
+        assert (await pending_minutes(pool), await venue_pending_minutes(pool)) == (0, 0)
+    finally:
+        await pool.close()
+    assert await pg.fetchval("SELECT count(*) FROM venue_liquidations_1h") == len(VENUE_ROWS)
+    after = await run_all(pg, MARKET, MAIN)
+    assert {t: after[t] for t in EXCHANGE_TITLES} == {t: before[t] for t in EXCHANGE_TITLES}
+    assert after == before
 
 
 async def test_exchange_panels_follow_the_venue_variable(pg: asyncpg.Connection) -> None:

@@ -290,3 +290,63 @@ async def test_repair_is_switched_off_after_one_failed_request(mode: str) -> Non
                 assert run.metric("collector_venue_repair_state", venue="okx", state="on") == 0
         assert run.sink.repairs == []
         assert [e["log_level"] for e in logs if e["event"] == "repair.switched_off"] == ["error"]
+
+
+async def test_a_service_upgrade_notice_hands_over_to_a_new_connection_first(
+    emu: OkxEmulator,
+) -> None:
+    """On OKX's notice 64008 the source opens and subscribes a second connection while the
+    first still reads, then closes the first (`service_upgrade`): the two ledger rows overlap,
+    no gap is handed to the repair, and the new connection carries the stream on."""
+    async with okx(emu.ws_url, emu.rest_url) as run:
+        await run.subscribed_sessions(1)
+        repairer = run.source.repairer
+        assert repairer is not None
+        await eventually(lambda: repairer.records, lambda r: len(r) == 3, what="start-up")
+        assert await emu.send_notice() == 1
+        await run.subscribed_sessions(2)
+        await emu.ws.wait_until(lambda: len(emu.connections) == 1
+                                and len(emu.connections[0].topics) == 3)  # fmt: skip
+        await eventually(run.sink.sessions, lambda s: s[0].closed_at is not None)
+        await emu.publish("ETH-USDT-SWAP", [make_okx_detail("buy", "short", "5", "3200", now_ms())])
+        await eventually(lambda: run.sink.liquidations)
+        upgrades = run.metric(
+            "collector_venue_ws_reconnects_total", venue="okx", reason="service_upgrade"
+        )
+    first, second = run.sink.sessions()
+    assert first.close_reason == "service_upgrade"
+    assert second.subscribed_at is not None
+    assert first.closed_at is not None
+    assert second.subscribed_at < first.closed_at  # the new one read before the old one closed
+    assert second.close_reason == "shutdown"
+    assert [r.repaired_to for r in run.sink.repairs] == [first.subscribed_at] * 3  # start-up only
+    assert upgrades == 1
+    assert [r.symbol for r in run.sink.liquidations] == ["ETH-USDT-SWAP"]
+
+
+async def test_a_handover_that_cannot_connect_keeps_the_old_session_until_okx_closes_it(
+    emu: OkxEmulator,
+) -> None:
+    """If the new connection is refused, the old session keeps reading; when OKX then closes it
+    the source reconnects as after any close, and the gap between is repaired."""
+    async with okx(emu.ws_url, emu.rest_url, inst_types=("SWAP",)) as run:
+        await run.subscribed_sessions(1)
+        repairer = run.source.repairer
+        assert repairer is not None
+        await eventually(lambda: repairer.records, lambda r: len(r) == 1, what="start-up")
+        emu.fail_upgrades(1)
+        await emu.send_notice()
+        await eventually(
+            lambda: run.metric("collector_venue_ws_reconnects_total", venue="okx",
+                               reason="http_503"),
+        )  # fmt: skip
+        assert len(emu.connections) == 1
+        assert run.sink.sessions()[0].closed_at is None
+        emu.close_connections()
+        await run.subscribed_sessions(2)
+        await eventually(lambda: repairer.records, lambda r: len(r) == 2, what="the repair")
+    first, second = run.sink.sessions()
+    assert first.close_reason == "server_closed"
+    assert [(r.repaired_from, r.repaired_to) for r in run.sink.repairs[1:]] == [
+        (first.last_alive_at, second.subscribed_at)
+    ]

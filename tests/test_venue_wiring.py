@@ -56,6 +56,6 @@ async def test_enabled_venues_become_components_pointed_at_their_emulators(pg_ds
     }
     started = [e["components"] for e in logs if e["event"] == "supervisor.started"]
     assert started == [
-        ["bybit", "database_ping", "exchange_info", "feed", "okx", "rollup", "ws"],
-        ["database_ping", "exchange_info", "feed", "rollup", "ws"],
+        ["bybit", "database_ping", "exchange_info", "feed", "okx", "rollup", "venue_rollup", "ws"],
+        ["database_ping", "exchange_info", "feed", "rollup", "venue_rollup", "ws"],
     ]

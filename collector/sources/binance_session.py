@@ -24,6 +24,7 @@ from collector.config import BinanceConfig
 from collector.exceptions import MalformedPayload
 from collector.metrics import Metrics
 from collector.model import DeadLetter, Sink
+from collector.sources import ws_common
 from collector.sources.binance_control import ConnectionClosed, ControlChannel
 from collector.sources.binance_ledger import SessionLedger
 from collector.sources.binance_parse import (
@@ -42,11 +43,6 @@ log = structlog.get_logger(__name__)
 
 # Anomalies remembered per shard for first-example dead letters; beyond it they are only counted.
 _MAX_ANOMALY_KEYS = 10_000
-# A cap on one frame far above any Binance message (aiohttp's default is 4 MiB), so that a broken
-# server still cannot make us buffer without limit.
-_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-# How long aiohttp waits for the server's close frame after sending ours.
-_CLOSE_HANDSHAKE_S = 5.0
 # How much of a dead letter's detail the warning quotes.
 _LOGGED_DETAIL_CHARS = 300
 
@@ -137,14 +133,13 @@ class Connection:
         server that does not answer LIST_SUBSCRIPTIONS look the same.
         """
         try:
-            async with asyncio.timeout(self._config.open_timeout_s):
-                self._ws = await self._connect()
-        except aiohttp.WSServerHandshakeError as exc:
-            raise ConnectionClosed(f"http_{exc.status}") from exc
-        except TimeoutError as exc:
-            raise ConnectionClosed("connect_timeout") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise ConnectionClosed("connect_failed") from exc
+            # Pings are answered by `_read` with the same payload (§1.4), which also marks the
+            # link alive for the idle watchdog; no own pings (they count toward 10 msg/s).
+            self._ws = await ws_common.connect(
+                self._http, self.spec.url, timeout_s=self._config.open_timeout_s, autoping=False
+            )
+        except ws_common.ConnectFailed as exc:
+            raise ConnectionClosed(exc.reason) from exc.__cause__
         self.opened_monotonic = self.last_data_monotonic = time.monotonic()
         await self._ledger.open()
         self._metrics.ws_connects.labels(self.spec.host).inc()
@@ -171,17 +166,6 @@ class Connection:
         else:
             self.log.warning("ws.subscription_unconfirmed", timeout_s=self._config.open_timeout_s)
 
-    async def _connect(self) -> aiohttp.ClientWebSocketResponse:
-        return await self._http.ws_connect(
-            self.spec.url,
-            # Pings are answered by `_read` with the same payload (§1.4); handling them there
-            # also marks the link alive for the idle watchdog.
-            autoping=False,
-            heartbeat=None,  # our own pings would count toward the 10 msg/s limit
-            max_msg_size=_MAX_MESSAGE_BYTES,
-            timeout=aiohttp.ClientWSTimeout(ws_close=_CLOSE_HANDSHAKE_S),
-        )
-
     async def _request(self, method: str, params: list[str] | None) -> ControlReply:
         return await self._control.request(self._ws, method, params)
 
@@ -207,15 +191,7 @@ class Connection:
         if self._ws is not None and not self._ws.closed:
             with contextlib.suppress(Exception):
                 await self._ws.close()
-        # Let the reader finish what it read (it may be waiting for queue space) rather than
-        # cancel it mid-put; cancel only if it does not end.
-        run = self._task
-        if run is not None and run is not asyncio.current_task():
-            _, pending = await asyncio.wait({run}, timeout=self._config.open_timeout_s)
-            for task in pending:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await ws_common.let_finish(self._task, self._config.open_timeout_s)
         await self._finish()
 
     async def _run(self) -> None:
@@ -279,43 +255,23 @@ class Connection:
     async def _read(self) -> None:
         ws = self._ws
         assert ws is not None
-        ledger = self._ledger
-        reason = "server_closed"
-        text_type, ping_type, pong_type = (
-            aiohttp.WSMsgType.TEXT,
-            aiohttp.WSMsgType.PING,
-            aiohttp.WSMsgType.PONG,
-        )
-        try:
-            while True:
-                ledger.receiving = True
-                try:
-                    msg = await ws.receive()
-                finally:
-                    ledger.receiving = False
-                self._last_frame_monotonic = time.monotonic()
-                self._last_frame_at = received_at = datetime.now(UTC)
-                if msg.type is text_type:
-                    await self._on_text(msg.data, received_at)
-                elif msg.type is ping_type:
-                    await ws.pong(msg.data)  # "a pong with a copy of ping's payload" (§1.4)
-                elif msg.type is pong_type:
-                    pass
-                elif msg.type is aiohttp.WSMsgType.BINARY:
-                    await self._dead_letter("unexpected_binary", "binary frame", msg.data)
-                elif msg.type is aiohttp.WSMsgType.ERROR:
-                    reason = "error"
-                    self.log.warning("ws.error", error=repr(ws.exception()))
-                    break
-                else:  # CLOSE, CLOSING, CLOSED
-                    break
-        except (aiohttp.ClientError, OSError) as exc:
-            reason = "error"
-            self.log.warning("ws.error", error=repr(exc))
+        reason = await ws_common.read_frames(
+            ws, self._ledger, on_frame=self._stamp, on_text=self._on_text,
+            on_binary=self._on_binary, answer_pings=True, log=self.log, event="ws.error",
+        )  # fmt: skip
         if not self.close_reason:
             self.close_reason = reason
         with contextlib.suppress(Exception):
             await ws.close()
+
+    def _stamp(self) -> datetime:
+        """A frame arrived: the link is alive (idle watchdog); its receive time."""
+        self._last_frame_monotonic = time.monotonic()
+        self._last_frame_at = received_at = datetime.now(UTC)
+        return received_at
+
+    async def _on_binary(self, data: bytes) -> None:
+        await self._dead_letter("unexpected_binary", "binary frame", data)
 
     async def _on_text(self, text: str, received_at: datetime) -> None:
         received_mono = self.last_data_monotonic = self._last_frame_monotonic

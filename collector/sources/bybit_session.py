@@ -8,6 +8,7 @@ reply checked), pings with `{"op":"ping"}` (docs/bybit.md section 1.3) and parse
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 import aiohttp
@@ -28,6 +29,13 @@ VENUE = Venue.BYBIT
 # count; small requests keep a refused one (one bad topic refuses all of it) cheap to split.
 SUBSCRIBE_CHUNK = 100
 
+OnChange = Callable[[str | None, datetime | None], Awaitable[None]]
+"""What a session calls when what it holds changed: (why cover ended, when) after a close."""
+
+
+async def no_change(reason: str | None = None, at: datetime | None = None) -> None:
+    return None
+
 
 class BybitSession(VenueSession):
     """One connection to `/v5/public/{category}`: subscribes its link's topics, keeps them in
@@ -41,6 +49,7 @@ class BybitSession(VenueSession):
         metrics: Metrics,
         config: BybitConfig,
         instruments: dict[str, BybitInstrument],
+        on_change: OnChange = no_change,
     ) -> None:
         super().__init__(
             link.spec,
@@ -56,13 +65,21 @@ class BybitSession(VenueSession):
         self._instruments = instruments
         self.held: list[str] = []
         self._sync_lock = asyncio.Lock()
+        self._on_change = on_change
 
     def _ping_text(self) -> str:
         return orjson.dumps({"req_id": f"ping-{self.next_request_id()}", "op": "ping"}).decode()
 
     async def _subscribe(self) -> tuple[str, ...]:
         await self.sync_topics()
-        if self._link.topics and not self.held:
+        if not self.held:
+            # Every topic refused (or none left to hold): a connection with nothing subscribed
+            # reads nothing, so it is closed (never subscribed in the ledger: it covers nothing)
+            # and counted as `subscribe_rejected`; the link ends once it has no topic left.
+            self.log.error(
+                "bybit.connection_refused_all", refused=len(self._link.refused),
+                topics=self._link.refused[:20], left=len(self._link.topics),
+            )  # fmt: skip
             raise SessionClosed("subscribe_rejected")
         return tuple(self.held)
 
@@ -89,7 +106,13 @@ class BybitSession(VenueSession):
         self._metrics.venue_subscribed_topics.labels(VENUE.value, self._category).set(
             sum(len(s.held) for s in self._link.all_sessions())
         )
+        if changed:
+            await self._on_change(None, None)
         return changed
+
+    async def _after_close(self) -> None:
+        record = self.ledger.record
+        await self._on_change(self.close_reason, record.closed_at if record else None)
 
     async def _subscribe_chunk(self, chunk: list[str]) -> None:
         if await self._op("subscribe", chunk):
@@ -161,6 +184,11 @@ class BybitLink:
             if current is not None and not current.closed.is_set():
                 out.append(current)
         return out
+
+    @property
+    def ended(self) -> bool:
+        """Whether its `Link` stopped for good (it had no topic left to hold)."""
+        return self.link is not None and self.link.ended
 
     @property
     def session(self) -> BybitSession | None:

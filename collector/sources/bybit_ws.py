@@ -25,6 +25,7 @@ from collector.exceptions import MalformedPayload
 from collector.metrics import Metrics
 from collector.model import Sink
 from collector.retry import AttemptBudget, Backoff, exchange_info_retry, sleep_or_stop, ws_reconnect
+from collector.sources.bybit_coverage import AllSymbolsLedger
 from collector.sources.bybit_parse import (
     TOPIC_PREFIX,
     BybitInstrument,
@@ -32,8 +33,9 @@ from collector.sources.bybit_parse import (
     plan_subscriptions,
     topic,
 )
-from collector.sources.bybit_session import BybitLink, BybitSession
+from collector.sources.bybit_session import BybitLink, BybitSession, OnChange, no_change
 from collector.sources.venue_link import Link
+from collector.sources.venue_session import VenueSession
 from collector.venues import Venue, VenueApiError
 
 log = structlog.get_logger(__name__)
@@ -103,8 +105,12 @@ class BybitCategory:
         config: BybitConfig,
         budget: AttemptBudget,
         rng: random.Random,
+        on_change: OnChange = no_change,
     ) -> None:
         self.category = category
+        self._on_change = on_change
+        self.loaded = False
+        """Whether the symbol list has been read at least once."""
         self._http = http
         self._sink = sink
         self._metrics = metrics
@@ -118,6 +124,27 @@ class BybitCategory:
         self._group: asyncio.TaskGroup | None = None
         self._stop: asyncio.Event | None = None
         self.log = log.bind(venue=VENUE.value, category=category)
+
+    def wanted_topics(self) -> list[str]:
+        """Every listed symbol's topic."""
+        return [topic(s) for s in self.instruments]
+
+    def held_sessions(self) -> list[VenueSession]:
+        """The open, subscribed sessions of the category's links."""
+        out: list[VenueSession] = []
+        for link in self.links:
+            s = link.session
+            if s is not None and s.subscribed.is_set() and not s.closed.is_set():
+                out.append(s)
+        return out
+
+    def held_topics(self) -> set[str]:
+        """The topics those sessions hold."""
+        held: set[str] = set()
+        for session in self.held_sessions():
+            assert isinstance(session, BybitSession)
+            held.update(session.held)
+        return held
 
     def state(self) -> dict[str, Any]:
         """`/readyz`'s view: connections up of those planned, topics held of those wanted."""
@@ -171,7 +198,9 @@ class BybitCategory:
             self._metrics.venue_instrument_refreshes.labels(VENUE.value, self.category, "ok").inc()
             self.instruments.clear()
             self.instruments.update((i.symbol, i) for i in listed)
+            self.loaded = True
             await self.apply([i.symbol for i in listed])
+            await self._on_change(None, None)
             return None
         self._metrics.venue_instrument_refreshes.labels(VENUE.value, self.category, "error").inc()
         self.log.warning(
@@ -182,6 +211,8 @@ class BybitCategory:
     async def apply(self, symbols: Sequence[str]) -> None:
         """Make the links hold exactly the topics of `symbols`: drop delisted ones from their
         links, add new listings where there is room (else on new links), retire empty links."""
+        for link in [link for link in self.links if link.ended]:
+            self.links.remove(link)  # every topic refused: its topics are offered again below
         wanted = [topic(s) for s in symbols]
         wanted_set = set(wanted)
         held = {t for link in self.links for t in link.topics}
@@ -234,7 +265,13 @@ class BybitCategory:
             link.spec.name,
             VENUE.value,
             lambda: BybitSession(
-                link, self._http, self._sink, self._metrics, config, self.instruments
+                link,
+                self._http,
+                self._sink,
+                self._metrics,
+                config,
+                self.instruments,
+                self._on_change,
             ),
             self._metrics,
             backoff=ws_reconnect(config.reconnect_initial_s, config.reconnect_max_s).backoff(
@@ -243,6 +280,8 @@ class BybitCategory:
             jitter_s=config.reconnect_jitter_s,
             budget=self._budget,
             rng=self._rng,
+            keep=lambda: bool(link.topics),
+            on_subscribed=lambda _session, _previous: self._on_change(None, None),
         )
         assert self._group is not None
         assert self._stop is not None
@@ -256,18 +295,27 @@ async def run_bybit(
     stop: asyncio.Event,
     *,
     categories_out: list[BybitCategory] | None = None,
+    coverage_out: list[AllSymbolsLedger] | None = None,
     rng: random.Random | None = None,
 ) -> None:
     """Follow every configured category until `stop`; each closes its sessions in the ledger
-    on the way out. `categories_out` (tests, readiness) receives the running categories."""
+    on the way out, and the venue-wide row (`bybit_coverage`) is open exactly while every
+    listed symbol is subscribed. `categories_out`, `coverage_out` (tests, readiness) receive
+    the running categories and that row's keeper."""
     rng = rng or random.Random()
     budget = AttemptBudget(config.connection_attempts_per_5min, ATTEMPT_WINDOW_S)
     async with aiohttp.ClientSession() as http:
-        categories = [
-            BybitCategory(c, http, sink, metrics, config, budget, rng) for c in config.categories
+        categories: list[BybitCategory] = []
+        coverage = AllSymbolsLedger(categories, sink, config.ws_url)
+        categories += [
+            BybitCategory(c, http, sink, metrics, config, budget, rng, coverage.update)
+            for c in config.categories
         ]
         if categories_out is not None:
             categories_out[:] = categories
+        if coverage_out is not None:
+            coverage_out[:] = [coverage]
         async with asyncio.TaskGroup() as group:
+            group.create_task(coverage.run(stop), name="bybit all-symbols")
             for category in categories:
                 group.create_task(category.run(stop), name=f"bybit {category.category}")

@@ -6,8 +6,10 @@ goes out after `heartbeat_s` without a message, before OKX's 30 s no-data cut; n
 `pong_timeout_s` closes the session (section 1.4). `GET /api/v5/public/instruments` gives the
 contract terms (ctVal, ctMult, ctValCcy) that turn SWAP/FUTURES contracts into USD notional,
 refreshed every `instruments_refresh_s`. Each session is a ledger row with venue "okx"; each
-gap between sessions (and the look-back before the first, at start-up) goes to the REST repair
-(`repair.GapRepairer` over `okx_repair.OkxHistory`) unless `[okx] repair` is off.
+gap between sessions (and, at start-up, the time since the ledger's last OKX session, bounded by
+the look-back) goes to the REST repair (`repair.GapRepairer` over `okx_repair.OkxHistory`) unless
+`[okx] repair` is off. A service-upgrade notice (64008) hands over to a new connection before the
+old one is closed (`venue_link.Link`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
+import asyncpg
 import structlog
 
 from collector.config import OkxConfig
@@ -35,7 +38,7 @@ from collector.sources.okx_parse import (
 )
 from collector.sources.okx_repair import OkxHistory, stream_name
 from collector.sources.repair import Gap, GapRepairer
-from collector.sources.venue_ledger import LinkSpec
+from collector.sources.venue_ledger import LinkSpec, last_session_end
 from collector.sources.venue_link import Link
 from collector.sources.venue_session import SessionClosed, VenueSession
 from collector.venues import Venue, VenueApiError
@@ -46,6 +49,9 @@ VENUE = Venue.OKX
 PATH = "/ws/v5/public"
 # "Connection limit: 3 requests per second (based on IP)" (docs/okx.md section 1.4).
 CONNECTS_PER_S = 3
+# The `notice` event's code for "The connection will soon be closed for a service upgrade"
+# (docs/okx.md section 1.3).
+SERVICE_UPGRADE = "64008"
 _LOGGED_ERROR_CHARS = 300
 
 
@@ -132,9 +138,13 @@ class OkxSession(VenueSession):
         if event.event in ("subscribe", "unsubscribe", "error") and self.resolve(event.id, event):
             return
         if event.event == "notice":
-            # 64008: "The connection will soon be closed for a service upgrade" (section 1.3);
-            # the link replaces the session when OKX closes it.
-            self.log.warning("okx.notice", code=event.code, msg=event.msg)
+            # 64008: "The connection will soon be closed for a service upgrade. Please
+            # reconnect.", pushed 30 s before the upgrade so that a new connection avoids the
+            # cut (docs/okx.md section 1.3): the link opens the next session, then closes this.
+            handover = event.code == SERVICE_UPGRADE
+            self.log.warning("okx.notice", code=event.code, msg=event.msg, handover=handover)
+            if handover:
+                self.handover.set()
         elif event.event.startswith("channel-conn-count"):
             self.log.debug("okx.conn_count", frame=text[:500])
         else:
@@ -240,14 +250,20 @@ class OkxSource:
         read, or (the first session) the look-back before it."""
         if self.repairer is None:
             return
+        if previous is not None and not previous.closed.is_set():
+            return  # a handover: the previous session is still reading, so there is no gap
         record = session.ledger.record
         assert record is not None
         end = record.subscribed_at or datetime.now(UTC)
         if previous is not None and previous.ledger.record is not None:
             start, why = previous.ledger.record.last_alive_at, "reconnect"
         else:
-            lookback = timedelta(seconds=self._config.repair_lookback_s)
-            start, why = self._startup_gap_from or end - lookback, "startup"
+            # The gap since the last session the ledger knows (the collector's downtime), or
+            # the look-back when it knows none; never further back than REST reaches.
+            earliest = end - timedelta(seconds=self._config.repair_lookback_s)
+            known = self._startup_gap_from
+            start = earliest if known is None else max(known, earliest)
+            why = "startup" if known is None else "restart"
         self.repairer.submit(Gap(start, end, why))
 
 
@@ -259,12 +275,17 @@ async def run_okx(
     *,
     sources_out: list[OkxSource] | None = None,
     startup_gap_from: datetime | None = None,
+    ledger: asyncpg.Pool | None = None,
 ) -> None:
     """Follow OKX's liquidations until `stop`; the session closes in the ledger on the way out.
 
-    `startup_gap_from`: when coverage last ended before this start, if known (else the repair
-    reads back `repair_lookback_s`). `sources_out` (tests, readiness) receives the source.
+    `startup_gap_from`: when coverage last ended before this start, if known; else, with a
+    `ledger` pool, the end of the latest OKX session recorded there (`last_session_end`); else
+    the repair reads back `repair_lookback_s`. `sources_out` (tests, readiness) receives the
+    source.
     """
+    if startup_gap_from is None and ledger is not None and config.repair:
+        startup_gap_from = await last_session_end(ledger, VENUE)
     async with aiohttp.ClientSession() as http:
         source = OkxSource(config, http, sink, metrics, startup_gap_from=startup_gap_from)
         if sources_out is not None:

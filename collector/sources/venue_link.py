@@ -6,7 +6,9 @@ jitter (`retry.Backoff`); a confirmed session that ends is replaced after a shor
 and resets the backoff; every attempt is booked in the venue's connection budget
 (`retry.AttemptBudget`, the documented connections-per-window limit). Each session is a row in
 the coverage ledger; `on_subscribed(session, previous)` tells the venue (gap repair) when a
-session is confirmed and which one ended before it.
+session is confirmed and which one ended before it (still open: a handover, no gap). A session
+whose venue announced its end (`VenueSession.handover`, OKX's 64008) is replaced make-before-
+break; `keep()` false before an attempt (Bybit: no topic left to hold) ends the link.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Link:
         rng: random.Random | None = None,
         pause: Pause = sleep_or_stop,
         on_subscribed: OnSubscribed | None = None,
+        keep: Callable[[], bool] | None = None,
     ) -> None:
         self.name = name
         self._venue = venue
@@ -57,8 +60,16 @@ class Link:
         self._rng = rng or random.Random()
         self._pause = pause
         self._on_subscribed = on_subscribed
+        self._keep = keep
+        """Asked before each new session: False ends the link (nothing left to hold)."""
+        self.ended = False
+        """True once the loop stopped because `keep()` said so."""
         self._retired = asyncio.Event()
         self.current: VenueSession | None = None
+        # During a handover: the session being opened to take over, then the one it replaces
+        # until that is closed (run() closes both if it is stopped meanwhile).
+        self._successor: VenueSession | None = None
+        self._outgoing: VenueSession | None = None
         self.previous: VenueSession | None = None
         """The last session that was subscribed and has ended (the start of a gap)."""
         self.log = log.bind(venue=venue, connection=name)
@@ -89,8 +100,9 @@ class Link:
                 holding.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await holding
-            if self.current is not None:
-                await self.current.close("shutdown" if stop.is_set() else "retired")
+            for session in (self._successor, self._outgoing, self.current):
+                if session is not None:
+                    await session.close("shutdown" if stop.is_set() else "retired")
         if not holding.cancelled():
             holding.result()  # a bug in the loop propagates to the supervisor
 
@@ -107,6 +119,10 @@ class Link:
         venue = self._venue
         delay = 0.0
         while not halt.is_set():
+            if self._keep is not None and not self._keep():
+                self.ended = True
+                self.log.warning("venue_ws.nothing_to_hold")
+                return
             wait_s = self._within_budget(delay)
             if wait_s > 0:
                 await self._pause(wait_s, halt)
@@ -130,7 +146,7 @@ class Link:
             self.backoff.reset()
             if self._on_subscribed is not None:
                 await self._on_subscribed(session, self.previous)
-            await self._hold(session, halt)
+            session = await self._hold(session, halt)
             if halt.is_set():
                 return
             self.previous = session
@@ -143,8 +159,49 @@ class Link:
                 "venue_ws.reconnect_scheduled", reason=session.close_reason, delay_s=round(delay, 3)
             )
 
-    async def _hold(self, session: VenueSession, halt: asyncio.Event) -> None:
-        waits = {asyncio.ensure_future(session.closed.wait()), asyncio.ensure_future(halt.wait())}
+    async def _hold(self, session: VenueSession, halt: asyncio.Event) -> VenueSession:
+        """Hold `session` until it closes or `halt`; return the session that ended.
+
+        When the venue announces a session's end (`session.handover`), its successor is opened
+        first and the old one closed only once the successor is subscribed (reason
+        `service_upgrade`), so the ledger has no gap; if the successor cannot open, the old one
+        is held until the venue closes it, and the loop reconnects as after any close."""
+        while True:
+            await self._wait_any(session.closed, halt, session.handover)
+            if halt.is_set() or session.closed.is_set():
+                return session
+            successor = await self._open_successor(halt)
+            if successor is None:
+                await self._wait_any(session.closed, halt)
+                return session
+            self._outgoing, self.current, self._successor = session, successor, None
+            if self._on_subscribed is not None:
+                await self._on_subscribed(successor, session)
+            await session.close("service_upgrade")
+            self._outgoing = None
+            self._metrics.venue_ws_reconnects.labels(self._venue, "service_upgrade").inc()
+            self.log.info("venue_ws.handed_over", reason="service_upgrade")
+            self.previous = session
+            session = successor
+
+    async def _open_successor(self, halt: asyncio.Event) -> VenueSession | None:
+        """Open the session that takes over from the current one; None if it could not."""
+        wait_s = self._within_budget(0.0)
+        if wait_s > 0 and await self._pause(wait_s, halt):
+            return None
+        successor = self._successor = self._new_session()  # run() closes it if cancelled
+        try:
+            await successor.open()
+        except SessionClosed as exc:
+            self._successor = None
+            self._metrics.venue_ws_reconnects.labels(self._venue, exc.reason).inc()
+            self.log.warning("venue_ws.handover_failed", reason=exc.reason)
+            return None
+        return successor
+
+    @staticmethod
+    async def _wait_any(*events: asyncio.Event) -> None:
+        waits = {asyncio.ensure_future(event.wait()) for event in events}
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -22,15 +22,12 @@ import structlog
 
 from collector.metrics import Metrics
 from collector.model import DeadLetter, Sink
+from collector.sources import ws_common
 from collector.sources.venue_ledger import LinkSpec, VenueLedger
 from collector.venues import VenueLiquidation
 
 log = structlog.get_logger(__name__)
 
-# A cap on one frame far above any venue message, so a broken server cannot make us buffer
-# without limit.
-_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-_CLOSE_HANDSHAKE_S = 5.0
 # The ledger's liveness mark is refreshed this often (the ledger counts an open session live
 # for 30 s after its mark; binance_session uses 5 s too).
 LEDGER_MARK_S = 5.0
@@ -86,6 +83,9 @@ class VenueSession:
         self.subscribed = asyncio.Event()
         self.delivered = asyncio.Event()
         self.closed = asyncio.Event()
+        self.handover = asyncio.Event()
+        """Set when the venue announced this session's end (OKX's service-upgrade notice): the
+        link opens the next session first, then closes this one (`venue_link`)."""
         self.close_reason = ""
         self.pongs = 0
         self._last_frame_monotonic = time.monotonic()
@@ -184,20 +184,13 @@ class VenueSession:
         is then closed in the ledger (if it got that far) and the caller backs off.
         """
         try:
-            async with asyncio.timeout(self.open_timeout_s):
-                self._ws = await self._http.ws_connect(
-                    self.spec.url,
-                    autoping=True,  # protocol-level pings, if a venue sends any
-                    heartbeat=None,  # the venues want application-level pings (`_beat`)
-                    max_msg_size=_MAX_MESSAGE_BYTES,
-                    timeout=aiohttp.ClientWSTimeout(ws_close=_CLOSE_HANDSHAKE_S),
-                )
-        except aiohttp.WSServerHandshakeError as exc:
-            raise SessionClosed(f"http_{exc.status}") from exc
-        except TimeoutError as exc:
-            raise SessionClosed("connect_timeout") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise SessionClosed("connect_failed") from exc
+            # Protocol-level pings, if a venue sends any, are answered by aiohttp; the venues
+            # want application-level pings (`_beat`).
+            self._ws = await ws_common.connect(
+                self._http, self.spec.url, timeout_s=self.open_timeout_s, autoping=True
+            )
+        except ws_common.ConnectFailed as exc:
+            raise SessionClosed(exc.reason) from exc.__cause__
         self._last_frame_monotonic = time.monotonic()
         await self.ledger.open(())
         self._metrics.venue_ws_sessions.labels(self._venue).inc()
@@ -221,13 +214,7 @@ class VenueSession:
         if self._ws is not None and not self._ws.closed:
             with contextlib.suppress(Exception):
                 await self._ws.close()
-        run = self._task
-        if run is not None and run is not asyncio.current_task():
-            _, pending = await asyncio.wait({run}, timeout=self.open_timeout_s)
-            for task in pending:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await ws_common.let_finish(self._task, self.open_timeout_s)
         await self._finish()
 
     async def _run(self) -> None:
@@ -264,6 +251,10 @@ class VenueSession:
         self.log.info(
             "venue_ws.closed", reason=self.close_reason, events=self.ledger.events_received
         )
+        await self._after_close()
+
+    async def _after_close(self) -> None:
+        """Called once the session's last ledger row is put (a venue hook; nothing by default)."""
 
     async def _beat(self) -> None:
         """Ping as the venue asks; close the session when a pong does not come in time."""
@@ -303,34 +294,21 @@ class VenueSession:
     async def _read(self) -> None:
         ws = self._ws
         assert ws is not None
-        ledger = self.ledger
-        reason = "server_closed"
-        try:
-            while True:
-                ledger.receiving = True
-                try:
-                    msg = await ws.receive()
-                finally:
-                    ledger.receiving = False
-                self._last_frame_monotonic = time.monotonic()
-                # Everything up to this frame has been read: the gap repair starts from here.
-                ledger.read_through_at = received_at = datetime.now(UTC)
-                if msg.type is aiohttp.WSMsgType.TEXT:
-                    await self._on_text(msg.data, received_at)
-                elif msg.type is aiohttp.WSMsgType.BINARY:
-                    await self.dead_letter("unexpected_binary", "binary frame", msg.data)
-                elif msg.type is aiohttp.WSMsgType.ERROR:
-                    reason = "error"
-                    self.log.warning("venue_ws.error", error=repr(ws.exception()))
-                    break
-                elif msg.type in (aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG):
-                    continue
-                else:  # CLOSE, CLOSING, CLOSED
-                    break
-        except (aiohttp.ClientError, OSError) as exc:
-            reason = "error"
-            self.log.warning("venue_ws.error", error=repr(exc))
+        reason = await ws_common.read_frames(
+            ws, self.ledger, on_frame=self._stamp, on_text=self._on_text,
+            on_binary=self._on_binary, answer_pings=False, log=self.log, event="venue_ws.error",
+        )  # fmt: skip
         if not self.close_reason:
             self.close_reason = reason
         with contextlib.suppress(Exception):
             await ws.close()
+
+    def _stamp(self) -> datetime:
+        """A frame arrived: everything up to it has been read, so the gap repair starts from
+        here; its receive time."""
+        self._last_frame_monotonic = time.monotonic()
+        self.ledger.read_through_at = received_at = datetime.now(UTC)
+        return received_at
+
+    async def _on_binary(self, data: bytes) -> None:
+        await self.dead_letter("unexpected_binary", "binary frame", data)
