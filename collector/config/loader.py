@@ -246,8 +246,6 @@ def _alerts(raw: Any, problems: list[str]) -> tuple[AlertConfig, ...]:
         problems.extend(f"{where} {k}: unknown setting" for k in table if k not in _ALERT_KEYS)
         before = len(problems)
         values = _read(AlertConfig, _from_table(table, where), where, problems, problems)
-        if "url" not in values and len(problems) == before:
-            problems.append(f"{where} url: required")
         if len(problems) > before:
             continue
         rule = AlertConfig(**values)
@@ -343,7 +341,7 @@ def load_config(environ: Mapping[str, str], toml_path: Path | None = None) -> Co
     config = Config(**sections, **top, accounts=accounts, alerts=alerts)
     problems += rules
     # The rules that span settings, in the order their messages have always come.
-    for name in ("binance", "writer", "rest", "database", "bybit", "okx", "http", "feed"):
+    for name in ("binance", "writer", "rest", "database", "bybit", "okx", "http", "feed", "nats"):
         for keys, problem in getattr(config, name).validate():
             problems.append(f"[{name}] {keys}: {problem}" if keys else f"[{name}]: {problem}")
     if problems:
