@@ -100,7 +100,7 @@ async def test_the_rate_limit_drops_alerts_within_the_interval(
     """min_interval_s: the first of three alerts is sent, the next two are dropped, counted."""
     async with receiving([]) as hook:
         hooked = rule(hook.url, min_interval_s=3600.0, format=AlertFormat.SLACK)
-        async with alerting(pg_dsn, hooked) as (s, alerts):
+        async with alerting(pg_dsn, hooked) as (s, _):
             await insert(pg, liquidation(1), liquidation(2), liquidation(3))
             registry = s.metrics.registry
             await eventually(lambda: metric_value(registry, "collector_feed_rows_total") == 3)
@@ -121,7 +121,7 @@ async def test_a_cascade_fires_once_per_window(pg_dsn: str, pg: asyncpg.Connecti
     async with receiving([]) as hook:
         cascade = AlertConfig(**{**{f: getattr(cascade, f) for f in cascade.__slots__},
                                  "url": Secret(hook.url)})  # fmt: skip
-        async with alerting(pg_dsn, cascade) as (s, alerts):
+        async with alerting(pg_dsn, cascade) as (s, _):
             await insert(pg, liquidation(0), liquidation(1000), liquidation(2000))
             registry = s.metrics.registry
             await eventually(lambda: metric_value(registry, "collector_feed_rows_total") == 3)

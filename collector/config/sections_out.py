@@ -178,6 +178,10 @@ class NatsConfig:
     batch_rows: int = setting(500, between(1, 100_000))
     publish_timeout_s: float = setting(5.0, UP_TO_10MIN)
     connect_timeout_s: float = setting(5.0, UP_TO_10MIN)
+    # A batch the broker did not take (down, restarting, a lost ack) is published again after
+    # a jittered backoff from retry_initial_s doubling up to retry_max_s; success resets it.
+    retry_initial_s: float = setting(0.5, UP_TO_HOUR)
+    retry_max_s: float = setting(30.0, UP_TO_HOUR)
     # Authentication, from files only (never the TOML itself): a NATS .creds file (JWT and
     # NKey seed), or a file holding a token. Neither is ever logged.
     credentials_file: str | None = setting(None, convert=_readable("credentials_file"))
@@ -186,3 +190,4 @@ class NatsConfig:
     def validate(self) -> Iterator[tuple[str, str]]:
         if self.credentials_file is not None and self.token_file is not None:
             yield "credentials_file/token_file", "set at most one"
+        yield from ordered(self, "retry_initial_s", "retry_max_s", "initial <= max")

@@ -9,9 +9,9 @@ rows with the same ids, so the stream stores each row once.
 
 The publisher is one supervised component among the others: the writer and the sources never
 wait for it, and readiness does not depend on the broker. The connection is ours to manage
-(nats-py's own reconnect is off): a failure closes it, and the cursor's backoff
-(`cursor.CONSUMER_RETRY`) paces the next connect and publish. Credentials are read from their
-files at connect and are never logged.
+(nats-py's own reconnect is off): a failure closes it, and the cursor's backoff (`[nats]
+retry_initial_s`..`retry_max_s`) paces the next connect and publish. Credentials are read from
+their files at connect and are never logged.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from nats.js.api import PubAck
 
 from collector.config import NatsConfig
 from collector.metrics import Metrics
-from collector.out.cursor import ConsumerUnavailable, DurableCursor
+from collector.out.cursor import ConsumerUnavailable, DurableCursor, consumer_retry
 from collector.out.events import FeedEvent
 from collector.out.feed import Feed
 
@@ -73,8 +73,9 @@ class Publisher:
         self.config = config
         self.metrics = metrics
         self.cursor = DurableCursor(
-            config.cursor, feed, self.publish, metrics, batch_rows=config.batch_rows
-        )
+            config.cursor, feed, self.publish, metrics, batch_rows=config.batch_rows,
+            policy=consumer_retry(config.retry_initial_s, config.retry_max_s),
+        )  # fmt: skip
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         stream = config.stream
@@ -127,9 +128,13 @@ class Publisher:
             nc = await nats.connect(
                 servers=list(config.servers), name="collector", allow_reconnect=False,
                 connect_timeout=max(1, round(config.connect_timeout_s)),
-                max_reconnect_attempts=0, error_cb=self._on_error, **self._auth(),
+                # nats-py tries each server at most twice here (0 would be forever); our backoff
+                # paces the next connect.
+                max_reconnect_attempts=1, reconnect_time_wait=0, error_cb=self._on_error,
+                **self._auth(),
             )  # fmt: skip
         except _UNAVAILABLE as exc:
+            self.metrics.nats_publish_failures.labels(config.stream, _reason(exc)).inc()
             raise ConsumerUnavailable(f"cannot connect to NATS: {_reason(exc)}") from None
         self._nc = nc
         self._js = nc.jetstream(timeout=config.publish_timeout_s)
@@ -177,7 +182,7 @@ class Publisher:
             )
 
     async def _on_error(self, exc: Exception) -> None:
-        log.warning("nats.connection_error", error=_reason(exc))
+        log.debug("nats.connection_error", error=_reason(exc))
 
     async def _close(self) -> None:
         nc, self._nc, self._js = self._nc, None, None
