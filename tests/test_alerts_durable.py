@@ -82,14 +82,14 @@ async def test_rows_committed_while_the_alerts_were_down_are_alerted_after_the_r
         async with served(pg_dsn) as s, alerts_on(s, large(hook.url)):
             await insert(pg, liquidation(1))
             at_stop = await last_cursor(pg)
-            await eventually(lambda: stored(pg, "alerts"), lambda c: c == at_stop)
+            await eventually(lambda: stored(pg, "alerts"), lambda c: c == at_stop, timeout=60)
         assert len(hook.bodies) == 1
         await insert(pg, liquidation(2, qty="0.030"))
         await insert(pg, old)
         last = await last_cursor(pg)
         async with served(pg_dsn) as s, alerts_on(s, large(hook.url)):
             registry = s.metrics.registry
-            await eventually(lambda: stored(pg, "alerts"), lambda c: c == last)
+            await eventually(lambda: stored(pg, "alerts"), lambda c: c == last, timeout=60)
             skipped = metric_value(
                 registry, "collector_alerts_rows_skipped_total", reason="too_old"
             )
@@ -124,7 +124,7 @@ async def test_two_replicas_send_each_alert_once(
             await insert(pg, liquidation(0), liquidation(1000), liquidation(2000))
             last = await last_cursor(pg)
             for name in set(names):
-                await eventually(lambda n=name: stored(pg, n), lambda c: c == last)
+                await eventually(lambda n=name: stored(pg, n), lambda c: c == last, timeout=60)
             registries = (a.metrics.registry, b.metrics.registry)
 
             def total(metric: str, **labels: str) -> float:
@@ -167,7 +167,7 @@ async def test_the_webhook_url_comes_from_url_file(
         assert hook.url not in repr(rule)
         async with served(pg_dsn) as s, alerts_on(s, rule):
             await insert(pg, liquidation(0))
-            await eventually(lambda: len(hook.bodies) == 1, timeout=30)
+            await eventually(lambda: len(hook.bodies) == 1, timeout=60)
     assert hook.bodies[0]["liquidation"]["notional_usd"] == "138.740"
 
 

@@ -192,13 +192,15 @@ async def test_two_replicas_and_a_broker_restart_store_each_row_once_in_order(
             await subscribed(emu, 2, host="fstream")
             for i in range(6):
                 assert await emu.publish(event_at(i)) == 2
-            await eventually(count_rows(pg), lambda n: n == 6)
-            await eventually(lambda: stream_size_or_none(broker.url), lambda n: n == 6)
+            await eventually(count_rows(pg), lambda n: n == 6, timeout=60)
+            await eventually(lambda: stream_size_or_none(broker.url), lambda n: n == 6, timeout=60)
 
             await broker.stop()
             for i in range(6, 12):
                 assert await emu.publish(event_at(i)) == 2
-            await eventually(count_rows(pg), lambda n: n == 12, what="rows while NATS is down")
+            await eventually(
+                count_rows(pg), lambda n: n == 12, what="rows while NATS is down", timeout=60
+            )
             for registry in (a.runtime.metrics.registry, b.runtime.metrics.registry):
                 await eventually(lambda r=registry: metric_value(  # type: ignore[misc]
                     r, "collector_consumer_retries_total", consumer="nats"),
@@ -208,11 +210,13 @@ async def test_two_replicas_and_a_broker_restart_store_each_row_once_in_order(
 
             events = await stored_events(pg)
             assert len(events) == 12
-            await eventually(lambda: cursor_of(pg, "nats"), lambda c: c == events[-1].cursor)
+            await eventually(
+                lambda: cursor_of(pg, "nats"), lambda c: c == events[-1].cursor, timeout=60
+            )
             await eventually(lambda: a.runtime.nats and a.runtime.nats.cursor.position,
-                             lambda p: p == events[-1].cursor)  # fmt: skip
+                             lambda p: p == events[-1].cursor, timeout=60)  # fmt: skip
             await eventually(lambda: b.runtime.nats and b.runtime.nats.cursor.position,
-                             lambda p: p == events[-1].cursor)  # fmt: skip
+                             lambda p: p == events[-1].cursor, timeout=60)  # fmt: skip
             published = [
                 metric_value(r.runtime.metrics.registry, "collector_nats_published_total",
                              stream=STREAM, result="stored")
@@ -281,10 +285,12 @@ async def test_a_dead_broker_does_not_stop_the_writer_and_rows_follow_when_it_is
             await broker.start()
             try:
                 await eventually(lambda: stream_size_or_none(broker.url), lambda n: n == 5,
-                                 timeout=20)  # fmt: skip
+                                 timeout=60)  # fmt: skip
                 assert metric_value(registry, "collector_nats_connected", stream=STREAM) == 1
                 events = await stored_events(pg)
-                await eventually(lambda: cursor_of(pg, "nats"), lambda c: c == events[-1].cursor)
+                await eventually(
+                    lambda: cursor_of(pg, "nats"), lambda c: c == events[-1].cursor, timeout=60
+                )
                 await eventually(lambda: metric_value(
                     registry, "collector_consumer_lag_rows", consumer="nats") == 0)  # fmt: skip
                 messages = await all_messages(broker.url, 5)
