@@ -77,7 +77,9 @@ async def test_a_webhook_is_retried_until_it_succeeds(pg_dsn: str, pg: asyncpg.C
     async with receiving([500, 503]) as hook, alerting(pg_dsn, rule(hook.url)) as (s, _):
         await insert(pg, liquidation(0))  # 138.740 USD
         registry = s.metrics.registry
-        await eventually(lambda: metric_value(registry, "collector_alerts_sent_total", rule="big"))
+        await eventually(
+            lambda: metric_value(registry, "collector_alerts_sent_total", rule="big"), timeout=60
+        )
     assert metric_value(registry, "collector_alert_retries_total", rule="big") == 2
     assert metric_value(registry, "collector_alerts_failed_total", rule="big") == 0
     assert len(hook.bodies) == 3
@@ -103,9 +105,13 @@ async def test_the_rate_limit_drops_alerts_within_the_interval(
         async with alerting(pg_dsn, hooked) as (s, _):
             await insert(pg, liquidation(1), liquidation(2), liquidation(3))
             registry = s.metrics.registry
-            await eventually(lambda: metric_value(registry, "collector_feed_rows_total") == 3)
+            # Final rows wait for the cluster's xmin (parallel tests' DROP DATABASE): 60 s.
             await eventually(
-                lambda: metric_value(registry, "collector_alerts_sent_total", rule="big")
+                lambda: metric_value(registry, "collector_feed_rows_total") == 3, timeout=60
+            )
+            await eventually(
+                lambda: metric_value(registry, "collector_alerts_sent_total", rule="big"),
+                timeout=60,
             )
     dropped = metric_value(
         registry, "collector_alerts_dropped_total", rule="big", reason="rate_limited"
@@ -124,9 +130,13 @@ async def test_a_cascade_fires_once_per_window(pg_dsn: str, pg: asyncpg.Connecti
         async with alerting(pg_dsn, cascade) as (s, _):
             await insert(pg, liquidation(0), liquidation(1000), liquidation(2000))
             registry = s.metrics.registry
-            await eventually(lambda: metric_value(registry, "collector_feed_rows_total") == 3)
+            # Final rows wait for the cluster's xmin (parallel tests' DROP DATABASE): 60 s.
             await eventually(
-                lambda: metric_value(registry, "collector_alerts_sent_total", rule="cascade")
+                lambda: metric_value(registry, "collector_feed_rows_total") == 3, timeout=60
+            )
+            await eventually(
+                lambda: metric_value(registry, "collector_alerts_sent_total", rule="cascade"),
+                timeout=60,
             )
     text = "Cascade: 277 USD of LONG positions liquidated within 60 s (to BTCUSDT on binance)"
     assert hook.bodies == [{"content": text}]
