@@ -125,6 +125,11 @@ _CLAIM = """INSERT INTO alert_claims (rule, key) SELECT * FROM unnest($1::text[]
 _SENT = "UPDATE alert_claims SET sent_at = now() WHERE rule = $1 AND key = $2"
 # A claim whose delivery a stop interrupted: released, so the restart claims and sends it.
 _RELEASE = "DELETE FROM alert_claims WHERE rule = $1 AND key = $2 AND sent_at IS NULL"
+# Claims far older than any row the alerts still judge ([feed] alerts_max_age_s) decide
+# nothing: removed at most once an hour, by whichever replica, so the table stays small.
+_PRUNE = "DELETE FROM alert_claims WHERE claimed_at < now() - make_interval(secs => $1)"
+_PRUNE_EVERY_S = 3600.0
+_KEEP_CLAIMS_S = 7 * 86400.0
 
 
 def _utc_now() -> datetime:
@@ -158,6 +163,7 @@ class Alerts:
         self._last_accepted: dict[str, float] = {}
         self._urls: dict[str, Secret] = {r.name: r.webhook_url() for r in rules}
         self._session: aiohttp.ClientSession | None = None
+        self._pruned_at: float | None = None
         self._stop = asyncio.Event()
         for r in rules:  # every series exists from the start (0 is an answer)
             for counter in (metrics.alerts_sent, metrics.alerts_failed):
@@ -177,6 +183,7 @@ class Alerts:
         """Judge `batch`, claim what fires, deliver what this replica claimed. Returns once
         every claimed alert was sent or given up on; raises `ConsumerUnavailable` when a stop
         interrupted a delivery (its claim released, the batch not acknowledged)."""
+        await self._prune()
         fired = self._judge(batch)
         if not fired:
             return
@@ -194,6 +201,13 @@ class Alerts:
                      for name, alerts in by_rule.items()]  # fmt: skip
         if not all(t.result() for t in tasks):
             raise ConsumerUnavailable("stopping: an alert's delivery was interrupted")
+
+    async def _prune(self) -> None:
+        now = self._clock()
+        if self._pruned_at is None or now - self._pruned_at >= _PRUNE_EVERY_S:
+            keep = max(_KEEP_CLAIMS_S, 2 * self.max_age.total_seconds())
+            await self._pool.execute(_PRUNE, keep)
+            self._pruned_at = now
 
     def _judge(self, batch: list[FeedEvent]) -> list[Alert]:
         cutoff = self._now() - self.max_age
