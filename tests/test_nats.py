@@ -204,7 +204,7 @@ async def test_two_replicas_and_a_broker_restart_store_each_row_once_in_order(
             for registry in (a.runtime.metrics.registry, b.runtime.metrics.registry):
                 await eventually(lambda r=registry: metric_value(  # type: ignore[misc]
                     r, "collector_consumer_retries_total", consumer="nats"),
-                    what="a failed publish")  # fmt: skip
+                    what="a failed publish", timeout=60)  # fmt: skip
             assert await stream_size_or_none(broker.url) is None
             await broker.start()
 
@@ -263,9 +263,11 @@ async def test_a_dead_broker_does_not_stop_the_writer_and_rows_follow_when_it_is
             await subscribed(emu, 1, host="fstream")
             for i in range(5):
                 assert await emu.publish(event_at(i)) == 1
-            await eventually(count_rows(pg), lambda n: n == 5)
-            await eventually(lambda: metric_value(
-                registry, "collector_consumer_retries_total", consumer="nats") >= 2)  # fmt: skip
+            await eventually(count_rows(pg), lambda n: n == 5, timeout=60)
+            await eventually(
+                lambda: metric_value(registry, "collector_consumer_retries_total", consumer="nats"),
+                lambda n: n >= 2, timeout=60,
+            )  # fmt: skip
             failures = metric_value(registry, "collector_nats_publish_failures_total",
                                     stream=STREAM, reason="OSError")  # fmt: skip
             failures += metric_value(registry, "collector_nats_publish_failures_total",
