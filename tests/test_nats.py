@@ -299,3 +299,33 @@ async def test_a_dead_broker_does_not_stop_the_writer_and_rows_follow_when_it_is
             finally:
                 await broker.stop()
     assert [m.headers and m.headers["Nats-Msg-Id"] for m in messages] == [e.key for e in events]
+
+
+async def test_rows_committed_while_the_publisher_was_stopped_are_published_after_its_restart(
+    pg_dsn: str, pg: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """A publishing daemon stops after 2 rows; a daemon without [nats] commits 3 more; the
+    publisher's next start resumes at its stored cursor: 5 messages, each once, in order."""
+    async with nats_server(tmp_path / "js") as broker, Emulator(EmulatorOptions()) as emu:
+        base = make_config(emu, pg_dsn)
+        publishing = with_nats(base, broker.url)
+        async with running(publishing):
+            await subscribed(emu, 1, host="fstream")
+            for i in range(2):
+                assert await emu.publish(event_at(i)) == 1
+            await eventually(lambda: stream_size_or_none(broker.url), lambda n: n == 2, timeout=60)
+        at_stop = await cursor_of(pg, "nats")
+        async with running(base):
+            await emu.wait_until(lambda: len(emu.connections) == 1 and emu.connections[0].streams)
+            for i in range(2, 5):
+                assert await emu.publish(event_at(i)) == 1
+            await eventually(count_rows(pg), lambda n: n == 5, timeout=60)
+        assert await cursor_of(pg, "nats") == at_stop
+        async with running(publishing):
+            events = await stored_events(pg)
+            await eventually(lambda: cursor_of(pg, "nats"), lambda c: c == events[-1].cursor,
+                             timeout=60)  # fmt: skip
+        assert await stream_size(broker.url) == 5
+        messages = await all_messages(broker.url, 5)
+    assert [m.headers and m.headers["Nats-Msg-Id"] for m in messages] == [e.key for e in events]
+    assert [orjson.loads(m.data) for m in messages] == [e.as_json() for e in events]
