@@ -30,7 +30,7 @@ import structlog
 from collector.config import AlertConfig, AlertFormat, AlertKind, FeedConfig, Secret
 from collector.metrics import Metrics
 from collector.out.cursor import ConsumerUnavailable, DurableCursor
-from collector.out.events import FeedEvent, Filter, iso
+from collector.out.events import Cursor, FeedEvent, Filter, iso
 from collector.out.feed import Feed
 from collector.retry import Policy, sleep_or_stop
 
@@ -164,6 +164,10 @@ class Alerts:
         self._urls: dict[str, Secret] = {r.name: r.webhook_url() for r in rules}
         self._session: aiohttp.ClientSession | None = None
         self._pruned_at: float | None = None
+        # The batch being handed over: judged once, however often it is retried (a judge's
+        # cascade window and the rate limit must see each row once).
+        self._judged_upto: Cursor | None = None
+        self._fired: list[Alert] = []
         self._stop = asyncio.Event()
         for r in rules:  # every series exists from the start (0 is an answer)
             for counter in (metrics.alerts_sent, metrics.alerts_failed):
@@ -184,9 +188,16 @@ class Alerts:
         every claimed alert was sent or given up on; raises `ConsumerUnavailable` when a stop
         interrupted a delivery (its claim released, the batch not acknowledged)."""
         await self._prune()
-        fired = self._judge(batch)
-        if not fired:
-            return
+        fresh = [e for e in batch if self._judged_upto is None or e.cursor > self._judged_upto]
+        self._fired += self._judge(fresh)
+        if fresh:
+            self._judged_upto = fresh[-1].cursor
+        fired = self._fired
+        if fired:
+            await self._claim_and_deliver(fired)
+        self._fired = []
+
+    async def _claim_and_deliver(self, fired: list[Alert]) -> None:
         rows = await self._pool.fetch(_CLAIM, [a.rule for a in fired], [a.key for a in fired])
         mine = {(r["rule"], r["key"]) for r in rows}
         by_rule: dict[str, list[Alert]] = {}
@@ -196,9 +207,12 @@ class Alerts:
             else:
                 self.metrics.alerts_dropped.labels(alert.rule, "claimed").inc()
         rules = {r.name: r for r in self.rules}
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(self._deliver(rules[name], alerts))
-                     for name, alerts in by_rule.items()]  # fmt: skip
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self._deliver(rules[name], alerts))
+                         for name, alerts in by_rule.items()]  # fmt: skip
+        except ExceptionGroup as eg:  # a database error marking one sent: the batch is retried
+            raise eg.exceptions[0] from None
         if not all(t.result() for t in tasks):
             raise ConsumerUnavailable("stopping: an alert's delivery was interrupted")
 
