@@ -40,6 +40,7 @@ from collector.metrics import Metrics
 from collector.model import MarketLiquidation
 from collector.out.alerts import Alerts
 from collector.out.api import Api
+from collector.out.broker import Publisher
 from collector.out.feed import Feed
 from collector.readiness import add_readiness
 from collector.rest.accounts import build_account_components
@@ -78,6 +79,7 @@ class Runtime:
     okx: list[OkxSource] = field(default_factory=list)
     feed: Feed | None = None
     alerts: Alerts | None = None
+    nats: Publisher | None = None
 
 
 async def supervise(
@@ -193,11 +195,12 @@ async def _start_up(
     port = int(runner.addresses[0][1])
     writer = Writer(lambda: connect(dsn, config), config.writer, metrics)
     runtime = Runtime(config, dsn, pool, metrics, health, writer, SymbolCatalog(), port)
-    if config.http.api_enabled or config.alerts:
+    if config.http.api_enabled or config.alerts or config.nats.enabled:
         runtime.feed = feed
-    if config.alerts:
-        runtime.alerts = Alerts(config.alerts, metrics)
-        feed.add_listener(runtime.alerts.on_event)
+    if config.alerts:  # durable consumers of the committed rows (collector.out.cursor)
+        runtime.alerts = Alerts(config.alerts, feed, config.feed, metrics)
+    if config.nats.enabled:
+        runtime.nats = Publisher(config.nats, feed, metrics)
     add_readiness(
         health, pool=pool, writer=writer, shards=runtime.shards, metrics=metrics,
         max_event_age_s=config.http.max_event_age_s,
@@ -298,6 +301,8 @@ def _components(
         components["feed"] = runtime.feed.run
     if runtime.alerts is not None:
         components["alerts"] = runtime.alerts.run
+    if runtime.nats is not None:  # never in readiness: a dead broker does not stop collection
+        components["nats"] = runtime.nats.run
     if extra is not None:
         components.update(extra(runtime))
     return components

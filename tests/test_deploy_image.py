@@ -193,7 +193,7 @@ def test_dependency_list_step_reads_pyproject_without_the_embedded_server(tmp_pa
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
     ).stdout.split()
     assert out == ["aiohttp>=3.9", "asyncpg>=0.29", "orjson>=3.9", "structlog>=24.1",
-                   "prometheus-client>=0.23", "cryptography>=42"]  # fmt: skip
+                   "prometheus-client>=0.23", "cryptography>=42", "nats-py>=2.15"]  # fmt: skip
 
 
 def _with_database(dsn: str, database: str) -> str:

@@ -12,11 +12,11 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from collector.config import AlertConfig, AlertFormat, AlertKind, Secret
+from collector.config import AlertConfig, AlertFormat, AlertKind, FeedConfig, Secret
 from collector.out.alerts import Alerts, Judge
 from collector.out.events import Cursor, FeedEvent
 from tests.daemon import eventually, metric_value
-from tests.factories import liquidation
+from tests.factories import NOW, liquidation
 from tests.feed_harness import insert, served
 
 
@@ -59,8 +59,10 @@ def rule(url: str, **kwargs: Any) -> AlertConfig:
 @contextlib.asynccontextmanager
 async def alerting(dsn: str, *rules: AlertConfig) -> AsyncIterator[tuple[Any, Alerts]]:
     async with served(dsn) as s:
-        alerts = Alerts(rules, s.metrics)
-        s.feed.add_listener(alerts.on_event)
+        # The factories' rows were received at NOW: a minute later they are fresh.
+        alerts = Alerts(
+            rules, s.feed, FeedConfig(), s.metrics, now=lambda: NOW + timedelta(minutes=1)
+        )
         stop = asyncio.Event()
         task = asyncio.create_task(alerts.run(stop))
         try:
@@ -75,7 +77,9 @@ async def test_a_webhook_is_retried_until_it_succeeds(pg_dsn: str, pg: asyncpg.C
     async with receiving([500, 503]) as hook, alerting(pg_dsn, rule(hook.url)) as (s, _):
         await insert(pg, liquidation(0))  # 138.740 USD
         registry = s.metrics.registry
-        await eventually(lambda: metric_value(registry, "collector_alerts_sent_total", rule="big"))
+        await eventually(
+            lambda: metric_value(registry, "collector_alerts_sent_total", rule="big"), timeout=60
+        )
     assert metric_value(registry, "collector_alert_retries_total", rule="big") == 2
     assert metric_value(registry, "collector_alerts_failed_total", rule="big") == 0
     assert len(hook.bodies) == 3
@@ -98,14 +102,17 @@ async def test_the_rate_limit_drops_alerts_within_the_interval(
     """min_interval_s: the first of three alerts is sent, the next two are dropped, counted."""
     async with receiving([]) as hook:
         hooked = rule(hook.url, min_interval_s=3600.0, format=AlertFormat.SLACK)
-        async with alerting(pg_dsn, hooked) as (s, alerts):
+        async with alerting(pg_dsn, hooked) as (s, _):
             await insert(pg, liquidation(1), liquidation(2), liquidation(3))
             registry = s.metrics.registry
-            await eventually(lambda: metric_value(registry, "collector_feed_rows_total") == 3)
+            # Final rows wait for the cluster's xmin (parallel tests' DROP DATABASE): 60 s.
             await eventually(
-                lambda: metric_value(registry, "collector_alerts_sent_total", rule="big")
+                lambda: metric_value(registry, "collector_feed_rows_total") == 3, timeout=60
             )
-            assert alerts.pending() == 0
+            await eventually(
+                lambda: metric_value(registry, "collector_alerts_sent_total", rule="big"),
+                timeout=60,
+            )
     dropped = metric_value(
         registry, "collector_alerts_dropped_total", rule="big", reason="rate_limited"
     )
@@ -120,14 +127,17 @@ async def test_a_cascade_fires_once_per_window(pg_dsn: str, pg: asyncpg.Connecti
     async with receiving([]) as hook:
         cascade = AlertConfig(**{**{f: getattr(cascade, f) for f in cascade.__slots__},
                                  "url": Secret(hook.url)})  # fmt: skip
-        async with alerting(pg_dsn, cascade) as (s, alerts):
+        async with alerting(pg_dsn, cascade) as (s, _):
             await insert(pg, liquidation(0), liquidation(1000), liquidation(2000))
             registry = s.metrics.registry
-            await eventually(lambda: metric_value(registry, "collector_feed_rows_total") == 3)
+            # Final rows wait for the cluster's xmin (parallel tests' DROP DATABASE): 60 s.
             await eventually(
-                lambda: metric_value(registry, "collector_alerts_sent_total", rule="cascade")
+                lambda: metric_value(registry, "collector_feed_rows_total") == 3, timeout=60
             )
-            assert alerts.pending() == 0
+            await eventually(
+                lambda: metric_value(registry, "collector_alerts_sent_total", rule="cascade"),
+                timeout=60,
+            )
     text = "Cascade: 277 USD of LONG positions liquidated within 60 s (to BTCUSDT on binance)"
     assert hook.bodies == [{"content": text}]
 

@@ -25,7 +25,7 @@ from collector.config.sections import (
     WriterConfig,
     load_private_key,
 )
-from collector.config.sections_out import AlertConfig, FeedConfig
+from collector.config.sections_out import AlertConfig, FeedConfig, NatsConfig
 from collector.config.sections_venues import BybitConfig, OkxConfig, VenuesConfig
 from collector.config.settings import (
     AccountKind,
@@ -54,6 +54,7 @@ __all__ = [
     "HttpConfig",
     "KeyType",
     "LogConfig",
+    "NatsConfig",
     "OkxConfig",
     "Product",
     "RestConfig",

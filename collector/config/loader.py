@@ -197,8 +197,9 @@ def _table(
 def _tables(
     what: str, raw: Any, environ: Mapping[str, str], problems: list[str]
 ) -> tuple[Any, ...]:
-    """The `[[what]]` tables, each checked by its `validate()`; a table with a problem in a
-    required setting is left out (its problem is reported)."""
+    """The `[[what]]` tables, each checked by its `validate()` once its settings read without a
+    problem; a table with a problem in a required setting is left out (its problem is
+    reported)."""
     cls, out = _TABLES[what], []
     fields = dataclasses.fields(cls)
     credentials = [f.name for f in fields if f.metadata.get("credential")]
@@ -210,10 +211,12 @@ def _tables(
         where = f"[[{what}]] {name!r}"
         _unknown(table, known, where, problems)
         read = _table({**table, "name": name}, where, credentials, environ, problems)
+        before = len(problems)
         values = _read(cls, read, where, problems, problems)
         if values.keys() >= required:
             out.append(item := cls(**values))
-            problems.extend(f"{where} {k}: {p}" for k, p in getattr(item, "validate", tuple)())
+            if len(problems) == before:  # its rules that span settings need every setting read
+                problems.extend(f"{where} {k}: {p}" for k, p in getattr(item, "validate", tuple)())
     return tuple(out)
 
 

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from collector.config.dsn import check_dsn
-from collector.config.sections_out import AlertConfig, FeedConfig
+from collector.config.sections_out import AlertConfig, FeedConfig, NatsConfig
 from collector.config.sections_venues import BybitConfig, OkxConfig, VenuesConfig
 from collector.config.settings import (
     DAY,
@@ -306,3 +306,4 @@ class Config:
     accounts: tuple[AccountConfig, ...] = ()
     feed: FeedConfig = field(default_factory=FeedConfig)
     alerts: tuple[AlertConfig, ...] = ()
+    nats: NatsConfig = field(default_factory=NatsConfig)

@@ -61,7 +61,15 @@ class FeedEvent:
     notional_usd: str | None
     trade_time: datetime
     received_at: datetime
+    # The row's identity within its venue (hex of its 16-byte content key; "" when not read).
+    content_key: str = ""
     _sse: list[bytes] = field(default_factory=list, compare=False, repr=False)
+
+    @property
+    def key(self) -> str:
+        """The row's key, the same on every replica and after every restart:
+        `<venue>:<content key in hex>` (the NATS `Nats-Msg-Id`, an alert's claim)."""
+        return f"{self.venue}:{self.content_key}"
 
     @property
     def notional(self) -> Decimal | None:
@@ -95,8 +103,14 @@ def event_from_row(row: Mapping[str, Any]) -> FeedEvent:
     return FeedEvent(
         Cursor(row["xid"], row["seq"]), row["venue"], row["market"], row["symbol"],
         row["liquidated_side"], row["price"], row["qty"], row["notional_usd"],
-        row["trade_time"], row["received_at"],
+        row["trade_time"], row["received_at"], _hex(row.get("content_key")),
     )  # fmt: skip
+
+
+def _hex(key: object) -> str:
+    if isinstance(key, bytes | bytearray | memoryview):
+        return bytes(key).hex()
+    return "" if key is None else str(key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +136,7 @@ class Filter:
 
 _COLUMNS = """committed_xid AS xid, seq, venue, market, symbol, liquidated_side,
        price::text AS price, qty::text AS qty, notional_usd::text AS notional_usd,
-       trade_time, received_at"""
+       trade_time, received_at, encode(content_key, 'hex') AS content_key"""
 # The rows below this are final: every transaction that writes liquidations and is below it
 # has ended (migration 0016: the writers' feed lock; other transactions on the server don't
 # hold the feed back). Named XMIN for what it replaced, the snapshot's xmin (0009).

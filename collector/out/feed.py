@@ -107,12 +107,15 @@ class Feed:
         self.config = config
         self.metrics = metrics
         self.head: Cursor | None = None  # None until the first read
+        # The head when this process's feed started: where a new durable consumer begins.
+        self.first_head: Cursor | None = None
         self._connect = connect
         self._subscribers: set[Subscription] = set()
         self._listeners: list[Listener] = []
         self._wake = asyncio.Event()
         self._notified_xid = 0  # the newest transaction a notification named
         self._started = asyncio.Event()
+        self._moved = asyncio.Event()  # set (and replaced) whenever `head` moves
 
     # -- subscribers --------------------------------------------------------------------------
 
@@ -153,13 +156,24 @@ class Feed:
         value: datetime | None = await self.pool.fetchval(RECEIVED, cursor.xid, cursor.seq)
         return value
 
-    async def read_range(self, after: Cursor, upto: Cursor) -> list[FeedEvent]:
-        """At most `[feed] page_rows` rows after `after`, up to and including `upto` (a head
-        this feed read, so all of them are final), in order."""
-        rows = await self.pool.fetch(
-            RANGE, after.xid, after.seq, upto.xid, upto.seq, self.config.page_rows
-        )
+    async def read_range(
+        self, after: Cursor, upto: Cursor, limit: int | None = None
+    ) -> list[FeedEvent]:
+        """At most `limit` (default `[feed] page_rows`) rows after `after`, up to and including
+        `upto` (a head this feed read, so all of them are final), in order."""
+        limit = self.config.page_rows if limit is None else limit
+        rows = await self.pool.fetch(RANGE, after.xid, after.seq, upto.xid, upto.seq, limit)
         return [event_from_row(r) for r in rows]
+
+    async def moved_past(self, cursor: Cursor, stop: asyncio.Event) -> bool:
+        """Wait until the head is past `cursor` (True) or `stop` is set (False). Durable
+        consumers (`collector.out.cursor`) wait here: the feed's notifications and poll wake
+        them, with no query of their own."""
+        while self.head is None or self.head <= cursor:
+            if stop.is_set():
+                return False
+            await self._sleep_until(self._moved, stop)
+        return True
 
     # -- the reader ---------------------------------------------------------------------------
 
@@ -173,6 +187,7 @@ class Feed:
                 xmin = await conn.fetchval(XMIN)
                 row = await conn.fetchrow(HEAD, xmin)
                 self.head = START if row is None else Cursor(row["xid"], row["seq"])
+                self.first_head = self.head
                 self._started.set()
             backoff = _XMIN_WAIT.backoff()
             while not stop.is_set():
@@ -195,6 +210,14 @@ class Feed:
         with contextlib.suppress(ValueError):
             self._notified_xid = max(self._notified_xid, int(payload))
         self._wake.set()
+
+    async def _sleep_until(self, event: asyncio.Event, stop: asyncio.Event) -> None:
+        waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     async def _sleep(self, delay_s: float, stop: asyncio.Event) -> None:
         waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
@@ -225,3 +248,5 @@ class Feed:
                 listener(event)
         self.head = events[-1].cursor
         self.metrics.feed_rows.inc(len(events))
+        moved, self._moved = self._moved, asyncio.Event()
+        moved.set()
