@@ -158,3 +158,42 @@ async def test_failed_attempts_back_off_and_wait_for_the_connection_budget(
     assert metric_value(metrics.registry, "collector_venue_ws_reconnects_total", venue="okx",
                         reason="http_503") == 2  # fmt: skip
     assert sink.items == []  # no session was opened, so no ledger row
+
+
+async def test_futures_are_read_back_per_family_and_alias(
+    emu: OkxEmulator, http: aiohttp.ClientSession
+) -> None:
+    """The parameter table calls `alias` required for FUTURES (docs/okx.md section 2.2): the
+    read-back asks per family and alias, as the instruments list them, and gets every row;
+    without `alias` the emulator answers 50014, as the table implies OKX does."""
+    base = time.time_ns() // 1_000_000 - 60_000
+    await emu.publish(
+        "BTC-USDT-261225", [make_okx_detail("sell", "long", "3", "66000", base)], stream=False
+    )
+    await emu.publish(
+        "BTC-USD-261225", [make_okx_detail("buy", "short", "7", "66100", base + 1)], stream=False
+    )
+    history = await history_of(emu, http, inst_types=("FUTURES",))
+    assert history.scopes("FUTURES") == [
+        {"instFamily": "BTC-USD", "alias": "quarter"},
+        {"instFamily": "BTC-USDT", "alias": "quarter"},
+    ]
+    sink = RecordingSink()
+    start, end = at_ms(base - 1_000), at_ms(base + 1_000)
+    [record] = await GapRepairer(history, sink, Metrics(), clock=recorded).repair(
+        Gap(start, end, "test")
+    )
+    assert record == RepairRecord(
+        "okx", "liquidation-orders:FUTURES", start, end, SOURCE, 2, RECORDED
+    )
+    assert sorted((r.symbol, r.wire_field("sz")) for r in sink.liquidations) == [
+        ("BTC-USD-261225", "7"),
+        ("BTC-USDT-261225", "3"),
+    ]
+    assert history.requests == 2
+    params = {"instType": "FUTURES", "instFamily": "BTC-USD", "state": "filled"}
+    async with http.get(f"{emu.rest_url}/api/v5/public/liquidation-orders", params=params) as r:
+        assert (r.status, await r.json()) == (
+            400,
+            {"code": "50014", "msg": "Parameter alias can not be empty.", "data": []},
+        )

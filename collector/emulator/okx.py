@@ -301,6 +301,9 @@ class OkxEmulator(VenueEmulator):
         inst_id = query.get("instId")
         if inst_type in ("SWAP", "FUTURES") and not family:
             return _error(400, "50015", "Either parameter uly or instFamily is required")
+        alias = query.get("alias")
+        if inst_type == "FUTURES" and not alias:  # "required for FUTURES" (section 2.2)
+            return _error(400, "50014", "Parameter alias can not be empty.")
         state = query.get("state", "unfilled")
         try:
             limit = min(100, int(query.get("limit", "100")))
@@ -317,6 +320,7 @@ class OkxEmulator(VenueEmulator):
                 for s in self.history
                 if s.spec.inst_type == inst_type
                 and (family is None or s.spec.family == family)
+                and (alias is None or s.spec.alias == alias)
                 and (inst_id is None or s.spec.inst_id == inst_id)
                 and s.ts_ms > now_ms - LOOK_BACK_MS
                 and (before is None or s.ts_ms > before)

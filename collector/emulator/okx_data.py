@@ -23,6 +23,7 @@ class OkxInstrumentSpec:
     settle_ccy: str = ""
     price: float = 1.0
     lot: str = "1"
+    alias: str = ""  # FUTURES: this_week, next_week, quarter, ...
 
     @property
     def family(self) -> str:
@@ -36,8 +37,12 @@ DEFAULT_INSTRUMENTS: Final = (
     OkxInstrumentSpec("SWAP", "ETH-USDT-SWAP", "0.1", "ETH", "linear", "USDT", 3200.0),
     OkxInstrumentSpec("SWAP", "IOST-USDT-SWAP", "1000", "IOST", "linear", "USDT", 0.0078),
     OkxInstrumentSpec("SWAP", "BTC-USD-SWAP", "100", "USD", "inverse", "BTC", 65000.0),
-    OkxInstrumentSpec("FUTURES", "BTC-USDT-261225", "0.01", "BTC", "linear", "USDT", 66000.0),
-    OkxInstrumentSpec("FUTURES", "BTC-USD-261225", "100", "USD", "inverse", "BTC", 66000.0),
+    OkxInstrumentSpec(
+        "FUTURES", "BTC-USDT-261225", "0.01", "BTC", "linear", "USDT", 66000.0, alias="quarter"
+    ),
+    OkxInstrumentSpec(
+        "FUTURES", "BTC-USD-261225", "100", "USD", "inverse", "BTC", 66000.0, alias="quarter"
+    ),
     OkxInstrumentSpec("MARGIN", "BTC-USDT", price=65000.0, lot="0.00000001"),
 )
 
@@ -64,6 +69,7 @@ def instrument_row(spec: OkxInstrumentSpec) -> dict[str, Any]:
     return {
         "instType": spec.inst_type,
         "instId": spec.inst_id,
+        "alias": spec.alias,
         "uly": spec.family,
         "instFamily": "" if is_margin else spec.family,
         "baseCcy": base if is_margin else "",

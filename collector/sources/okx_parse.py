@@ -69,6 +69,9 @@ class OkxInstrument:
     ct_val: Decimal | None
     ct_mult: Decimal | None
     ct_val_ccy: str
+    alias: str = ""
+    """FUTURES: `this_week`, `next_week`, `quarter`, ... (the liquidation-orders read names
+    one); "" for SWAP and MARGIN."""
 
 
 def _object(text: str | bytes, what: str) -> dict[str, Any]:
@@ -332,6 +335,7 @@ def _instrument(row: Any) -> OkxInstrument:
         ct_val=_opt_decimal(_opt_text(row, "ctVal", "data.ctVal"), "data.ctVal"),
         ct_mult=_opt_decimal(_opt_text(row, "ctMult", "data.ctMult"), "data.ctMult"),
         ct_val_ccy=_opt_text(row, "ctValCcy", "data.ctValCcy") or "",
+        alias=_opt_text(row, "alias", "data.alias") or "",
     )
 
 

@@ -1,11 +1,11 @@
 """OKX's history for gap repair: `GET /api/v5/public/liquidation-orders` (docs/okx.md section 2.2).
 
-`OkxHistory.read_back(start, end)` pages back from `end` per instrument family (SWAP, FUTURES;
-MARGIN per instType), `state=filled`, `limit=100`, until it passes `start`, the endpoint runs
-out, or its one-day look-back ends, within `repair_requests_per_2s` (OKX allows 40 per 2 s per
-IP). Rows parse with `okx_parse.parse_liquidation_orders`, which gives them the stream's content
-keys. The endpoint is missing from OKX's current documentation, so it is best effort: a 404 or an
-error code raises `HistoryUnavailable` (repair is switched off); a rate limit, a 5xx or the
+`OkxHistory.read_back(start, end)` pages back from `end` per scope (a SWAP instrument family, a
+FUTURES family and `alias`, MARGIN as a whole), `state=filled`, `limit=100`, until it passes
+`start`, the endpoint runs out, or its one-day look-back ends, within `repair_requests_per_2s`
+(OKX allows 40 per 2 s per IP). Rows parse with `okx_parse.parse_liquidation_orders`, which
+gives them the stream's content keys. The endpoint is missing from OKX's current documentation,
+so it is best effort: a 404 or an error code raises `HistoryUnavailable` (repair is switched off); a rate limit, a 5xx or the
 network raise `HistoryFailed` (this gap is given up). The mechanism is `repair.GapRepairer`.
 """
 
@@ -40,7 +40,7 @@ _LOOK_BACK_MARGIN = timedelta(minutes=1)
 RATE_WINDOW_S = 2.0
 # A 429 (code 50011) is waited out for one window this many times before the gap is given up.
 RATE_LIMIT_RETRIES = 3
-# Pages per family and gap, a stop for a history that never ends.
+# Pages per scope (family, alias) and gap, a stop for a history that never ends.
 MAX_PAGES = 200
 _ONE_MS = timedelta(milliseconds=1)
 
@@ -85,18 +85,22 @@ class OkxHistory:
         self._budget = AttemptBudget(config.repair_requests_per_2s, RATE_WINDOW_S)
         self.requests = 0
 
-    def families(self, inst_type: str) -> Sequence[str | None]:
-        """What to read of `inst_type`: each known SWAP/FUTURES family (the endpoint requires
-        one), MARGIN as a whole (None). Empty while no family of a SWAP/FUTURES type is known."""
+    def scopes(self, inst_type: str) -> Sequence[dict[str, str]]:
+        """What to read of `inst_type`, as request parameters: each known SWAP family (the
+        endpoint requires one), each known FUTURES family and alias (the parameter table calls
+        `alias` required for FUTURES: docs/okx.md section 2.2), MARGIN as a whole. Empty while
+        no family of a SWAP/FUTURES type is known."""
         if inst_type == "MARGIN":
-            return [None]
-        return sorted(
-            {
-                i.inst_family
-                for i in self._instruments.values()
-                if i.inst_type == inst_type and i.inst_family
-            }
-        )
+            return [{}]
+        scopes = {
+            (i.inst_family, i.alias if inst_type == "FUTURES" else "")
+            for i in self._instruments.values()
+            if i.inst_type == inst_type and i.inst_family
+        }
+        return [
+            {"instFamily": family, **({"alias": alias} if alias else {})}
+            for family, alias in sorted(scopes)
+        ]
 
     async def read_back(self, start: datetime, end: datetime) -> list[ReadBack]:
         """Every filled liquidation of `[start, end)` the endpoint holds, per instType stream
@@ -106,15 +110,15 @@ class OkxHistory:
         floor = now - LOOK_BACK + _LOOK_BACK_MARGIN
         out = []
         for inst_type in self._config.inst_types:
-            families = self.families(inst_type)
-            if not families:
+            scopes = self.scopes(inst_type)
+            if not scopes:
                 log.warning("okx.repair_no_families", inst_type=inst_type)
                 continue
             before = self.requests
             rows: list[VenueLiquidation] = []
             covered = start
-            for family in families:
-                found, complete_from = await self._scope(inst_type, family, start, end, floor)
+            for scope in scopes:
+                found, complete_from = await self._scope(inst_type, scope, start, end, floor)
                 rows += found
                 covered = max(covered, complete_from)
             out.append(ReadBack(stream_name(inst_type), rows, covered, self.requests - before))
@@ -123,18 +127,18 @@ class OkxHistory:
         return out
 
     async def _scope(
-        self, inst_type: str, family: str | None, start: datetime, end: datetime, floor: datetime
-    ) -> tuple[list[VenueLiquidation], datetime]:
-        """The rows of one family in `[start, end)` and from when on they are complete."""
+        self, inst_type: str, scope: dict[str, str], start: datetime, end: datetime,
+        floor: datetime,
+    ) -> tuple[list[VenueLiquidation], datetime]:  # fmt: skip
+        """The rows of one scope (family, alias) in `[start, end)` and from when on they are
+        complete."""
         seen: set[bytes] = set()
         rows: list[VenueLiquidation] = []
         after = _ms(end)
         oldest = end
         for _ in range(MAX_PAGES):
-            params = {"instType": inst_type, "state": "filled", "limit": str(PAGE_LIMIT),
-                      "after": str(after)}  # fmt: skip
-            if family is not None:
-                params["instFamily"] = family
+            params = {"instType": inst_type, **scope, "state": "filled",
+                      "limit": str(PAGE_LIMIT), "after": str(after)}  # fmt: skip
             page = await self._page(params)
             fresh = [r for r in page if r.content_key not in seen]
             seen.update(r.content_key for r in fresh)
