@@ -5,8 +5,9 @@ FUTURES family and `alias`, MARGIN as a whole), `state=filled`, `limit=100`, unt
 `start`, the endpoint runs out, or its one-day look-back ends, within `repair_requests_per_2s`
 (OKX allows 40 per 2 s per IP). Rows parse with `okx_parse.parse_liquidation_orders`, which
 gives them the stream's content keys. The endpoint is missing from OKX's current documentation,
-so it is best effort: a 404 or an error code raises `HistoryUnavailable` (repair is switched off); a rate limit, a 5xx or the
-network raise `HistoryFailed` (this gap is given up). The mechanism is `repair.GapRepairer`.
+so it is best effort: a 404 or an error code raises `HistoryUnavailable` (repair is switched
+off); a rate limit, a 5xx or the network raise `HistoryFailed` (this gap is given up). The
+mechanism is `repair.GapRepairer`.
 """
 
 from __future__ import annotations
