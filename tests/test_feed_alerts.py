@@ -105,7 +105,7 @@ async def test_the_rate_limit_drops_alerts_within_the_interval(
         async with alerting(pg_dsn, hooked) as (s, _):
             await insert(pg, liquidation(1), liquidation(2), liquidation(3))
             registry = s.metrics.registry
-            # Final rows wait for the cluster's xmin (parallel tests' DROP DATABASE): 60 s.
+            # Generous for a loaded machine (conditions, not sleeps): 60 s.
             await eventually(
                 lambda: metric_value(registry, "collector_feed_rows_total") == 3, timeout=60
             )
@@ -130,7 +130,7 @@ async def test_a_cascade_fires_once_per_window(pg_dsn: str, pg: asyncpg.Connecti
         async with alerting(pg_dsn, cascade) as (s, _):
             await insert(pg, liquidation(0), liquidation(1000), liquidation(2000))
             registry = s.metrics.registry
-            # Final rows wait for the cluster's xmin (parallel tests' DROP DATABASE): 60 s.
+            # Generous for a loaded machine (conditions, not sleeps): 60 s.
             await eventually(
                 lambda: metric_value(registry, "collector_feed_rows_total") == 3, timeout=60
             )

@@ -43,8 +43,7 @@ ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-# Generous: the feed sends a row once it is below the cluster's xmin, which other tests' DROP
-# DATABASE ... WITH (FORCE) can hold back for tens of seconds on a busy machine.
+# Generous, for a busy machine (the waits are on conditions, not sleeps).
 WAIT_MS = 60_000
 
 pytestmark = pytest.mark.skipif(

@@ -139,13 +139,13 @@ _COLUMNS = """committed_xid AS xid, seq, venue, market, symbol, liquidated_side,
        trade_time, received_at, encode(content_key, 'hex') AS content_key"""
 # The rows below this are final: every transaction that writes liquidations and is below it
 # has ended (migration 0016: the writers' feed lock; other transactions on the server don't
-# hold the feed back). Named XMIN for what it replaced, the snapshot's xmin (0009).
-XMIN = "SELECT liquidation_feed_horizon()"
-# The newest final row's cursor ($1: an xmin).
+# hold the feed back; until then it was the snapshot's xmin, 0009).
+HORIZON = "SELECT liquidation_feed_horizon()"
+# The newest final row's cursor ($1: a horizon).
 HEAD = """SELECT committed_xid AS xid, seq FROM liquidation_feed
  WHERE committed_xid < $1::xid8 ORDER BY committed_xid DESC, seq DESC LIMIT 1"""
 # (S608: the f-strings below join module constants only, never input.)
-# The next final rows after $1-$2 ($3: an xmin), at most $4.
+# The next final rows after $1-$2 ($3: a horizon), at most $4.
 PAGE = f"""SELECT {_COLUMNS} FROM liquidation_feed
  WHERE (committed_xid, seq) > ($1::xid8, $2) AND committed_xid < $3::xid8
  ORDER BY committed_xid, seq LIMIT $4"""  # noqa: S608

@@ -24,11 +24,11 @@ from collector.exceptions import CollectorError
 from collector.metrics import Metrics
 from collector.out.events import (
     HEAD,
+    HORIZON,
     PAGE,
     RANGE,
     RECEIVED,
     START,
-    XMIN,
     Cursor,
     FeedEvent,
     Filter,
@@ -40,9 +40,9 @@ log = structlog.get_logger(__name__)
 
 CHANNEL = "collector_liquidations"
 Listener = Callable[[FeedEvent], None]
-# A notified transaction that is not yet below xmin (an older one still runs) is looked for
+# A notified transaction not yet below the horizon (an older writer still runs) is looked for
 # again after 2 ms, doubling up to the poll interval.
-_XMIN_WAIT = Policy(0.002, 1.0)
+_HORIZON_WAIT = Policy(0.002, 1.0)
 
 
 class TooManySubscribers(CollectorError):
@@ -184,16 +184,16 @@ class Feed:
         try:
             await conn.add_listener(CHANNEL, self._notified)
             if self.head is None:
-                xmin = await conn.fetchval(XMIN)
-                row = await conn.fetchrow(HEAD, xmin)
+                horizon = await conn.fetchval(HORIZON)
+                row = await conn.fetchrow(HEAD, horizon)
                 self.head = START if row is None else Cursor(row["xid"], row["seq"])
                 self.first_head = self.head
                 self._started.set()
-            backoff = _XMIN_WAIT.backoff()
+            backoff = _HORIZON_WAIT.backoff()
             while not stop.is_set():
                 self._wake.clear()
-                xmin = await self._read(conn)
-                if self._notified_xid >= xmin:  # committed, not yet final: look again soon
+                horizon = await self._read(conn)
+                if self._notified_xid >= horizon:  # committed, not yet final: look again soon
                     delay = min(backoff.next_delay(), self.config.poll_interval_s)
                 else:
                     backoff.reset()
@@ -228,16 +228,16 @@ class Feed:
                 w.cancel()
 
     async def _read(self, conn: asyncpg.Connection) -> int:
-        """Hand out every final row after `head`; return the xmin it read below."""
+        """Hand out every final row after `head`; return the horizon it read below."""
         assert self.head is not None
-        xmin: int = await conn.fetchval(XMIN)
+        horizon: int = await conn.fetchval(HORIZON)
         page = self.config.page_rows
         while True:
-            rows = await conn.fetch(PAGE, self.head.xid, self.head.seq, xmin, page)
+            rows = await conn.fetch(PAGE, self.head.xid, self.head.seq, horizon, page)
             if rows:
                 self._dispatch([event_from_row(r) for r in rows])
             if len(rows) < page:
-                return xmin
+                return horizon
 
     def _dispatch(self, events: list[FeedEvent]) -> None:
         # No await in here: a subscriber joining sees `head` move only with the rows it covers.
