@@ -37,6 +37,7 @@ from collector.sources.binance_parse import (
 )
 from collector.sources.binance_plan import ShardSpec
 from collector.sources.catalog import SymbolCatalog
+from collector.sources.twins import FrameTwins, Twin
 
 log = structlog.get_logger(__name__)
 
@@ -81,6 +82,7 @@ class Connection:
         config: BinanceConfig,
         anomalies: AnomalyExamples,
         replica: int = 0,
+        twins: FrameTwins | None = None,
     ) -> None:
         self.spec = spec
         self._http = http
@@ -90,6 +92,8 @@ class Connection:
         self._catalog = catalog
         self._config = config
         self._anomalies = anomalies
+        # Shared by the shard's replicas: a frame already parsed on a twin is not parsed again.
+        self._twins = twins
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._task: asyncio.Task[None] | None = None  # `_run`: owns the reader and the heartbeat
         self.subscribed = asyncio.Event()  # LIST_SUBSCRIPTIONS answered, or an event arrived
@@ -319,6 +323,10 @@ class Connection:
 
     async def _on_text(self, text: str, received_at: datetime) -> None:
         received_mono = self.last_data_monotonic = self._last_frame_monotonic
+        twins = self._twins
+        if twins is not None and (twin := twins.take(text)) is not None:
+            await self._on_twin(twin, text, received_at, received_mono)
+            return
         try:
             frame = decode_frame(text)
         except MalformedPayload as exc:
@@ -356,8 +364,23 @@ class Connection:
         self.last_event_monotonic = received_mono
         if self._ledger.count(row):
             self.delivered.set()
+        anomalies = find_anomalies(frame, row, is_known=catalog.is_known)
+        if self._twins is not None:
+            self._twins.remember(text, Twin(row, anomalies))
         await self._sink.put(row, release=self._draining)
-        for anomaly in find_anomalies(frame, row, is_known=catalog.is_known):
+        for anomaly in anomalies:
+            await self._anomaly(anomaly, text)
+
+    async def _on_twin(
+        self, twin: Twin, text: str, received_at: datetime, received_mono: float
+    ) -> None:
+        """A frame a twin connection already parsed: counted in this session's ledger (at
+        its own receive time) and as a duplicate, its anomalies counted; not parsed again."""
+        self.last_event_monotonic = received_mono
+        if self._ledger.count(twin.row._replace(received_at=received_at)):
+            self.delivered.set()
+        self._metrics.duplicates.labels("memory").inc()
+        for anomaly in twin.anomalies:
             await self._anomaly(anomaly, text)
 
     async def _anomaly(self, anomaly: Anomaly, text: str) -> None:

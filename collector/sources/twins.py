@@ -1,0 +1,71 @@
+"""Twin frames: the copies of one frame that the replicas of a shard each receive.
+
+At `redundancy` r every event arrives on r connections as the same text. The first copy is
+decoded and parsed; `FrameTwins` remembers its text with the row it became, and a later copy
+of exactly that text (a twin) is matched here, before any decoding, so its connection counts
+it in its own ledger (at its own receive time) and the writer never sees it. Matching is by
+the whole text (a dict keyed by the string: its hash, then equality), so two different frames
+never match, whatever their hashes.
+
+Bounded: an entry leaves once its r - 1 twins have arrived, so in steady state the window holds
+only the frames whose twins are still in flight (the lag between connections times the rate);
+when a replica is down its twins never come and the oldest entries are dropped beyond `size`.
+A dropped entry costs only the old path: the twin is parsed and the writer's key window (then
+the database's unique key) drops it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from collector.model import MarketLiquidation
+from collector.sources.binance_parse import Anomaly
+
+# Frames remembered at most, per shard: at 2,000 events/s that is 2 s of a twin's lag, and
+# about 2 MB when full (the texts are held by their rows anyway).
+DEFAULT_SIZE = 4096
+
+
+class Twin(NamedTuple):
+    """What the first copy of a frame became: its row and the anomaly kinds found in it."""
+
+    row: MarketLiquidation
+    anomalies: Sequence[Anomaly]
+
+
+class FrameTwins:
+    """Recent frames of one shard (shared by its replicas) awaiting their twins."""
+
+    def __init__(self, copies: int, size: int = DEFAULT_SIZE) -> None:
+        # Each frame arrives `copies` times; an entry waits for `copies - 1` twins.
+        self._twins_per_frame = max(copies - 1, 0)
+        self._size = size
+        # text -> (first copy, twins still expected)
+        self._pending: dict[str, tuple[Twin, int]] = {}
+        self.twins = 0  # twins matched (for tests and the bench)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def remember(self, text: str, twin: Twin) -> None:
+        """Remember the first copy of `text` (already parsed into `twin`)."""
+        if self._twins_per_frame == 0:
+            return
+        pending = self._pending
+        pending[text] = (twin, self._twins_per_frame)
+        if len(pending) > self._size:
+            del pending[next(iter(pending))]
+
+    def take(self, text: str) -> Twin | None:
+        """The first copy of `text` if this is one of its twins (then counted), else None."""
+        entry = self._pending.get(text)
+        if entry is None:
+            return None
+        twin, expected = entry
+        if expected <= 1:
+            del self._pending[text]
+        else:
+            self._pending[text] = (twin, expected - 1)
+        self.twins += 1
+        return twin
