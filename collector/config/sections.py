@@ -7,11 +7,7 @@ import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
-
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from typing import TYPE_CHECKING, ClassVar
 
 from collector.config.dsn import check_dsn
 from collector.config.sections_out import AlertConfig, FeedConfig
@@ -37,6 +33,9 @@ from collector.config.settings import (
     upper,
 )
 from collector.exceptions import ConfigError
+
+if TYPE_CHECKING:  # cryptography (~8 MB resident) is imported only when a key is loaded
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 
 def _dsn_uri(dsn: Secret, problems: list[str]) -> Secret:
@@ -271,6 +270,10 @@ def load_private_key(
 ) -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
     """`secret` as the PEM private key of an `rsa` or `ed25519` account. Raises `ConfigError`
     (naming the account, never the key) when it does not load or is not of `key_type`."""
+    from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa  # noqa: PLC0415
+
     try:
         key = serialization.load_pem_private_key(secret.reveal().encode(), password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):

@@ -22,9 +22,10 @@ from typing import NamedTuple
 from collector.model import MarketLiquidation
 from collector.sources.binance_parse import Anomaly
 
-# Frames remembered at most, per shard: at 2,000 events/s that is 2 s of a twin's lag, and
-# about 2 MB when full (the texts are held by their rows anyway).
-DEFAULT_SIZE = 4096
+# Frames remembered at most, per shard: at 2,000 events/s a second of a twin's lag (twins on
+# one host arrive milliseconds apart), and about 2.5 MB when full (a row with its text is about
+# 1.2 KB), which it is only while a replica is down.
+DEFAULT_SIZE = 2048
 
 
 class Twin(NamedTuple):
