@@ -11,7 +11,7 @@ import asyncpg
 from collector.emulator import Emulator, EmulatorOptions
 from collector.metrics import Metrics
 from collector.sources.binance_parse import Anomaly
-from collector.sources.twins import FrameTwins, Twin
+from collector.sources.twins import FrameTwins, Twin, twin_key
 from tests.daemon import (
     count_rows,
     eventually,
@@ -43,6 +43,21 @@ def test_each_frame_matches_its_twins_once_then_leaves() -> None:
     assert len(frames) == 0
     assert frames.take('{"a":1}') is None
     assert frames.twins == 2
+
+
+def test_two_copies_differing_only_in_the_event_time_are_twins() -> None:
+    """E differs between connections (docs/binance.md §1.3); any other difference is another
+    frame."""
+    frame = '{"stream":"!forceOrder@arr","data":{"e":"forceOrder","E":%d,"o":{"q":"%s","T":5}}}'
+    frames = FrameTwins(copies=2)
+    first = twin("a")
+    frames.remember(twin_key(frame % (1_795_000_000_123, "0.014")), first)
+    assert frames.take(twin_key(frame % (1_795_000_000_124, "0.015"))) is None
+    assert frames.take(twin_key(frame % (1_795_000_000_124, "0.014"))) is first
+    assert twin_key(frame % (7, "1")) == (
+        '{"stream":"!forceOrder@arr","data":{"e":"forceOrder",,"o":{"q":"1","T":5}}}'
+    )
+    assert twin_key('{"e":"x"}') == '{"e":"x"}'
 
 
 def test_the_window_is_bounded_oldest_first_and_off_at_redundancy_one() -> None:

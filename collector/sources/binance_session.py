@@ -37,7 +37,7 @@ from collector.sources.binance_parse import (
 )
 from collector.sources.binance_plan import ShardSpec
 from collector.sources.catalog import SymbolCatalog
-from collector.sources.twins import FrameTwins, Twin
+from collector.sources.twins import FrameTwins, Twin, twin_key
 
 log = structlog.get_logger(__name__)
 
@@ -323,10 +323,12 @@ class Connection:
 
     async def _on_text(self, text: str, received_at: datetime) -> None:
         received_mono = self.last_data_monotonic = self._last_frame_monotonic
-        twins = self._twins
-        if twins is not None and (twin := twins.take(text)) is not None:
-            await self._on_twin(twin, text, received_at, received_mono)
-            return
+        twins, key = self._twins, ""
+        if twins is not None:
+            key = twin_key(text)
+            if (twin := twins.take(key)) is not None:
+                await self._on_twin(twin, text, received_at, received_mono)
+                return
         try:
             frame = decode_frame(text)
         except MalformedPayload as exc:
@@ -335,7 +337,7 @@ class Connection:
         if isinstance(frame, ControlReply):
             self._control.on_reply(frame, text)
             return
-        await self._on_data(frame, text, received_at, received_mono)
+        await self._on_data(frame, text, received_at, received_mono, key)
 
     def _source(self, stream: str | None) -> Source:
         source = self._source_by_stream.get(stream)
@@ -346,7 +348,7 @@ class Connection:
         return source
 
     async def _on_data(
-        self, frame: DataFrame, text: str, received_at: datetime, received_mono: float
+        self, frame: DataFrame, text: str, received_at: datetime, received_mono: float, key: str
     ) -> None:
         catalog = self._catalog
         verdict = judge_event(
@@ -366,7 +368,7 @@ class Connection:
             self.delivered.set()
         anomalies = find_anomalies(frame, row, is_known=catalog.is_known)
         if self._twins is not None:
-            self._twins.remember(text, Twin(row, anomalies))
+            self._twins.remember(key, Twin(row, anomalies))
         await self._sink.put(row, release=self._draining)
         for anomaly in anomalies:
             await self._anomaly(anomaly, text)
