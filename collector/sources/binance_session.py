@@ -94,6 +94,7 @@ class Connection:
         self._anomalies = anomalies
         # Shared by the shard's replicas: a frame already parsed on a twin is not parsed again.
         self._twins = twins
+        self._twin_duplicates = metrics.duplicates.labels("memory")
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._task: asyncio.Task[None] | None = None  # `_run`: owns the reader and the heartbeat
         self.subscribed = asyncio.Event()  # LIST_SUBSCRIPTIONS answered, or an event arrived
@@ -381,7 +382,7 @@ class Connection:
         self.last_event_monotonic = received_mono
         if self._ledger.count(twin.row._replace(received_at=received_at)):
             self.delivered.set()
-        self._metrics.duplicates.labels("memory").inc()
+        self._twin_duplicates.inc()
         for anomaly in twin.anomalies:
             await self._anomaly(anomaly, text)
 
