@@ -89,6 +89,8 @@ def make_signer(key_type: str, secret: Secret, account: str) -> Signer:
     key cannot be loaded or has the wrong type."""
     if key_type == KeyType.HMAC:
         return HmacSigner(secret)
+    from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: PLC0415
+
     key = load_private_key(key_type, secret, account)
     return RsaSigner(key) if isinstance(key, rsa.RSAPrivateKey) else Ed25519Signer(key)
 

@@ -367,7 +367,12 @@ class Connection:
         self.last_event_monotonic = received_mono
         if self._ledger.count(row):
             self.delivered.set()
-        anomalies = find_anomalies(frame, row, is_known=catalog.is_known)
+        try:
+            anomalies = find_anomalies(frame, row, is_known=catalog.is_known)
+        except BaseException:
+            # A check cannot cost a row: queue it, then let the failure (a bug) end the reader.
+            await self._sink.put(row, release=self._draining)
+            raise
         if self._twins is not None:
             self._twins.remember(key, Twin(row, anomalies))
         await self._sink.put(row, release=self._draining)
