@@ -6,11 +6,12 @@
 For each size it migrates a fresh database with the project's migrations, generates a year of
 liquidations (bench/yeardata.py, loaded with the rollup triggers off, as a restore would), times
 a full rebuild of the rollups (`refresh_market_rollup()` from empty, then again with nothing
-changed), records one collector session covering the year (with a one-hour gap) and the symbols'
-exchangeInfo, marks the last two minutes as not yet rolled up (as a live collector leaves them),
-then runs every Postgres query of the market dashboard (deploy/grafana/dashboards), with
-Grafana's macros expanded as tests/test_dashboards.py expands them, for the last 24 h, 7 d and
-365 d: --repeat times each, printing the first (cold) and the median of the rest (warm), in ms.
+changed, then `rebuild_market_rollup()`; `--rebuild-only` stops there), records one collector
+session covering the year (with a one-hour gap) and the symbols' exchangeInfo, marks the last
+two minutes as not yet rolled up (as a live collector leaves them), then runs every Postgres
+query of the market dashboard (deploy/grafana/dashboards), with Grafana's macros expanded as
+tests/test_dashboards.py expands them, for the last 24 h, 7 d and 365 d: --repeat times each,
+printing the first (cold) and the median of the rest (warm), in ms.
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ async def seed_context(conn: asyncpg.Connection) -> None:
     )
 
 
-async def one_size(cluster_dsn: str, admin: asyncpg.Connection, rows: int, repeat: int) -> None:
+async def one_size(
+    cluster_dsn: str, admin: asyncpg.Connection, rows: int, repeat: int, no_dashboards: bool
+) -> None:
     name = f"year_{rows}"
     await admin.execute(f"DROP DATABASE IF EXISTS {name}")
     await admin.execute(f"CREATE DATABASE {name}")
@@ -103,9 +106,14 @@ async def one_size(cluster_dsn: str, admin: asyncpg.Connection, rows: int, repea
         first = await timed(conn, rebuild, START, END)
         again = await timed(conn, rebuild, START, END)
         minutes = await conn.fetchval("SELECT count(*) FROM market_liquidations_1m")
+        hours = await conn.fetchval("SELECT count(*) FROM market_liquidations_1h")
         print(f"rollup rebuild (refresh_market_rollup over the year): {first:.1f} s from empty "
-              f"rollups ({minutes:,} minute rows), {again:.1f} s again with nothing changed",
-              flush=True)  # fmt: skip
+              f"rollups ({minutes:,} minute rows, {hours:,} hour rows), {again:.1f} s again "
+              f"with nothing changed", flush=True)  # fmt: skip
+        full = await timed(conn, "SELECT rebuild_market_rollup()")
+        print(f"full rebuild (rebuild_market_rollup()): {full:.1f} s", flush=True)
+        if no_dashboards:
+            return
         await seed_context(conn)
         await conn.execute("ANALYZE")
         doc = all_dashboards()[MARKET]
@@ -135,6 +143,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", default="1000000", help="comma-separated dataset sizes")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each query")
+    parser.add_argument(
+        "--rebuild-only", action="store_true", help="time the rollup rebuilds, not the dashboards"
+    )
     args = parser.parse_args()
     with stock_cluster() as cluster:
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
@@ -142,7 +153,7 @@ async def main() -> None:
         admin = await asyncpg.connect(cluster.dsn)
         try:
             for rows in (int(r) for r in args.rows.split(",")):
-                await one_size(cluster.dsn, admin, rows, args.repeat)
+                await one_size(cluster.dsn, admin, rows, args.repeat, args.rebuild_only)
         finally:
             await admin.close()
         print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")

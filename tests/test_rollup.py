@@ -373,3 +373,78 @@ async def test_a_rebuild_equals_the_incremental_rollup_on_a_generated_dataset(
         "SELECT sum(events), sum(filled_qty), sum(notional_usd) FROM market_liquidations_1d"
     )
     assert tuple(day_totals) == tuple(totals)
+
+
+_FROM_SCRATCH = """
+SELECT date_bin($1::text::interval, trade_time, '2000-01-01 00:00:00+00') AS bucket, market, symbol,
+       liquidated_side, count(*) AS events, sum(filled_qty), coalesce(sum(notional_usd), 0),
+       count(*) - count(notional_usd), max(notional_usd)
+  FROM market_liquidations GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+"""
+
+
+async def from_scratch(conn: asyncpg.Connection, width: str) -> list[tuple[object, ...]]:
+    """The rollup of `width` ('1 minute', '1 hour', '1 day') aggregated straight from the base."""
+    return [tuple(r) for r in await conn.fetch(_FROM_SCRATCH, width)]
+
+
+async def test_a_full_rebuild_equals_an_aggregate_from_scratch_and_drops_stale_rows(
+    pg: asyncpg.Connection,
+) -> None:
+    """rebuild_market_rollup() over three generated days (with some notionals unknown) gives,
+    at each level, exactly the GROUP BY of the base table, and removes rollup rows left outside
+    the rows' range (a day whose rows are gone)."""
+    start = datetime(2026, 3, 1, 7, 13, tzinfo=UTC)  # mid-day, mid-hour
+    end = start + timedelta(days=3)
+    await yeardata.generate(pg, 6_000, start, end, seed=11)
+    await pg.execute(
+        "UPDATE market_liquidations SET notional_usd = NULL "
+        "WHERE market = 'CM' AND get_byte(content_key, 1) < 64"
+    )
+    stale = datetime(2026, 2, 20, 5, tzinfo=UTC)
+    await insert(pg, stale, "LTCUSDT", "LONG", "1", "80", "80")
+    await pg.execute("SELECT refresh_market_rollup($1, $2)", stale, stale + timedelta(minutes=1))
+    await pg.execute("DELETE FROM market_liquidations WHERE trade_time = $1", stale)
+
+    minutes = await pg.fetchval("SELECT rebuild_market_rollup()")
+
+    assert minutes == 4 * 24 * 60  # 2026-03-01 .. 2026-03-05 (the last row's day), whole days
+    for table, width in (("1m", "1 minute"), ("1h", "1 hour"), ("1d", "1 day")):
+        expected = await from_scratch(pg, width)
+        assert await minute_rows(pg, f"market_liquidations_{table}") == expected
+    assert sum(r[7] for r in await minute_rows(pg, "market_liquidations_1d")) > 0  # type: ignore[misc]
+    assert (
+        await pg.fetchval(
+            "SELECT count(*) FROM market_liquidations_1d WHERE bucket < $1",
+            start.replace(hour=0, minute=0),
+        )
+        == 0
+    )
+
+
+async def test_a_range_refresh_from_mid_hour_keeps_the_rest_of_its_hour_and_day(
+    pg: asyncpg.Connection,
+) -> None:
+    """refresh_market_rollup() over [10:30, 11:00) recomputes those minutes and whole hour and
+    day from the minutes outside the range, which it leaves as they were."""
+    for minute in (5, 35, 65):
+        await insert(pg, T0 + timedelta(minutes=minute), "BTCUSDT", "LONG", "1", "10", "10")
+    assert await pg.fetchval("SELECT rebuild_market_rollup()") == 24 * 60
+    await insert(pg, T0 + timedelta(minutes=40), "BTCUSDT", "LONG", "2", "10", "20")
+
+    lo = T0 + timedelta(minutes=30)
+    assert (
+        await pg.fetchval("SELECT refresh_market_rollup($1, $2)", lo, lo + timedelta(minutes=30))
+        == 30
+    )
+
+    hours = await pg.fetch(
+        "SELECT bucket, events, notional_usd FROM market_liquidations_1h ORDER BY 1"
+    )
+    assert [tuple(r) for r in hours] == [(T0, 3, D("40")), (T0 + timedelta(hours=1), 1, D("10"))]
+    day = await pg.fetch("SELECT events, notional_usd FROM market_liquidations_1d")
+    assert [tuple(r) for r in day] == [(4, D("50"))]
+    for table, width in (("1m", "1 minute"), ("1h", "1 hour"), ("1d", "1 day")):
+        assert await minute_rows(pg, f"market_liquidations_{table}") == await from_scratch(
+            pg, width
+        )

@@ -18,9 +18,10 @@ from collector.model import DeadLetter, MarketLiquidation, SessionRecord
 from collector.retry import is_transient
 from collector.sink.columns import ML_COLUMNS, ML_NOT_STORED, ml_record
 from collector.sink.commit import ARRAY_MAX_ROWS
+from collector.sink.flush import FlushPolicy
 from collector.sink.partitions import ensure_partitions
 from collector.sink.writer import Writer
-from tests.daemon import metric_value
+from tests.daemon import eventually, metric_value
 from tests.factories import NOW, liquidation, session
 
 FAST = WriterConfig(
@@ -361,3 +362,54 @@ async def test_every_market_column_is_the_model_field_of_its_name(pg: asyncpg.Co
         "Reordered", [(name, object) for name in reversed(MarketLiquidation._fields)]
     )
     assert ml_record(reordered(**row._asdict())) == ml_record(row)  # type: ignore[arg-type]
+
+
+class FixedClock:
+    """A monotonic clock that moves only when the test moves it."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_flush_deadline_counts_from_the_first_row_off_the_socket() -> None:
+    clock = FixedClock(1_000.0)
+    policy = FlushPolicy(0.025, 100, clock)
+    fresh = liquidation(0)._replace(received_monotonic=999.99)
+    assert policy.deadline(fresh) == pytest.approx(1_000.015)
+    assert policy.remaining(policy.deadline(fresh)) == pytest.approx(0.015)
+    stale = liquidation(1)._replace(received_monotonic=900.0)
+    assert policy.remaining(policy.deadline(stale)) < 0
+    # No socket time (0), or a time from a clock we do not share (later than now): from now.
+    assert policy.deadline(liquidation(2)) == pytest.approx(1_000.025)
+    future = liquidation(3)._replace(received_monotonic=2_000.0)
+    assert policy.deadline(future) == pytest.approx(1_000.025)
+    assert policy.deadline(session()) == pytest.approx(1_000.025)
+
+
+async def test_a_batch_lingers_until_its_age_or_size_and_one_lane_gathers_it(
+    pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """With the clock standing still and a 60 s age, three rows read just now become one batch
+    of exactly 3 (the size limit) although two lanes are idle; a row read 61 s ago is flushed
+    as soon as it is taken, alone."""
+    clock = FixedClock(5_000.0)
+    config = dataclasses.replace(FAST, writers=2, batch_max_age_s=60.0, batch_max_rows=3)
+    metrics = Metrics()
+    writer = Writer(lambda: asyncpg.connect(pg_dsn), config, metrics, clock=clock)
+    task = await start(writer)
+    for i in range(3):
+        await writer.put(liquidation(i)._replace(received_monotonic=clock.now))
+        for _ in range(5):
+            await asyncio.sleep(0)  # let both lanes take what they can
+    await eventually(lambda: count(pg), lambda n: n == 3)
+    await writer.put(liquidation(3)._replace(received_monotonic=clock.now - 61.0))
+    await eventually(lambda: count(pg), lambda n: n == 4)
+    await eventually(
+        lambda: asyncio.sleep(0, sample(metrics, "collector_batch_rows_count")), lambda n: n == 2
+    )
+    assert sample(metrics, "collector_batch_rows_sum") == 4
+    assert sample(metrics, "collector_batch_rows_bucket", {"le": "1.0"}) == 1
+    await stop(task)

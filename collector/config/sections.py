@@ -7,11 +7,7 @@ import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
-
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from typing import TYPE_CHECKING, ClassVar
 
 from collector.config.dsn import check_dsn
 from collector.config.sections_out import AlertConfig, FeedConfig, NatsConfig
@@ -38,6 +34,9 @@ from collector.config.settings import (
     upper,
 )
 from collector.exceptions import ConfigError
+
+if TYPE_CHECKING:  # cryptography (~8 MB resident) is imported only when a key is loaded
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 
 def _dsn_uri(dsn: Secret, problems: list[str]) -> Secret:
@@ -264,11 +263,14 @@ class AccountConfig:
                 yield "api_secret", key
 
 
-PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
-
-
-def _private_key(key_type: str, secret: Secret) -> PrivateKey | str:
+def _private_key(
+    key_type: str, secret: Secret
+) -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey | str:
     """`secret` as the PEM private key of `key_type`, or what is wrong (never quoting it)."""
+    from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa  # noqa: PLC0415
+
     try:
         key = serialization.load_pem_private_key(secret.reveal().encode(), password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
@@ -280,7 +282,9 @@ def _private_key(key_type: str, secret: Secret) -> PrivateKey | str:
     return f"the PEM key is not {key_type}"
 
 
-def load_private_key(key_type: str, secret: Secret, account: str) -> PrivateKey:
+def load_private_key(
+    key_type: str, secret: Secret, account: str
+) -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
     """`secret` as the PEM private key of an `rsa` or `ed25519` account. Raises `ConfigError`
     (naming the account, never the key) when it does not load or is not of `key_type`."""
     key = _private_key(key_type, secret)

@@ -49,10 +49,19 @@ async def rebuild(pool: asyncpg.Pool, from_at: datetime, to_at: datetime) -> int
     """Recompute every minute in [from_at, to_at) from the base table; return the minutes seen.
 
     For repairs (say, after rows were loaded with triggers disabled). It runs in one
-    transaction, one day of minutes per statement, so split a multi-year range into calls.
+    transaction, a UTC day at a time: each level's buckets of the day deleted and inserted from
+    one GROUP BY (migration 0013); the rollup task's passes skip while it runs.
     """
     async with pool.acquire() as conn:
         count: int = await conn.fetchval("SELECT refresh_market_rollup($1, $2)", from_at, to_at)
+    return count
+
+
+async def rebuild_all(pool: asyncpg.Pool) -> int:
+    """Rebuild every rollup from the base table (the days its rows span; rollup rows outside
+    them removed); return the minutes recomputed."""
+    async with pool.acquire() as conn:
+        count: int = await conn.fetchval("SELECT rebuild_market_rollup()")
     return count
 
 

@@ -11,13 +11,13 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote, urlencode
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
-
 from collector.config import KeyType, Secret, load_private_key
+
+if TYPE_CHECKING:  # cryptography (~8 MB resident) is imported only for an RSA or Ed25519 key
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 Param = tuple[str, str | int]
 
@@ -57,6 +57,9 @@ class RsaSigner:
 
     def sign(self, payload: str) -> str:
         """URL-encoded base64 RSA signature of `payload`."""
+        from cryptography.hazmat.primitives import hashes  # noqa: PLC0415
+        from cryptography.hazmat.primitives.asymmetric import padding  # noqa: PLC0415
+
         raw = self._key.sign(payload.encode(), padding.PKCS1v15(), hashes.SHA256())
         return quote(base64.b64encode(raw).decode(), safe="")
 
@@ -86,6 +89,8 @@ def make_signer(key_type: str, secret: Secret, account: str) -> Signer:
     key cannot be loaded or has the wrong type."""
     if key_type == KeyType.HMAC:
         return HmacSigner(secret)
+    from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: PLC0415
+
     key = load_private_key(key_type, secret, account)
     return RsaSigner(key) if isinstance(key, rsa.RSAPrivateKey) else Ed25519Signer(key)
 

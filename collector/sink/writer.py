@@ -4,7 +4,8 @@ Sources `await writer.put(item)`; a full queue blocks them (backpressure, bounde
 `begin_shutdown()`: from then on `put` never waits, and what the full queue cannot take goes to
 an overflow list behind it (bounded by what the sources still read: their sockets' buffers up
 to the UNSUBSCRIBE reply), which the drain commits or spills like the queue. The
-writer flushes on `batch_max_rows` or `batch_max_age_s`, whichever comes first, writing market
+writer flushes on `batch_max_rows` or `batch_max_age_s` (counted from the batch's first row
+coming off the socket, `sink.flush`), whichever comes first, writing market
 rows through COPY into a temporary staging table and `INSERT ... ON CONFLICT DO NOTHING`, so a
 duplicate never costs the rows beside it. A lost connection keeps the batch and retries it with
 backoff; a row Postgres rejects (SQLSTATE class 22/23) is isolated and dead-lettered, and the rest
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
@@ -33,6 +35,7 @@ from collector.sink.batch import Batch
 from collector.sink.columns import CONNECTION_DDL
 from collector.sink.commit import commit_batch
 from collector.sink.dedup import RecentKeys
+from collector.sink.flush import Clock, FlushPolicy
 from collector.sink.partitions import PartitionCheck
 from collector.venues import VenueLiquidation
 
@@ -61,7 +64,14 @@ class Writer:
     call is committed": a barrier waits for every batch that was started before it.
     """
 
-    def __init__(self, connect: Connect, config: WriterConfig, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        connect: Connect,
+        config: WriterConfig,
+        metrics: Metrics,
+        *,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self._connect = connect
         self._config = config
         self._metrics = metrics
@@ -69,6 +79,10 @@ class Writer:
         self._recent = RecentKeys(config.dedup_window)
         self._partitions = PartitionCheck()
         self._batch_ids = itertools.count()
+        # `clock` is the clock of rows' `received_monotonic` (tests inject one).
+        self._flush = FlushPolicy(config.batch_max_age_s, config.batch_max_rows, clock)
+        # One lane gathers a batch at a time, so what arrives together is not split.
+        self._gathering = asyncio.Lock()
         # Batches taken from the queue and not yet committed, by id.
         self._inflight: dict[int, Batch] = {}
         self._committed = asyncio.Condition()
@@ -190,14 +204,19 @@ class Writer:
                 barrier.done.set_result(None)
 
     async def _next_batch(self) -> tuple[int, Batch]:
+        async with self._gathering:
+            return await self._gather()
+
+    async def _gather(self) -> tuple[int, Batch]:
         batch = Batch()
         batch_id = next(self._batch_ids)
         self._refill()
-        batch.add(await self.queue.get())
+        first = await self.queue.get()
+        batch.add(first)
         self._inflight[batch_id] = batch
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._config.batch_max_age_s
-        max_rows = self._config.batch_max_rows
+        policy = self._flush
+        deadline = policy.deadline(first)
+        max_rows = policy.max_rows
         while batch.size < max_rows and not batch.barriers:
             # (A barrier ends the batch; the loop's check below sees it.)
             try:
@@ -207,7 +226,7 @@ class Writer:
                 if self._overflow:
                     self._refill()
                     continue
-            remaining = deadline - loop.time()
+            remaining = policy.remaining(deadline)
             if remaining <= 0:
                 break
             try:

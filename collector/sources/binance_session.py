@@ -38,6 +38,7 @@ from collector.sources.binance_parse import (
 )
 from collector.sources.binance_plan import ShardSpec
 from collector.sources.catalog import SymbolCatalog
+from collector.sources.twins import FrameTwins, Twin, twin_key
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +78,7 @@ class Connection:
         config: BinanceConfig,
         anomalies: AnomalyExamples,
         replica: int = 0,
+        twins: FrameTwins | None = None,
     ) -> None:
         self.spec = spec
         self._http = http
@@ -86,6 +88,9 @@ class Connection:
         self._catalog = catalog
         self._config = config
         self._anomalies = anomalies
+        # Shared by the shard's replicas: a frame already parsed on a twin is not parsed again.
+        self._twins = twins
+        self._twin_duplicates = metrics.duplicates.labels("memory")
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._task: asyncio.Task[None] | None = None  # `_run`: owns the reader and the heartbeat
         self.subscribed = asyncio.Event()  # LIST_SUBSCRIPTIONS answered, or an event arrived
@@ -275,6 +280,12 @@ class Connection:
 
     async def _on_text(self, text: str, received_at: datetime) -> None:
         received_mono = self.last_data_monotonic = self._last_frame_monotonic
+        twins, key = self._twins, ""
+        if twins is not None:
+            key = twin_key(text)
+            if (twin := twins.take(key)) is not None:
+                await self._on_twin(twin, text, received_at, received_mono)
+                return
         try:
             frame = decode_frame(text)
         except MalformedPayload as exc:
@@ -283,7 +294,7 @@ class Connection:
         if isinstance(frame, ControlReply):
             self._control.on_reply(frame, text)
             return
-        await self._on_data(frame, text, received_at, received_mono)
+        await self._on_data(frame, text, received_at, received_mono, key)
 
     def _source(self, stream: str | None) -> Source:
         source = self._source_by_stream.get(stream)
@@ -294,7 +305,7 @@ class Connection:
         return source
 
     async def _on_data(
-        self, frame: DataFrame, text: str, received_at: datetime, received_mono: float
+        self, frame: DataFrame, text: str, received_at: datetime, received_mono: float, key: str
     ) -> None:
         catalog = self._catalog
         verdict = judge_event(
@@ -312,8 +323,28 @@ class Connection:
         self.last_event_monotonic = received_mono
         if self._ledger.count(row):
             self.delivered.set()
+        try:
+            anomalies = find_anomalies(frame, row, is_known=catalog.is_known)
+        except BaseException:
+            # A check cannot cost a row: queue it, then let the failure (a bug) end the reader.
+            await self._sink.put(row, release=self._draining)
+            raise
+        if self._twins is not None:
+            self._twins.remember(key, Twin(row, anomalies))
         await self._sink.put(row, release=self._draining)
-        for anomaly in find_anomalies(frame, row, is_known=catalog.is_known):
+        for anomaly in anomalies:
+            await self._anomaly(anomaly, text)
+
+    async def _on_twin(
+        self, twin: Twin, text: str, received_at: datetime, received_mono: float
+    ) -> None:
+        """A frame a twin connection already parsed: counted in this session's ledger (at
+        its own receive time) and as a duplicate, its anomalies counted; not parsed again."""
+        self.last_event_monotonic = received_mono
+        if self._ledger.count(twin.row._replace(received_at=received_at)):
+            self.delivered.set()
+        self._twin_duplicates.inc()
+        for anomaly in twin.anomalies:
             await self._anomaly(anomaly, text)
 
     async def _anomaly(self, anomaly: Anomaly, text: str) -> None:

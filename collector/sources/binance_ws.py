@@ -28,6 +28,7 @@ from collector.sources.binance_control import ConnectionClosed
 from collector.sources.binance_plan import ShardSpec, plan_shards
 from collector.sources.binance_session import AnomalyExamples, Connection
 from collector.sources.catalog import SymbolCatalog
+from collector.sources.twins import FrameTwins
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +72,7 @@ class Shard:
         self._catalog = catalog
         self._config = config
         self._anomalies = AnomalyExamples()
+        self.frames: FrameTwins | None = None
         self._rng = rng or random.Random()
         # Waits `delay` seconds unless `stop` is set first (True then); tests record the delays.
         self._pause = pause
@@ -93,6 +95,10 @@ class Shard:
         set so that each anomaly is dead-lettered once per shard, not once per replica."""
         self.twins = twins
         self._anomalies = twins[0]._anomalies
+        if len(twins) > 1:
+            if twins[0].frames is None:
+                twins[0].frames = FrameTwins(len(twins))
+            self.frames = twins[0].frames
 
     def _first_rotation_s(self) -> float:
         """When a fresh connection first rotates: replica i of r after
@@ -129,6 +135,7 @@ class Shard:
             self._config,
             self._anomalies,
             self.replica,
+            self.frames,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
