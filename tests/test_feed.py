@@ -152,7 +152,7 @@ async def test_a_transaction_committing_later_with_a_smaller_seq_is_delivered_fi
             async with http.get(f"{s.url}/v1/liquidations/stream") as resp:
                 early = pg.transaction()
                 await early.start()
-                # a's xid, the older one, taken under the feed lock as writers do (0016)
+                # a's xid, the older one, taken under the feed lock as writers do (0015)
                 await pg.execute("SELECT liquidation_feed_lock(), pg_current_xact_id()")
                 await pg.execute(INSERT_ML_ONE, *ml_record(liquidation(30)))
                 await insert(other, liquidation(31))  # b commits first, with a larger seq

@@ -1,4 +1,4 @@
-"""The feed's horizon (migration 0016): rows below it are final because every transaction that
+"""The feed's horizon (migration 0015): rows below it are final because every transaction that
 writes liquidations holds the feed lock from before its first write. Other transactions on the
 server (they never write a liquidation) no longer hold the feed back; a writer still does;
 and each of the collector's ways of writing takes the lock before anything else."""

@@ -138,7 +138,7 @@ _COLUMNS = """committed_xid AS xid, seq, venue, market, symbol, liquidated_side,
        price::text AS price, qty::text AS qty, notional_usd::text AS notional_usd,
        trade_time, received_at, encode(content_key, 'hex') AS content_key"""
 # The rows below this are final: every transaction that writes liquidations and is below it
-# has ended (migration 0016: the writers' feed lock; other transactions on the server don't
+# has ended (migration 0015: the writers' feed lock; other transactions on the server don't
 # hold the feed back; until then it was the snapshot's xmin, 0009).
 HORIZON = "SELECT liquidation_feed_horizon()"
 # The newest final row's cursor ($1: a horizon).

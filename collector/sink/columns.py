@@ -229,6 +229,6 @@ def repair_args(r: RepairRecord) -> tuple[Any, ...]:
 
 
 # A transaction writing liquidations takes the feed lock before its first write (COPY into a
-# staging table is a write): the live feed reads below the oldest holder (migration 0016). An
+# staging table is a write): the live feed reads below the oldest holder (migration 0015). An
 # INSERT alone takes it by trigger; in a transaction, take it first, outside any savepoint.
 FEED_LOCK = "SELECT liquidation_feed_lock()"
