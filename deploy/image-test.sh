@@ -128,7 +128,10 @@ fi
 
 # --- the proofs --------------------------------------------------------------------------------
 phase "tests/test_image.py against $IMAGE"
-[ -x "$ROOT/.venv/bin/python" ] || { python3 -m venv "$ROOT/.venv" && "$ROOT/.venv/bin/pip" install -q -e "$ROOT[dev]"; }
+# The checkout's venv, created or brought up to date (a venv from an older commit may lack a
+# dependency added since; pip install is quick when nothing changed).
+[ -x "$ROOT/.venv/bin/python" ] || python3 -m venv "$ROOT/.venv"
+"$ROOT/.venv/bin/pip" install -q -e "$ROOT[dev]"
 cd "$ROOT"
 # -n 0: one proof at a time (they share one podman), whatever the suite's -n says.
 COLLECTOR_TEST_IMAGE=$IMAGE COLLECTOR_TEST_POSTGRES_IMAGE=$POSTGRES_IMAGE \
