@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import structlog
@@ -40,7 +40,6 @@ from collector.metrics import Metrics
 from collector.model import MarketLiquidation
 from collector.out.alerts import Alerts
 from collector.out.api import Api
-from collector.out.broker import Publisher
 from collector.out.feed import Feed
 from collector.readiness import add_readiness
 from collector.rest.accounts import build_account_components
@@ -54,6 +53,9 @@ from collector.sources.bybit_ws import BybitCategory, run_bybit
 from collector.sources.catalog import SymbolCatalog
 from collector.sources.exchange_info import run_exchange_info
 from collector.sources.okx_ws import OkxSource, run_okx
+
+if TYPE_CHECKING:  # nats-py (3 MB resident) is imported only when [nats] is enabled
+    from collector.out.broker import Publisher
 
 log = structlog.get_logger(__name__)
 
@@ -200,6 +202,8 @@ async def _start_up(
     if config.alerts:  # durable consumers of the committed rows (collector.out.cursor)
         runtime.alerts = Alerts(config.alerts, feed, config.feed, metrics)
     if config.nats.enabled:
+        from collector.out.broker import Publisher  # noqa: PLC0415  (see TYPE_CHECKING)
+
         runtime.nats = Publisher(config.nats, feed, metrics)
     add_readiness(
         health, pool=pool, writer=writer, shards=runtime.shards, metrics=metrics,
