@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 import asyncpg
@@ -65,6 +66,11 @@ async def rebuild_all(pool: asyncpg.Pool) -> int:
     return count
 
 
+# One pass over marked minutes: (pool, max_minutes) -> minutes recomputed (None: another
+# session runs a pass).
+Refresh = Callable[[asyncpg.Pool, int], Awaitable[int | None]]
+
+
 async def run_rollups(
     pool: asyncpg.Pool,
     stop: asyncio.Event,
@@ -72,7 +78,25 @@ async def run_rollups(
     interval_s: float = 30.0,
     max_minutes: int = DEFAULT_MAX_MINUTES,
 ) -> None:
-    """Refresh marked minutes every `interval_s` until `stop` is set.
+    """Refresh Binance's marked minutes every `interval_s` until `stop` is set (see
+    `run_refresh_loop`)."""
+    await run_refresh_loop(
+        "rollup", lambda p, n: refresh_pending(p, max_minutes=n), pool, stop,
+        interval_s=interval_s, max_minutes=max_minutes,
+    )  # fmt: skip
+
+
+async def run_refresh_loop(
+    name: str,
+    refresh: Refresh,
+    pool: asyncpg.Pool,
+    stop: asyncio.Event,
+    *,
+    interval_s: float,
+    max_minutes: int,
+) -> None:
+    """Run `refresh(pool, max_minutes)` every `interval_s` until `stop` is set; its log events
+    are named `<name>.*`. Binance's rollups and the other venues' (`venue_rollup`) share it.
 
     A full pass (`max_minutes` recomputed) means a backlog, so the next pass starts at once.
     A transient database failure (connection loss, restart) is retried with backoff inside the
@@ -82,20 +106,20 @@ async def run_rollups(
     while not stop.is_set():
         started = time.monotonic()
         try:
-            count = await refresh_pending(pool, max_minutes=max_minutes)
+            count = await refresh(pool, max_minutes)
         except Exception as exc:
             if not is_transient(exc):
                 raise
             delay = backoff.next_delay()
-            log.warning("rollup.refresh_failed", error=repr(exc), retry_in_s=round(delay, 2))
+            log.warning(f"{name}.refresh_failed", error=repr(exc), retry_in_s=round(delay, 2))
             await sleep_or_stop(delay, stop)
             continue
         backoff.reset()
         seconds = round(time.monotonic() - started, 3)
         if count == max_minutes:
-            log.info("rollup.backlog", minutes=count, seconds=seconds)
+            log.info(f"{name}.backlog", minutes=count, seconds=seconds)
             await asyncio.sleep(0)  # let the stop request and other tasks in between passes
             continue
         if count:
-            log.debug("rollup.refreshed", minutes=count, seconds=seconds)
+            log.debug(f"{name}.refreshed", minutes=count, seconds=seconds)
         await sleep_or_stop(interval_s, stop)

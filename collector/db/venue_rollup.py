@@ -10,15 +10,11 @@ advisory lock, so Binance's refresh and this one never wait on each other; reade
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import datetime
 
 import asyncpg
-import structlog
 
-from collector.retry import is_transient, rollup_retry, sleep_or_stop
-
-log = structlog.get_logger(__name__)
+from collector.db.rollup import run_refresh_loop
 
 DEFAULT_MAX_MINUTES = 10_000
 
@@ -58,28 +54,9 @@ async def run_venue_rollups(
     interval_s: float = 30.0,
     max_minutes: int = DEFAULT_MAX_MINUTES,
 ) -> None:
-    """Refresh marked minutes every `interval_s` until `stop` is set (a full pass: at once again).
-
-    A transient database failure is retried with backoff; anything else propagates.
-    """
-    backoff = rollup_retry(interval_s).backoff()
-    while not stop.is_set():
-        started = time.monotonic()
-        try:
-            count = await refresh_venue_pending(pool, max_minutes=max_minutes)
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            delay = backoff.next_delay()
-            log.warning("venue_rollup.refresh_failed", error=repr(exc), retry_in_s=round(delay, 2))
-            await sleep_or_stop(delay, stop)
-            continue
-        backoff.reset()
-        seconds = round(time.monotonic() - started, 3)
-        if count == max_minutes:
-            log.info("venue_rollup.backlog", minutes=count, seconds=seconds)
-            await asyncio.sleep(0)
-            continue
-        if count:
-            log.debug("venue_rollup.refreshed", minutes=count, seconds=seconds)
-        await sleep_or_stop(interval_s, stop)
+    """Refresh the other venues' marked minutes every `interval_s` until `stop` is set (the
+    loop is Binance's: `rollup.run_refresh_loop`)."""
+    await run_refresh_loop(
+        "venue_rollup", lambda p, n: refresh_venue_pending(p, max_minutes=n), pool, stop,
+        interval_s=interval_s, max_minutes=max_minutes,
+    )  # fmt: skip
