@@ -329,9 +329,13 @@ class Connection:
             # A check cannot cost a row: queue it, then let the failure (a bug) end the reader.
             await self._sink.put(row, release=self._draining)
             raise
+        await self._sink.put(row, release=self._draining)
+        # Remembered only once queued: a put that waits for queue space can be cancelled (the
+        # session closed or replaced) and lose this copy, and the twin on the other connection
+        # must then be parsed and queued, not matched and dropped. (A twin arriving during
+        # that wait is parsed too; the writer's key window drops the copy it no longer needs.)
         if self._twins is not None:
             self._twins.remember(key, Twin(row, anomalies))
-        await self._sink.put(row, release=self._draining)
         for anomaly in anomalies:
             await self._anomaly(anomaly, text)
 
