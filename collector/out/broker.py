@@ -32,9 +32,10 @@ from nats.js.api import PubAck
 
 from collector.config import NatsConfig
 from collector.metrics import Metrics
-from collector.out.cursor import ConsumerUnavailable, DurableCursor, consumer_retry
+from collector.out.cursor import ConsumerUnavailable, DurableCursor
 from collector.out.events import FeedEvent
 from collector.out.feed import Feed
+from collector.retry import Policy
 
 log = structlog.get_logger(__name__)
 
@@ -74,7 +75,7 @@ class Publisher:
         self.metrics = metrics
         self.cursor = DurableCursor(
             config.cursor, feed, self.publish, metrics, batch_rows=config.batch_rows,
-            policy=consumer_retry(config.retry_initial_s, config.retry_max_s),
+            policy=Policy(config.retry_initial_s, config.retry_max_s),
         )  # fmt: skip
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None

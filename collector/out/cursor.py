@@ -35,13 +35,8 @@ log = structlog.get_logger(__name__)
 Consume = Callable[[list[FeedEvent]], Awaitable[None]]
 # A batch the consumer could not hand on: from 0.5 s (a broker restarting is back within
 # seconds) doubling up to 30 s, so a destination that is down for long is asked twice a minute.
-# A batch that goes through resets it. ([nats] retry_* set the publisher's: `consumer_retry`.)
+# A batch that goes through resets it. ([nats] retry_* set the publisher's own Policy.)
 CONSUMER_RETRY = Policy(0.5, 30.0)
-
-
-def consumer_retry(retry_initial_s: float, retry_max_s: float) -> Policy:
-    """A durable consumer's backoff between attempts at one batch, from its settings."""
-    return Policy(retry_initial_s, retry_max_s)
 
 
 # Rows counted for the lag gauge at most (a count beyond this says "far behind" well enough).
