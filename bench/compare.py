@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -138,6 +139,9 @@ async def start_subject(name: str, cluster: Cluster, database: str, base: int) -
         "COLLECTOR_HTTP_PORT": str(http_port),
         "COLLECTOR_LOG_LEVEL": "warning",
         "COLLECTOR_BINANCE_REDUNDANCY": name.rsplit("r", 1)[1],
+        # The bare pipeline reads Binance only; Bybit and OKX (bench/venues.py measures them)
+        # would only retry their real hosts here, which this machine must never reach.
+        "COLLECTOR_VENUES_ENABLED": "binance",
         **SUBJECT_ENV.get(name, {}),
     }
     cwd = None
@@ -250,6 +254,7 @@ async def run_phase(
             backends = await backend_pids(admin, database)
             pg0, proc0, t0 = _cpu(backends), cpu_seconds(pid), time.monotonic()
             rss = status_mb(pid, "VmRSS")
+            profiler = await _profile(pid, name, rate, args)
             while time.monotonic() - t0 < args.seconds:
                 await asyncio.sleep(min(1.0, args.seconds - (time.monotonic() - t0)))
                 rss = max(rss, status_mb(pid, "VmRSS"))
@@ -258,6 +263,8 @@ async def run_phase(
                 backends |= fresh
             proc1, pg1 = cpu_seconds(pid), _cpu(backends)
             elapsed = time.monotonic() - t0
+            if profiler is not None:
+                await profiler.wait()
             rows1 = await monitor.fetchval(count) if rate != REST else 0
             lat1 = await latency(subject, http)
         rows = rows1 - rows0
@@ -294,6 +301,23 @@ async def run_phase(
         await stop(emulator)
         await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     return phase
+
+
+async def _profile(
+    pid: int, name: str, rate: float, args: argparse.Namespace
+) -> asyncio.subprocess.Process | None:
+    """With --profile DIR: py-spy sampling the subject over the window, to
+    DIR/<subject>-<rate>.txt (collapsed stacks: `flamegraph.pl`, speedscope, or grep)."""
+    if args.profile is None:
+        return None
+    args.profile.mkdir(parents=True, exist_ok=True)
+    out = args.profile / f"{name.replace(' ', '-')}-{'max' if rate == MAX else int(rate)}.txt"
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return await asyncio.create_subprocess_exec(
+        spy, "record", "--pid", str(pid), "--duration", str(int(args.seconds)),
+        "--rate", "200", "--format", "raw", "--nonblocking", "--output", str(out),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 def _median(values: list[float]) -> float:
@@ -389,6 +413,11 @@ async def main() -> None:
         action="append",
         default=[],
         help="also run the collector package in this directory (repeatable)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="also sample each subject with py-spy (on PATH or beside python) into this directory",
     )
     parser.add_argument(
         "--subjects", help="comma-separated subset, e.g. 'collector r2,baseline r2,bare'"

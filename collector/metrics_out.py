@@ -12,7 +12,8 @@ class OutMetrics:
     def _register_out_metrics(self, r: CollectorRegistry) -> None:
         self.feed_rows = Counter(
             "collector_feed_rows_total",
-            "Committed liquidations the feed read, in cursor order.",
+            "Committed liquidations the feed read for its streams, in cursor order (none while no"
+            " stream is open).",
             registry=r,
         )
         self.feed_subscribers = Gauge(

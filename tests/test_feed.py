@@ -125,6 +125,24 @@ async def test_last_event_id_resumes_with_exactly_the_missed_rows(
     assert ids(first) + ids(missed) + ids([live]) == expected
 
 
+async def test_with_no_stream_open_the_head_follows_the_newest_row_unread(
+    pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """No subscriber: the feed reads no rows, its head just moves to the newest final one; a
+    stream opened then gets only the rows committed after it."""
+    async with served(pg_dsn) as s, aiohttp.ClientSession() as http:
+        await insert(pg, fresh(20), fresh(21))
+        await insert(pg, fresh(22))
+        newest = await cursor_of(pg, "BTCUSDT", 1_795_000_000_022)
+        await eventually(lambda: str(s.feed.head) == newest)
+        assert metric_value(s.metrics.registry, "collector_feed_rows_total") == 0
+        async with http.get(f"{s.url}/v1/liquidations/stream") as resp:
+            await insert(pg, fresh(23))
+            [frame] = await Stream(resp).events(1)
+        assert metric_value(s.metrics.registry, "collector_feed_rows_total") == 1
+    assert ids([frame]) == [await cursor_of(pg, "BTCUSDT", 1_795_000_000_023)]
+
+
 async def test_a_cursor_beyond_the_lookback_or_unknown_gets_an_error_event(
     pg_dsn: str, pg: asyncpg.Connection
 ) -> None:

@@ -107,7 +107,10 @@ async def test_the_rate_limit_drops_alerts_within_the_interval(
             registry = s.metrics.registry
             # Generous for a loaded machine (conditions, not sleeps): 60 s.
             await eventually(
-                lambda: metric_value(registry, "collector_feed_rows_total") == 3, timeout=60
+                lambda: (
+                    metric_value(registry, "collector_consumer_rows_total", consumer="alerts") == 3
+                ),
+                timeout=60,
             )
             await eventually(
                 lambda: metric_value(registry, "collector_alerts_sent_total", rule="big"),
@@ -132,7 +135,10 @@ async def test_a_cascade_fires_once_per_window(pg_dsn: str, pg: asyncpg.Connecti
             registry = s.metrics.registry
             # Generous for a loaded machine (conditions, not sleeps): 60 s.
             await eventually(
-                lambda: metric_value(registry, "collector_feed_rows_total") == 3, timeout=60
+                lambda: (
+                    metric_value(registry, "collector_consumer_rows_total", consumer="alerts") == 3
+                ),
+                timeout=60,
             )
             await eventually(
                 lambda: metric_value(registry, "collector_alerts_sent_total", rule="cascade"),

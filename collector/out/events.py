@@ -141,9 +141,17 @@ _COLUMNS = """committed_xid AS xid, seq, venue, market, symbol, liquidated_side,
 # has ended (migration 0015: the writers' feed lock; other transactions on the server don't
 # hold the feed back; until then it was the snapshot's xmin, 0009).
 HORIZON = "SELECT liquidation_feed_horizon()"
-# The newest final row's cursor ($1: a horizon).
-HEAD = """SELECT committed_xid AS xid, seq FROM liquidation_feed
- WHERE committed_xid < $1::xid8 ORDER BY committed_xid DESC, seq DESC LIMIT 1"""
+# The newest final row's cursor ($1: a horizon). From the view's two tables, each newest first
+# by its (committed_xid, seq) index: a backward index scan per partition. Through the view the
+# planner cannot use the index order (its join with `symbols`) and sorts every row: 121 ms
+# against 0.6 ms over 200,000 rows (EXPLAIN ANALYZE, generic plan).
+HEAD = """SELECT xid, seq FROM (
+ (SELECT committed_xid AS xid, seq FROM market_liquidations WHERE committed_xid < $1::xid8
+   ORDER BY committed_xid DESC, seq DESC LIMIT 1)
+ UNION ALL
+ (SELECT committed_xid, seq FROM venue_liquidations WHERE committed_xid < $1::xid8
+   ORDER BY committed_xid DESC, seq DESC LIMIT 1)
+) AS newest ORDER BY xid DESC, seq DESC LIMIT 1"""
 # (S608: the f-strings below join module constants only, never input.)
 # The next final rows after $1-$2 ($3: a horizon), at most $4.
 PAGE = f"""SELECT {_COLUMNS} FROM liquidation_feed

@@ -1,7 +1,9 @@
 """The feed: one reader per process follows the committed rows (LISTEN/NOTIFY wakes it, a poll
-backs it up) and hands each row, in cursor order, to every subscriber's bounded buffer and to
-every listener (alerts). A subscriber that falls `subscriber_buffer` rows behind is failed
-with reason `slow_consumer`; nothing here ever waits for a subscriber.
+backs it up) and hands each row, in cursor order, to every subscriber's bounded buffer. A
+subscriber that falls `subscriber_buffer` rows behind is failed with reason `slow_consumer`;
+nothing here ever waits for a subscriber. With no subscriber it reads no rows: it only moves its
+head to the newest final row (one indexed lookup), which is where a new subscriber joins and
+what durable consumers (`collector.out.cursor`, reading their own ranges) wait on.
 
 Catching up from a cursor (`Last-Event-ID`) reads the database through the pool
 (`Feed.read_range`), up to where the subscriber joined the live rows, so nothing is missed
@@ -39,7 +41,6 @@ from collector.retry import Policy
 log = structlog.get_logger(__name__)
 
 CHANNEL = "collector_liquidations"
-Listener = Callable[[FeedEvent], None]
 # A notified transaction not yet below the horizon (an older writer still runs) is looked for
 # again after 2 ms, doubling up to the poll interval.
 _HORIZON_WAIT = Policy(0.002, 1.0)
@@ -111,7 +112,6 @@ class Feed:
         self.first_head: Cursor | None = None
         self._connect = connect
         self._subscribers: set[Subscription] = set()
-        self._listeners: list[Listener] = []
         self._wake = asyncio.Event()
         self._notified_xid = 0  # the newest transaction a notification named
         self._started = asyncio.Event()
@@ -145,11 +145,6 @@ class Feed:
         """Stop feeding `sub` (idempotent)."""
         self._subscribers.discard(sub)
         self.metrics.feed_subscribers.set(len(self._subscribers))
-
-    def add_listener(self, listener: Listener) -> None:
-        """Call `listener(event)` for every row, in order, in the feed's task (it must not
-        block: alerts only queue)."""
-        self._listeners.append(listener)
 
     async def received_at(self, cursor: Cursor) -> datetime | None:
         """When the row at `cursor` was received; None when no row has that cursor."""
@@ -228,25 +223,37 @@ class Feed:
                 w.cancel()
 
     async def _read(self, conn: asyncpg.Connection) -> int:
-        """Hand out every final row after `head`; return the horizon it read below."""
+        """Hand out every final row after `head` (with no subscriber, only move `head` to the
+        newest of them); return the horizon it read below."""
         assert self.head is not None
         horizon: int = await conn.fetchval(HORIZON)
         page = self.config.page_rows
         while True:
-            rows = await conn.fetch(PAGE, self.head.xid, self.head.seq, horizon, page)
-            if rows:
-                self._dispatch([event_from_row(r) for r in rows])
-            if len(rows) < page:
-                return horizon
+            if self._subscribers:
+                rows = await conn.fetch(PAGE, self.head.xid, self.head.seq, horizon, page)
+                if rows:
+                    self._dispatch([event_from_row(r) for r in rows])
+                if len(rows) < page:
+                    return horizon
+                continue
+            # Nobody to hand rows to: skip to the newest final row, where a subscriber that
+            # joins next joins (no await between the check below and the move).
+            newest = await conn.fetchrow(HEAD, horizon)
+            if self._subscribers:  # one joined during the lookup, at the old head: read for it
+                continue
+            if newest is not None and (head := Cursor(newest["xid"], newest["seq"])) > self.head:
+                self._move(head)
+            return horizon
 
     def _dispatch(self, events: list[FeedEvent]) -> None:
         # No await in here: a subscriber joining sees `head` move only with the rows it covers.
         for event in events:
             for sub in self._subscribers:
                 sub.offer(event)
-            for listener in self._listeners:
-                listener(event)
-        self.head = events[-1].cursor
         self.metrics.feed_rows.inc(len(events))
+        self._move(events[-1].cursor)
+
+    def _move(self, head: Cursor) -> None:
+        self.head = head
         moved, self._moved = self._moved, asyncio.Event()
         moved.set()
