@@ -21,67 +21,36 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 import structlog
 
+from collector.components import components as build_components
 from collector.config import Config, redact_dsn
 from collector.db.connection import connect, database_dsn, wait_for_database
 from collector.db.migrate import migrate
-from collector.db.rollup import run_rollups
-from collector.db.venue_rollup import run_venue_rollups
 from collector.health import Health, listen, serve_http
 from collector.metrics import Metrics
 from collector.model import MarketLiquidation
-from collector.out.alerts import Alerts
 from collector.out.api import Api
 from collector.out.feed import Feed
 from collector.readiness import add_readiness
-from collector.rest.accounts import build_account_components
 from collector.retry import COMPONENT_RESTART, FATAL_ERRORS, sleep_or_stop
+from collector.runtime import Component, Runtime
 from collector.sink import spill
-from collector.sink.liveness import run_database_ping
 from collector.sink.writer import Writer
 from collector.sources.binance_parse import reparse_frame
-from collector.sources.binance_ws import Shard, run_ws_sources
-from collector.sources.bybit_ws import BybitCategory, run_bybit
 from collector.sources.catalog import SymbolCatalog
-from collector.sources.exchange_info import run_exchange_info
-from collector.sources.okx_ws import OkxSource, run_okx
-
-if TYPE_CHECKING:  # nats-py (3 MB resident) is imported only when [nats] is enabled
-    from collector.out.broker import Publisher
 
 log = structlog.get_logger(__name__)
 
-Component = Callable[[asyncio.Event], Awaitable[None]]
 # However late the sources stop, the writer gets at least this long to flush.
 _MIN_DRAIN_S = 0.5
-
-
-@dataclass(slots=True)
-class Runtime:
-    """What a running daemon exposes to tests and to components added later."""
-
-    config: Config
-    dsn: str = field(repr=False)
-    pool: asyncpg.Pool
-    metrics: Metrics
-    health: Health
-    writer: Writer
-    catalog: SymbolCatalog
-    http_port: int
-    shards: list[Shard] = field(default_factory=list)
-    bybit: list[BybitCategory] = field(default_factory=list)
-    okx: list[OkxSource] = field(default_factory=list)
-    feed: Feed | None = None
-    alerts: Alerts | None = None
-    nats: Publisher | None = None
 
 
 async def supervise(
@@ -152,7 +121,7 @@ async def run(
             # writer holds came from spill files that stay on disk, so nothing is spilled again.
             await _cancel(life.writer_task)
             return life.exit_code()
-        components = _components(life.runtime, extra_components)
+        components = build_components(life.runtime, extra_components)
         log.info("supervisor.started", http_port=life.runtime.http_port,
                  components=sorted(components), database=redact_dsn(life.runtime.dsn))  # fmt: skip
         if on_ready is not None:
@@ -199,10 +168,14 @@ async def _start_up(
     runtime = Runtime(config, dsn, pool, metrics, health, writer, SymbolCatalog(), port)
     if config.http.api_enabled or config.alerts or config.nats.enabled:
         runtime.feed = feed
-    if config.alerts:  # durable consumers of the committed rows (collector.out.cursor)
+    # Durable consumers of the committed rows (collector.out.cursor), each imported only when
+    # configured (nats-py alone is 3 MB resident).
+    if config.alerts:
+        from collector.out.alerts import Alerts  # noqa: PLC0415
+
         runtime.alerts = Alerts(config.alerts, feed, config.feed, metrics)
     if config.nats.enabled:
-        from collector.out.broker import Publisher  # noqa: PLC0415  (see TYPE_CHECKING)
+        from collector.out.broker import Publisher  # noqa: PLC0415
 
         runtime.nats = Publisher(config.nats, feed, metrics)
     add_readiness(
@@ -262,54 +235,6 @@ async def _replay(life: _Lifecycle) -> bool:
         return False
     replaying.result()  # an error reading the files is raised here
     return True
-
-
-def _components(
-    runtime: Runtime, extra: Callable[[Runtime], dict[str, Component]] | None
-) -> dict[str, Component]:
-    """Every component the run phase supervises, by name."""
-    config, writer, pool, metrics = runtime.config, runtime.writer, runtime.pool, runtime.metrics
-    enabled = config.venues.enabled
-    components: dict[str, Component] = {}
-    if "binance" in enabled:
-        components["ws"] = lambda s: run_ws_sources(
-            config.binance, writer, metrics, runtime.catalog, s, runtime.shards
-        )
-        components["exchange_info"] = lambda s: run_exchange_info(
-            config.binance, pool, runtime.catalog, metrics, s
-        )
-    if "bybit" in enabled:
-        components["bybit"] = lambda s: run_bybit(
-            config.bybit, writer, metrics, s, categories_out=runtime.bybit
-        )
-    if "okx" in enabled:
-        components["okx"] = lambda s: run_okx(
-            config.okx, writer, metrics, s, sources_out=runtime.okx, ledger=pool
-        )
-    components |= {
-        "rollup": lambda s: run_rollups(pool, s, interval_s=config.database.rollup_interval_s),
-        "venue_rollup": lambda s: run_venue_rollups(
-            pool, s, interval_s=config.database.rollup_interval_s
-        ),
-        "database_ping": lambda s: run_database_ping(
-            pool,
-            metrics,
-            s,
-            interval_s=config.database.ping_interval_s,
-            timeout_s=config.database.ping_timeout_s,
-            write_failing=lambda: writer.is_failing,
-        ),
-    }
-    components.update(build_account_components(config, pool, metrics))
-    if runtime.feed is not None:  # data out: the committed-order feed and its alerts
-        components["feed"] = runtime.feed.run
-    if runtime.alerts is not None:
-        components["alerts"] = runtime.alerts.run
-    if runtime.nats is not None:  # never in readiness: a dead broker does not stop collection
-        components["nats"] = runtime.nats.run
-    if extra is not None:
-        components.update(extra(runtime))
-    return components
 
 
 async def _run_until_stop(life: _Lifecycle, sources: asyncio.Task[None]) -> None:

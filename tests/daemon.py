@@ -26,7 +26,8 @@ from collector.config import (
     WriterConfig,
 )
 from collector.emulator import Emulator
-from collector.supervisor import Component, Runtime, run
+from collector.runtime import Component, Runtime
+from collector.supervisor import run
 
 T = TypeVar("T")
 

@@ -22,7 +22,14 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("entry", ("collector.__main__", "collector.cli", "collector.sql", "collector.files")),
     (
         "lifecycle",
-        ("collector.supervisor", "collector.readiness", "collector.health", "collector.signals"),
+        (
+            "collector.supervisor",
+            "collector.runtime",
+            "collector.components",
+            "collector.readiness",
+            "collector.health",
+            "collector.signals",
+        ),
     ),
     ("out", ("collector.out",)),
     ("sources", ("collector.sources", "collector.rest")),

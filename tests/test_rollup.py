@@ -18,10 +18,10 @@ from collector.db.rollup import pending_minutes, rebuild, refresh_pending, run_r
 from collector.emulator import Emulator, EmulatorOptions, make_force_order_event
 from collector.metrics import Metrics
 from collector.model import Market
+from collector.runtime import Component, Runtime
 from collector.sink.writer import Writer
 from collector.sources.catalog import SymbolInfo
 from collector.sources.exchange_info import store_symbols
-from collector.supervisor import Component, Runtime
 from tests import factories
 from tests.daemon import eventually, make_config, running, subscribed
 

@@ -18,12 +18,12 @@ from collector.emulator import Emulator, EmulatorOptions
 from collector.metrics import Metrics
 from collector.model import Market
 from collector.retry import AttemptBudget, Backoff, sleep_or_stop
+from collector.runtime import Component, Runtime
 from collector.sink.writer import Writer
 from collector.sources.binance_plan import plan_shards
 from collector.sources.binance_session import Connection
 from collector.sources.binance_ws import Shard, run_ws_sources
 from collector.sources.catalog import SymbolCatalog
-from collector.supervisor import Component, Runtime
 from tests.daemon import count_rows, eventually, make_config, metric_value, running, subscribed
 from tests.factories import um_event
 

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Callable, Collection, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterable, Sequence
 from http import HTTPStatus
 from typing import Any, Final, TypeVar
 
@@ -31,8 +31,8 @@ from collector.emulator.ws_state import (
     ConnectionInfo,
     EmulatorStats,
     Faults,
+    StreamIndex,
     WsSettings,
-    envelope,
 )
 
 log = structlog.get_logger(__name__)
@@ -68,7 +68,7 @@ class StreamHost:
         self._connections: dict[Connection, None] = {}
         # Only connections that may receive liquidation data are indexed (fstream /market and
         # every dstream connection): stream name → connections, in connection order.
-        self._subscribers: dict[str, dict[Connection, None]] = {}
+        self._subscribers = StreamIndex()  # only connections whose route carries data
         self._tasks: set[asyncio.Task[Any]] = set()
         self._next_id = 1
         self.app = web.Application()
@@ -90,25 +90,7 @@ class StreamHost:
         """Send `payload` once per subscribed stream in `streams` to each subscriber (bare on raw
         connections, enveloped on combined ones); return the number of distinct sockets reached.
         """
-        targets: list[tuple[Connection, bytes]] = []
-        now = 0.0
-        for stream in streams:
-            subscribers = self._subscribers.get(stream)
-            if not subscribers:
-                continue
-            wrapped: bytes | None = None
-            for conn in subscribers:
-                if conn.stalled_until:
-                    now = now or time.monotonic()
-                    if now < conn.stalled_until:
-                        continue
-                    conn.stalled_until = 0.0
-                if conn.info.is_combined:
-                    if wrapped is None:
-                        wrapped = envelope(stream, payload)
-                    targets.append((conn, wrapped))
-                else:
-                    targets.append((conn, payload))
+        targets = self._subscribers.targets(streams, payload)
         if not targets:
             return 0
         reached: set[Connection] = set()
@@ -234,9 +216,7 @@ class StreamHost:
         self._next_id += 1
         conn = Connection(info, ws, request)
         self._connections[conn] = None
-        if self._carries_liquidations(conn):
-            for name in unique:
-                self._subscribers.setdefault(name, {})[conn] = None
+        self._index(conn, unique)
         keeper = self._spawn(self._keep_alive(conn))
         log.debug("emulator.ws_opened", host=self.name, path=request.path_qs, id=info.id)
         self._on_change()
@@ -270,13 +250,16 @@ class StreamHost:
             return False
         conn.info.close_reason = reason
         self._stats.disconnects[reason] += 1
-        for name in conn.info.subscriptions:
-            subscribers = self._subscribers.get(name)
-            if subscribers is not None:
-                subscribers.pop(conn, None)
-                if not subscribers:
-                    del self._subscribers[name]
+        self._unindex(conn, conn.info.subscriptions)
         return True
+
+    def _index(self, conn: Connection, names: Iterable[str]) -> None:
+        """Deliver the streams `names` to `conn` (when its route carries liquidations)."""
+        if self._carries_liquidations(conn):
+            self._subscribers.add(conn, names)
+
+    def _unindex(self, conn: Connection, names: Iterable[str]) -> None:
+        self._subscribers.remove(conn, names)
 
     def _begin_close(self, conn: Connection, reason: str, code: int, message: bytes) -> None:
         """Start a server-initiated close in its own task, so that neither the reader nor the
@@ -384,19 +367,12 @@ class StreamHost:
             raise ControlError(
                 2, f"Invalid request: too many streams (max {self._settings.max_streams})"
             )
-        carries = self._carries_liquidations(conn)
-        for name in new:
-            subscriptions[name] = None
-            if carries:
-                self._subscribers.setdefault(name, {})[conn] = None
+        subscriptions.update(dict.fromkeys(new))
+        self._index(conn, new)
 
     def _unsubscribe(self, conn: Connection, names: list[str]) -> None:
         subscriptions = conn.info.subscriptions
-        for name in names:
-            if name in subscriptions:
-                del subscriptions[name]
-                subscribers = self._subscribers.get(name)
-                if subscribers is not None:
-                    subscribers.pop(conn, None)
-                    if not subscribers:
-                        del self._subscribers[name]
+        gone = [n for n in dict.fromkeys(names) if n in subscriptions]
+        for name in gone:
+            del subscriptions[name]
+        self._unindex(conn, gone)

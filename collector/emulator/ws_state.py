@@ -12,6 +12,7 @@ import functools
 import struct
 import time
 from collections import Counter, deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -180,3 +181,46 @@ def text_frame(payload: bytes) -> bytes:
     else:
         header = struct.pack("!BBQ", 0x81, 127, size)
     return header + payload
+
+
+class StreamIndex:
+    """Which connections each stream's data goes to, and in which form."""
+
+    def __init__(self) -> None:
+        self._by_stream: dict[str, dict[Connection, None]] = {}
+
+    def add(self, conn: Connection, names: Iterable[str]) -> None:
+        for name in names:
+            self._by_stream.setdefault(name, {})[conn] = None
+
+    def remove(self, conn: Connection, names: Iterable[str]) -> None:
+        for name in names:
+            subscribers = self._by_stream.get(name)
+            if subscribers is not None:
+                subscribers.pop(conn, None)
+                if not subscribers:
+                    del self._by_stream[name]
+
+    def targets(self, streams: Sequence[str], payload: bytes) -> list[tuple[Connection, bytes]]:
+        """Each (connection, frame) that `payload` on `streams` makes: bare on raw connections,
+        enveloped on combined ones; none to a connection while it is stalled."""
+        targets: list[tuple[Connection, bytes]] = []
+        now = 0.0
+        for stream in streams:
+            subscribers = self._by_stream.get(stream)
+            if not subscribers:
+                continue
+            wrapped: bytes | None = None
+            for conn in subscribers:
+                if conn.stalled_until:
+                    now = now or time.monotonic()
+                    if now < conn.stalled_until:
+                        continue
+                    conn.stalled_until = 0.0
+                if conn.info.is_combined:
+                    if wrapped is None:
+                        wrapped = envelope(stream, payload)
+                    targets.append((conn, wrapped))
+                else:
+                    targets.append((conn, payload))
+        return targets
