@@ -18,7 +18,7 @@ from collector.files.tardis import HEADER
 from collector.metrics import Metrics
 from collector.model import MarketLiquidation, SessionRecord
 from collector.sink.columns import INSERT_ML_ONE, ml_record
-from collector.sink.commit import ARRAY_MAX_ROWS
+from collector.sink.commit import JSON_MAX_ROWS
 from collector.sink.writer import Writer
 from collector.venues import VenueLiquidation
 from tests.factories import bybit_liquidation, liquidation, session
@@ -136,21 +136,22 @@ async def test_a_write_before_the_lock_is_a_warning_naming_the_table(
     "items",
     [
         [liquidation(i) for i in range(3)],
-        [liquidation(i) for i in range(ARRAY_MAX_ROWS + 5)],
+        [liquidation(i) for i in range(JSON_MAX_ROWS + 5)],
         [liquidation(1), session(), bybit_liquidation()],
         [liquidation(1), liquidation(2)._replace(raw='{"x":"\\u0000"}'), session()],
-        [liquidation(i) for i in range(ARRAY_MAX_ROWS + 5)]
+        [liquidation(i) for i in range(JSON_MAX_ROWS + 5)]
         + [liquidation(999)._replace(raw='{"x":"\\u0000"}')],
     ],
-    ids=["arrays-alone", "copy-alone", "mixed", "isolating", "copy-isolating"],
+    ids=["json-alone", "copy-alone", "mixed", "isolating", "copy-isolating"],
 )
 async def test_every_way_the_writer_writes_takes_the_lock_first(
     pg_dsn: str,
     pg: asyncpg.Connection,
     items: list[MarketLiquidation | SessionRecord | VenueLiquidation],
 ) -> None:
-    """Arrays autocommitted, COPY through the staging table, with other kinds of rows, and the
-    rewrite of a batch with a rejected row under savepoints: no WARNING, every row stored."""
+    """One JSON statement autocommitted, COPY through the staging table, with other kinds of
+    rows, and the rewrite of a batch with a rejected row under savepoints: no WARNING, every row
+    stored."""
     messages: list[str] = []
     config = dataclasses.replace(FAST, batch_max_rows=1000)
     writer = Writer(warnings_of(messages, pg_dsn), config, Metrics())

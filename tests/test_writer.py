@@ -16,8 +16,15 @@ from collector.config import WriterConfig
 from collector.metrics import Metrics
 from collector.model import DeadLetter, MarketLiquidation, SessionRecord
 from collector.retry import is_transient
-from collector.sink.columns import ML_COLUMNS, ML_NOT_STORED, ml_record
-from collector.sink.commit import ARRAY_MAX_ROWS
+from collector.sink.columns import (
+    INSERT_ML_JSON,
+    INSERT_ML_ONE,
+    ML_COLUMNS,
+    ML_NOT_STORED,
+    ml_json,
+    ml_record,
+)
+from collector.sink.commit import JSON_MAX_ROWS
 from collector.sink.flush import FlushPolicy
 from collector.sink.partitions import ensure_partitions
 from collector.sink.writer import Writer
@@ -128,14 +135,15 @@ async def test_a_row_postgres_rejects_is_dead_lettered_and_the_rest_commit(
 
 @pytest.mark.parametrize(
     ("good_rows", "with_session"),
-    [(3, True), (ARRAY_MAX_ROWS + 50, False), (ARRAY_MAX_ROWS + 50, True)],
+    [(3, True), (JSON_MAX_ROWS + 50, False), (JSON_MAX_ROWS + 50, True)],
     ids=["small-with-session", "large-alone", "large-with-session"],
 )
 async def test_a_rejected_row_in_any_kind_of_batch_costs_only_itself(
     pg_dsn: str, pg: asyncpg.Connection, good_rows: int, with_session: bool
 ) -> None:
-    """Whichever way a batch is written (arrays or COPY, alone or in a transaction with other
-    items), a row the database refuses is dead-lettered and everything else commits."""
+    """Whichever way a batch is written (one JSON statement or COPY, alone or in a transaction
+    with other items), a row the database refuses is dead-lettered and everything else
+    commits."""
     metrics = Metrics()
     config = dataclasses.replace(FAST, batch_max_rows=1000)
     writer = Writer(lambda: asyncpg.connect(pg_dsn), config, metrics)
@@ -413,3 +421,42 @@ async def test_a_batch_lingers_until_its_age_or_size_and_one_lane_gathers_it(
     assert sample(metrics, "collector_batch_rows_sum") == 4
     assert sample(metrics, "collector_batch_rows_bucket", {"le": "1.0"}) == 1
     await stop(task)
+
+
+async def test_the_json_statement_stores_exactly_what_a_single_insert_stores(
+    pg_dsn: str, pg: asyncpg.Connection
+) -> None:
+    """Every column of a row written by `INSERT_ML_JSON` (small batches) equals the same row
+    written by `INSERT_ML_ONE` (parameters one by one): microseconds, NULLs, a 20-digit
+    decimal, a key with every byte value, text that JSON must escape."""
+    await ensure_partitions(pg)
+    row = liquidation(7)._replace(
+        received_at=NOW + timedelta(microseconds=123_457),
+        symbol='BTC"USDT\\\u00e9\U0001f600',
+        pair=None,
+        symbol_type=None,
+        last_filled_qty=None,
+        notional_usd=None,
+        orig_qty=Decimal("0.00000001234567890123"),
+        raw='{"e":"forceOrder","o":{"s":"\\u00e9 \\"x\\""},  "n": 1.50}',
+    )
+    keys = (bytes(range(16)), bytes(range(240, 256)))
+    await pg.execute(INSERT_ML_JSON, ml_json([row._replace(content_key=keys[0])]))
+    await pg.execute(INSERT_ML_ONE, *ml_record(row._replace(content_key=keys[1])))
+    stored = [
+        dict(await pg.fetchrow("SELECT * FROM market_liquidations WHERE content_key = $1", key))
+        for key in keys
+    ]
+    for record in stored:
+        for generated in ("content_key", "committed_xid", "seq"):
+            del record[generated]
+    assert stored[0] == stored[1]
+    assert stored[0]["received_at"] == row.received_at
+    assert stored[0]["symbol"] == row.symbol
+    assert stored[0]["orig_qty"] == Decimal("0.00000001234567890123")
+    assert (
+        await pg.fetchval(
+            "SELECT count(*) FROM market_liquidations WHERE content_key = $1", keys[0]
+        )
+        == 1
+    )

@@ -8,6 +8,7 @@ at import. SQL is built here from these module constants only, never from input.
 from __future__ import annotations
 
 import operator
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -62,16 +63,22 @@ INSERT_ML = (
     f"INSERT INTO market_liquidations ({', '.join(ML_COLUMNS)}) "
     f"SELECT {', '.join(_CASTS)} FROM ml_staging ON CONFLICT DO NOTHING"
 )
-# The same insert from one array per column, in one statement: a batch of market rows alone
-# commits in one round trip (autocommit), where BEGIN, COPY, INSERT and COMMIT take four.
-INSERT_ML_ARRAYS = (
-    f"INSERT INTO market_liquidations ({', '.join(ML_COLUMNS)}) "
-    f"SELECT {', '.join(_CASTS)} FROM unnest("
+# The same insert from one JSON document (a list of rows, each a list in `ML_STAGING` order), in
+# one statement: a batch of market rows alone commits in one round trip (autocommit), where
+# BEGIN, COPY, INSERT and COMMIT take four. One text parameter, not one array per column:
+# asyncpg checks every array element against three ABCs (43 Python-level isinstance calls a
+# row), and orjson writes the document in C. Measured over 300 batches of 60 rows
+# (client + backend CPU per row): arrays 43 + 60 us, this 19 + 60 us, COPY 63 + 70 us.
+# The content key travels as hex; the raw frame is embedded as JSON (it parsed as JSON).
+INSERT_ML_JSON = (
+    f"INSERT INTO market_liquidations ({', '.join(ML_COLUMNS)}) SELECT "
     + ", ".join(
-        f"${i + 1}::{'text' if t in _AS_TEXT else t}[]" for i, (_, t) in enumerate(ML_STAGING)
+        f"decode(r->>{i}, 'hex')" if t == "bytea" else f"r->{i}" if t == "jsonb" else
+        f"(r->>{i})::{t}"
+        for i, (_, t) in enumerate(ML_STAGING)
     )
-    + f") AS s({', '.join(ML_COLUMNS)}) ON CONFLICT DO NOTHING"
-)
+    + " FROM jsonb_array_elements($1::text::jsonb) AS r ON CONFLICT DO NOTHING"
+)  # fmt: skip
 INSERT_ML_ONE = (
     f"INSERT INTO market_liquidations ({', '.join(ML_COLUMNS)}) VALUES ("
     + ", ".join(
@@ -126,6 +133,21 @@ def ml_record(row: MarketLiquidation) -> list[Any]:
         if value is not None:
             values[i] = str(value)
     return values
+
+
+_KEY_AT, _RAW_AT = ML_COLUMNS.index("content_key"), ML_COLUMNS.index("raw")
+
+
+def ml_json(rows: Iterable[MarketLiquidation]) -> str:
+    """The document `INSERT_ML_JSON` reads: each row's `ml_record`, its content key as hex and
+    its raw frame embedded as the JSON it is. Times are UTC (a naive one is taken as UTC)."""
+    records = []
+    for row in rows:
+        values = ml_record(row)
+        values[_KEY_AT] = row.content_key.hex()
+        values[_RAW_AT] = orjson.Fragment(row.raw)
+        records.append(values)
+    return orjson.dumps(records, option=orjson.OPT_NAIVE_UTC).decode()
 
 
 def session_args(s: SessionRecord) -> tuple[Any, ...]:
