@@ -140,7 +140,10 @@ _KEY_AT, _RAW_AT = ML_COLUMNS.index("content_key"), ML_COLUMNS.index("raw")
 
 def ml_json(rows: Iterable[MarketLiquidation]) -> str:
     """The document `INSERT_ML_JSON` reads: each row's `ml_record`, its content key as hex and
-    its raw frame embedded as the JSON it is. Times are UTC (a naive one is taken as UTC)."""
+    its raw frame embedded as the JSON it is (a row's raw is a frame that parsed as one JSON
+    value, `binance_parse`; one that PostgreSQL still refuses fails the document, a data error:
+    the batch is then written row by row and that row dead-lettered). Times are UTC (a naive
+    one is taken as UTC)."""
     records = []
     for row in rows:
         values = ml_record(row)
