@@ -3,8 +3,8 @@
 A feature's code is imported only when it is on: a venue's source when `[venues] enabled`
 names it, the account pollers when `[[accounts]]` lists one, the alerts and the NATS publisher
 when configured (`collector.runtime.Runtime` holds them). What is off is neither loaded nor
-resident: the Bybit, OKX and account modules are about 1.8 MB (`python -X importtime` and
-VmRSS, Python 3.11).
+resident: the Bybit, OKX, account and alert modules are about 1.8 MB (VmRSS after importing
+them, Python 3.11).
 """
 
 from __future__ import annotations

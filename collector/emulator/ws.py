@@ -250,16 +250,13 @@ class StreamHost:
             return False
         conn.info.close_reason = reason
         self._stats.disconnects[reason] += 1
-        self._unindex(conn, conn.info.subscriptions)
+        self._subscribers.remove(conn, conn.info.subscriptions)
         return True
 
     def _index(self, conn: Connection, names: Iterable[str]) -> None:
         """Deliver the streams `names` to `conn` (when its route carries liquidations)."""
         if self._carries_liquidations(conn):
             self._subscribers.add(conn, names)
-
-    def _unindex(self, conn: Connection, names: Iterable[str]) -> None:
-        self._subscribers.remove(conn, names)
 
     def _begin_close(self, conn: Connection, reason: str, code: int, message: bytes) -> None:
         """Start a server-initiated close in its own task, so that neither the reader nor the
@@ -375,4 +372,4 @@ class StreamHost:
         gone = [n for n in dict.fromkeys(names) if n in subscriptions]
         for name in gone:
             del subscriptions[name]
-        self._unindex(conn, gone)
+        self._subscribers.remove(conn, gone)
